@@ -1,0 +1,1 @@
+"""Examples of natsmesh: each one runs, and each one is executed by a test."""

@@ -1,0 +1,55 @@
+"""natsmesh: a service mesh for Python services whose network is NATS.
+
+Declare a service with ``@service`` and ``@endpoint``, run it with
+``ServiceRunner`` (or ``natsmesh serve module:attr``), and call it through ``Mesh``.
+"""
+
+from natsmesh._client import Mesh
+from natsmesh._codec import Limits
+from natsmesh._context import BoundMesh, Context
+from natsmesh._errors import (
+    CallError,
+    DeadlineExceeded,
+    ErrorKind,
+    InvalidName,
+    InvalidReply,
+    InvalidRequest,
+    MeshError,
+    NoResponders,
+    Overloaded,
+    RemoteError,
+    ServiceError,
+    SpecError,
+    UnknownEndpoint,
+)
+from natsmesh._policy import Retry
+from natsmesh._runtime import ServiceRunner
+from natsmesh._spec import ServiceSpec, endpoint, service, spec_of
+from natsmesh._version import __version__
+
+__all__ = [
+    "BoundMesh",
+    "CallError",
+    "Context",
+    "DeadlineExceeded",
+    "ErrorKind",
+    "InvalidName",
+    "InvalidReply",
+    "InvalidRequest",
+    "Limits",
+    "Mesh",
+    "MeshError",
+    "NoResponders",
+    "Overloaded",
+    "RemoteError",
+    "Retry",
+    "ServiceError",
+    "ServiceRunner",
+    "ServiceSpec",
+    "SpecError",
+    "UnknownEndpoint",
+    "__version__",
+    "endpoint",
+    "service",
+    "spec_of",
+]

@@ -1,0 +1,3 @@
+from natsmesh._cli import main
+
+main()

@@ -1,0 +1,327 @@
+"""The ``natsmesh`` command line.
+
+``NATS_URL`` is honoured everywhere, then ``--nats``. Commands that list things
+take ``--json``. Failures print one line on stderr and exit non-zero:
+2 usage, 3 no responders, 4 deadline exceeded, 5 remote error, 6 invalid reply,
+1 anything else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import anyio
+import pydantic_core
+
+from natsmesh import _micro
+from natsmesh._client import Mesh
+from natsmesh._codec import Codec, DecodeError, decode
+from natsmesh._discovery import gather
+from natsmesh._embedded import EmbeddedNats
+from natsmesh._errors import (
+    DeadlineExceeded,
+    InvalidReply,
+    MeshError,
+    NoResponders,
+    RemoteError,
+)
+from natsmesh._policy import Retry
+from natsmesh._runtime import ServiceRunner
+from natsmesh._serve import load_target, serve
+from natsmesh._subjects import validate_token
+from natsmesh._transport import connect
+
+EXIT_CODES: dict[type[BaseException], int] = {
+    NoResponders: 3,
+    DeadlineExceeded: 4,
+    RemoteError: 5,
+    InvalidReply: 6,
+}
+MAX_JSON_ARG = 1024 * 1024
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    command: Callable[[argparse.Namespace], Awaitable[int]] = args.command
+    try:
+        code = _run(command, args)
+    except KeyboardInterrupt:
+        code = 130
+    except MeshError as exc:
+        print(f"natsmesh: {exc}", file=sys.stderr)
+        code = next((c for t, c in EXIT_CODES.items() if isinstance(exc, t)), 1)
+    except (OSError, ValueError) as exc:
+        print(f"natsmesh: {exc}", file=sys.stderr)
+        code = 1
+    sys.exit(code)
+
+
+def _run(command: Callable[[argparse.Namespace], Awaitable[int]], args: argparse.Namespace) -> int:
+    try:
+        import uvloop  # noqa: F401  (only probing whether it is installed)
+    except ImportError:
+        return anyio.run(command, args)
+    return anyio.run(command, args, backend_options={"use_uvloop": True})
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="natsmesh", description="A service mesh on NATS.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    sub = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    def command(
+        name: str, func: Callable[[argparse.Namespace], Awaitable[int]], help: str
+    ) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help)
+        p.set_defaults(command=func)
+        return p
+
+    def nats_option(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--nats", metavar="URL", help="NATS server URL (default: $NATS_URL, else embedded)"
+        )
+
+    p = command(
+        "up", _up, "start a working mesh: NATS (embedded unless given) and the example shop"
+    )
+    nats_option(p)
+    p.add_argument("--nats-port", type=_port, default=4222, help="port of the embedded server")
+    p.add_argument(
+        "--services",
+        metavar="MODULE:ATTR",
+        default="examples.shop:SERVICES",
+        help="the services to run (default: the example shop)",
+    )
+
+    p = command("serve", _serve_cmd, "run the @service classes named by MODULE:ATTR")
+    p.add_argument("target", metavar="MODULE:ATTR")
+    p.add_argument("--instances", type=_positive, default=1, help="instances of each service")
+    nats_option(p)
+
+    p = command("call", _call, "call SERVICE.ENDPOINT and print the reply as JSON")
+    p.add_argument("target", metavar="SERVICE.ENDPOINT")
+    p.add_argument("payload", nargs="?", metavar="JSON", help="request payload as JSON")
+    p.add_argument("--timeout", type=_seconds, default=5.0, metavar="SECONDS")
+    p.add_argument("-H", "--header", action="append", default=[], metavar="KEY=VALUE")
+    nats_option(p)
+
+    for name, func, help in (
+        ("ls", _ls, "list running services (natsmesh and any NATS micro service)"),
+        ("info", _info, "show the endpoints and schemas of a service's instances"),
+        ("stats", _stats, "show the request statistics of a service's instances"),
+    ):
+        p = command(name, func, help)
+        if name != "ls":
+            p.add_argument("service", type=_service_name)
+        p.add_argument("--json", action="store_true", help="print JSON")
+        p.add_argument("--timeout", type=_seconds, default=1.0, metavar="SECONDS")
+        nats_option(p)
+
+    p = command("nats", _nats, "run an embedded nats-server in the foreground")
+    p.add_argument("--port", type=_port, default=4222)
+
+    p = command("bench", _bench, "measure Mesh.call against raw nats-py request/reply")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--seconds", type=_seconds, default=3.0, help="measuring time per level")
+    nats_option(p)
+    return parser
+
+
+# -- argument types (argparse turns ValueError into a usage error, exit 2) ----------------
+
+
+def _port(text: str) -> int:
+    port = int(text)
+    if not 0 <= port <= 65535:
+        raise ValueError(text)
+    return port
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if not 1 <= value <= 1024:
+        raise ValueError(text)
+    return value
+
+
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not 0 < value <= 3600:
+        raise ValueError(text)
+    return value
+
+
+def _service_name(text: str) -> str:
+    return validate_token("service", text)
+
+
+# -- commands ------------------------------------------------------------------------------
+
+
+def _url(args: argparse.Namespace) -> str | None:
+    return args.nats or os.environ.get("NATS_URL")
+
+
+async def _up(args: argparse.Namespace) -> int:
+    services = load_target(args.services)
+    url = _url(args)
+    async with _maybe_embedded(url, args.nats_port) as nats:
+
+        def ready(runners: list[ServiceRunner]) -> None:
+            names = ", ".join(f"{r.spec.name}@{r.spec.version}" for r in runners)
+            print(f"natsmesh up: nats {nats} | services {names} | Ctrl-C to stop", flush=True)
+
+        await serve(services, nats=nats, ready=ready)
+    return 0
+
+
+class _maybe_embedded:
+    """The given URL, or an embedded server for the duration of the block."""
+
+    def __init__(self, url: str | None, port: int) -> None:
+        self._url = url
+        self._port = port
+        self._server: EmbeddedNats | None = None
+
+    async def __aenter__(self) -> str:
+        if self._url:
+            return self._url
+        self._server = EmbeddedNats(port=self._port or None)
+        try:
+            await self._server.__aenter__()
+        except MeshError:
+            # The usual port is taken (another mesh?): any free port will do.
+            self._server = EmbeddedNats()
+            await self._server.__aenter__()
+        return self._server.url
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._server is not None:
+            await self._server.__aexit__(None, None, None)
+
+
+async def _serve_cmd(args: argparse.Namespace) -> int:
+    targets = load_target(args.target)
+
+    def ready(runners: list[ServiceRunner]) -> None:
+        ids = ", ".join(f"{r.spec.name}/{r.id}" for r in runners)
+        print(f"natsmesh serve: {ids}", flush=True)
+
+    await serve(targets, nats=_url(args), instances=args.instances, ready=ready)
+    return 0
+
+
+async def _call(args: argparse.Namespace) -> int:
+    payload: Any = None
+    if args.payload is not None:
+        if len(args.payload) > MAX_JSON_ARG:
+            raise ValueError("payload argument larger than 1 MiB")
+        try:
+            payload = decode(args.payload.encode(), Codec.JSON)
+        except DecodeError as exc:
+            raise ValueError(f"payload is not valid JSON: {exc.reason}") from None
+    headers = {}
+    for item in args.header:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"header {item!r}: expected KEY=VALUE")
+        headers[key] = value
+    async with Mesh(_url(args), name="natsmesh-cli", retry=Retry(attempts=1)) as mesh:
+        result = await mesh.call(args.target, payload, timeout=args.timeout, headers=headers)
+    if isinstance(result, bytes):
+        sys.stdout.buffer.write(result)
+    else:
+        print(pydantic_core.to_json(result, indent=2).decode())
+    return 0
+
+
+async def _discover(args: argparse.Namespace, verb: str, model: Any) -> list[Any]:
+    nc = await connect(_url(args), name="natsmesh-cli")
+    try:
+        return await gather(
+            nc, verb, model, name=getattr(args, "service", None), timeout=args.timeout
+        )
+    finally:
+        await nc.close()
+
+
+async def _ls(args: argparse.Namespace) -> int:
+    infos: list[_micro.Info] = await _discover(args, "INFO", _micro.Info)
+    if args.json:
+        print(json.dumps([i.model_dump() for i in infos], indent=2))
+        return 0
+    rows = [("NAME", "VERSION", "ID", "SUBSET", "ENDPOINTS", "KIND")]
+    for i in infos:
+        kind = "natsmesh" if i.is_mesh else "micro"
+        subset = i.metadata.get(_micro.SUBSET_KEY, "-")
+        rows.append((i.name, i.version, i.id, subset, ",".join(e.name for e in i.endpoints), kind))
+    _table(rows)
+    if not infos:
+        print("no services answered", file=sys.stderr)
+    return 0
+
+
+async def _info(args: argparse.Namespace) -> int:
+    infos: list[_micro.Info] = await _discover(args, "INFO", _micro.Info)
+    if not infos:
+        print(f"natsmesh: no instance of {args.service!r} answered", file=sys.stderr)
+        return 3
+    if args.json:
+        print(json.dumps([i.model_dump() for i in infos], indent=2))
+        return 0
+    for i in infos:
+        print(f"{i.name} {i.version} id={i.id} {i.description}")
+        for e in i.endpoints:
+            idem = e.metadata.get("natsmesh.idempotent", "?")
+            print(f"  {e.name:<20} subject={e.subject} queue={e.queue_group} idempotent={idem}")
+    return 0
+
+
+async def _stats(args: argparse.Namespace) -> int:
+    stats: list[_micro.Stats] = await _discover(args, "STATS", _micro.Stats)
+    if not stats:
+        print(f"natsmesh: no instance of {args.service!r} answered", file=sys.stderr)
+        return 3
+    if args.json:
+        print(json.dumps([s.model_dump() for s in stats], indent=2))
+        return 0
+    rows = [("ID", "ENDPOINT", "REQUESTS", "ERRORS", "AVG MS", "LAST ERROR")]
+    for s in stats:
+        for e in s.endpoints:
+            avg = f"{e.average_processing_time / 1e6:.3f}"
+            rows.append((s.id, e.name, str(e.num_requests), str(e.num_errors), avg, e.last_error))
+    _table(rows)
+    return 0
+
+
+async def _nats(args: argparse.Namespace) -> int:
+    async with EmbeddedNats(port=args.port or None) as server:
+        print(f"nats-server {server.version} at {server.url} (Ctrl-C to stop)", flush=True)
+        await anyio.sleep_forever()
+    return 0
+
+
+async def _bench(args: argparse.Namespace) -> int:
+    from natsmesh._bench import format_table, run_bench
+
+    async with _maybe_embedded(_url(args), 0) as url:
+        results = await run_bench(url, seconds=args.seconds)
+    print(json.dumps(results) if args.json else format_table(results))
+    return 0
+
+
+def _table(rows: Sequence[Sequence[str]]) -> None:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())

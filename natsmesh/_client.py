@@ -1,0 +1,357 @@
+"""The ``Mesh`` client: call ``service.endpoint`` with a budget, typed results and typed errors.
+
+The call path: resolve the target to a subject (by convention for natsmesh
+services; through ``$SRV`` discovery for micro services in other languages,
+which are sent JSON) → encode → send with the remaining budget in a header →
+on *no responders* or *overloaded*, retry within the budget → decode the reply
+or raise the error it carries.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Final, Self, TypeVar, overload
+
+import anyio
+import pydantic
+import pydantic_core
+
+from natsmesh import _codec, _discovery, _headers, _micro
+from natsmesh._codec import Codec, DecodeError, Limits
+from natsmesh._errors import (
+    DeadlineExceeded,
+    ErrorKind,
+    InvalidReply,
+    NoResponders,
+    Overloaded,
+    RemoteError,
+    UnknownEndpoint,
+    remote_error_class,
+)
+from natsmesh._policy import Retry, budget
+from natsmesh._subjects import Subjects, parse_target, validate_name
+from natsmesh._transport import NATS, Msg, NoReply, NoResponse, Requester, connect
+
+if TYPE_CHECKING:
+    from natsmesh._context import Context
+
+log = logging.getLogger("natsmesh.client")
+T = TypeVar("T")
+
+DEFAULT_TIMEOUT: Final = 5.0
+# How long a route found through discovery is trusted before it is looked up again.
+_DISCOVERED_TTL: Final = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class _Route:
+    service: str
+    endpoint: str
+    subject: str
+    codec: Codec
+    discovered_at: float | None = None  # None: the natsmesh convention, no lookup needed
+
+
+class Mesh:
+    """A client of the mesh.
+
+    ``nats`` is a server URL (default: ``NATS_URL``, then ``nats://127.0.0.1:4222``)
+    or a connection the caller owns. ``name`` identifies the caller to services
+    (the ``Mesh-Caller`` header). Use as an async context manager.
+    """
+
+    def __init__(
+        self,
+        nats: str | NATS | None = None,
+        *,
+        name: str = "client",
+        prefix: str = "mesh",
+        timeout: float = DEFAULT_TIMEOUT,
+        retry: Retry | None = None,
+        limits: Limits = _codec.DEFAULT_LIMITS,
+    ) -> None:
+        if timeout <= 0:
+            raise ValueError("timeout must be positive")
+        self._nats = nats
+        self.name = name
+        self._subjects = Subjects(prefix)
+        self.timeout = timeout
+        self.retry = retry or Retry()
+        self._limits = limits
+        self._nc: NATS | None = None
+        self._owns_connection = False
+        self._routes: dict[str, _Route] = {}
+        self._rng = random.Random()
+        self._requester: Requester | None = None
+
+    async def __aenter__(self) -> Self:
+        if isinstance(self._nats, NATS):
+            self._nc = self._nats
+        else:
+            self._nc = await connect(self._nats, name=self.name)
+            self._owns_connection = True
+        self._requester = Requester(self._nc)
+        await self._requester.start()
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._requester is not None:
+            await self._requester.stop()
+            self._requester = None
+        if self._owns_connection and self._nc is not None:
+            await self._nc.drain()
+        self._nc = None
+
+    @property
+    def nats(self) -> NATS:
+        """The NATS connection (for discovery and tools)."""
+        if self._nc is None:
+            raise RuntimeError("use 'async with Mesh(...)' before calling")
+        return self._nc
+
+    @overload
+    async def call(
+        self,
+        target: str,
+        payload: Any = None,
+        *,
+        response: type[T],
+        timeout: float | None = None,
+        headers: Mapping[str, str] | None = None,
+        context: Context | None = None,
+    ) -> T: ...
+
+    @overload
+    async def call(
+        self,
+        target: str,
+        payload: Any = None,
+        *,
+        response: None = None,
+        timeout: float | None = None,
+        headers: Mapping[str, str] | None = None,
+        context: Context | None = None,
+    ) -> Any: ...
+
+    async def call(
+        self,
+        target: str,
+        payload: Any = None,
+        *,
+        response: Any = None,
+        timeout: float | None = None,
+        headers: Mapping[str, str] | None = None,
+        context: Context | None = None,
+    ) -> Any:
+        """Call ``"service.endpoint"`` and return its reply.
+
+        ``payload`` is a pydantic model, JSON-able values, or raw bytes. With
+        ``response`` (a model or any type pydantic validates) the reply is
+        validated into it; otherwise the decoded value (or bytes for a raw
+        endpoint) is returned. ``timeout`` is the whole call's budget, retries
+        included, capped by ``context``'s remaining budget for a nested call.
+
+        Raises NoResponders, DeadlineExceeded, RemoteError (InvalidRequest,
+        UnknownEndpoint, Overloaded), InvalidReply, or InvalidName for a bad target.
+        """
+        requester = self._requester
+        if requester is None:
+            raise RuntimeError("use 'async with Mesh(...)' before calling")
+        route = self._routes.get(target) or self._convention(target)
+        started = time.monotonic()
+        deadline = started + budget(
+            timeout or self.timeout, None if context is None else context.remaining
+        )
+        extra = _headers.check_user_headers(headers) if headers else None
+        trace = context.trace.child() if context is not None else _headers.new_trace()
+        body = _encode_payload(payload, route.codec)
+        attempt = 0
+        while True:
+            attempt += 1
+            left = deadline - time.monotonic()
+            if left <= 0.0005:
+                raise DeadlineExceeded(
+                    f"deadline exceeded calling {target}",
+                    service=route.service,
+                    endpoint=route.endpoint,
+                    subject=route.subject,
+                )
+            hdrs = {
+                _headers.BUDGET: _headers.format_budget(left),
+                _headers.TRACEPARENT: trace.header(),
+                _headers.CALLER: self.name,
+            }
+            if attempt > 1:
+                hdrs[_headers.ATTEMPT] = str(attempt)
+            if route.codec is Codec.JSON:
+                hdrs[_codec.CONTENT_TYPE] = _codec.JSON_TYPE
+            if extra:
+                hdrs.update(extra)
+            try:
+                msg = await requester.request(route.subject, body, timeout=left, headers=hdrs)
+            except NoResponse:
+                rerouted = await self._reroute(target, route)
+                if rerouted is not None and rerouted != route:
+                    route, body = rerouted, _encode_payload(payload, rerouted.codec)
+                    attempt -= 1  # finding the right subject is not a retry
+                    continue
+                error: Exception = NoResponders(
+                    f"no responders for {target}",
+                    service=route.service,
+                    endpoint=route.endpoint,
+                    subject=route.subject,
+                )
+                if not self.retry.on_no_responders:
+                    raise error from None
+            except NoReply:
+                raise DeadlineExceeded(
+                    f"deadline exceeded calling {target}",
+                    service=route.service,
+                    endpoint=route.endpoint,
+                    subject=route.subject,
+                ) from None
+            else:
+                try:
+                    return self._reply(route, msg, response)
+                except Overloaded as exc:
+                    if not self.retry.on_overloaded:
+                        raise
+                    error = exc
+            if attempt >= self.retry.attempts:
+                raise error
+            pause = self.retry.delay(attempt, self._rng)
+            if time.monotonic() + pause >= deadline:
+                raise error
+            await anyio.sleep(pause)
+
+    # -- resolution --------------------------------------------------------------------
+
+    def _convention(self, target: str) -> _Route:
+        service, endpoint = parse_target(target)
+        route = _Route(service, endpoint, self._subjects.endpoint(service, endpoint), Codec.MSGPACK)
+        try:
+            validate_name("endpoint", endpoint)
+        except ValueError:
+            # Not a natsmesh endpoint name: only discovery can tell where it lives.
+            route = _Route(service, endpoint, "", Codec.JSON, discovered_at=0.0)
+        if len(self._routes) < 10_000:
+            self._routes[target] = route
+        return route
+
+    async def _reroute(self, target: str, route: _Route) -> _Route | None:
+        """After *no responders*: ask ``$SRV`` where the endpoint lives.
+
+        Returns a new route for a micro service outside natsmesh's subject
+        convention; raises UnknownEndpoint when the service runs without that
+        endpoint; None when no instance of the service answers at all.
+        """
+        now = time.monotonic()
+        if route.discovered_at and now - route.discovered_at < 1.0:
+            return None  # looked up a moment ago: the service is simply gone
+        info = await _discovery.first_info(self.nats, route.service)
+        if info is None:
+            return None
+        for ep in info.endpoints:
+            if ep.name == route.endpoint:
+                codec = Codec.MSGPACK if info.is_mesh else Codec.JSON
+                found = _Route(route.service, route.endpoint, ep.subject, codec, discovered_at=now)
+                self._routes[target] = found
+                return found
+        raise UnknownEndpoint(
+            f"service {route.service!r} has no endpoint {route.endpoint!r}",
+            code=404,
+            kind=ErrorKind.UNKNOWN_ENDPOINT,
+            service=route.service,
+            endpoint=route.endpoint,
+            subject=route.subject,
+        )
+
+    # -- replies --------------------------------------------------------------------------
+
+    def _reply(self, route: _Route, msg: Msg, response: Any) -> Any:
+        hdrs = msg.headers
+        if hdrs and _headers.ERROR_CODE in hdrs:
+            raise _remote_error(route, hdrs, msg.data, self._limits)
+        if response is bytes:
+            return msg.data
+        try:
+            value = _codec.decode(msg.data, route.codec, self._limits)
+            if response is None:
+                return value
+            return _adapter(response).validate_python(value)
+        except (DecodeError, pydantic.ValidationError) as exc:
+            raise InvalidReply(
+                f"invalid reply from {route.service}.{route.endpoint}: {_reason(exc)}",
+                service=route.service,
+                endpoint=route.endpoint,
+                subject=route.subject,
+            ) from None
+
+    async def services(self, name: str | None = None, *, timeout: float = 1.0) -> list[_micro.Info]:
+        """INFO of every running service instance (natsmesh or not), optionally of one name."""
+        return await _discovery.gather(self.nats, "INFO", _micro.Info, name=name, timeout=timeout)
+
+
+_adapters: dict[Any, pydantic.TypeAdapter[Any]] = {}
+
+
+def _adapter(kind: Any) -> pydantic.TypeAdapter[Any]:
+    adapter = _adapters.get(kind)
+    if adapter is None:
+        adapter = _adapters[kind] = pydantic.TypeAdapter(kind)
+    return adapter
+
+
+def _encode_payload(payload: Any, codec: Codec) -> bytes:
+    if isinstance(payload, bytes | bytearray | memoryview):
+        return bytes(payload)
+    if payload is None:
+        return b""
+    if codec is Codec.JSON:
+        return pydantic_core.to_json(payload)
+    if isinstance(payload, pydantic.BaseModel):
+        payload = payload.__pydantic_serializer__.to_python(payload, mode="json")
+    elif not isinstance(payload, dict | list | str | int | float | bool):
+        payload = pydantic_core.to_jsonable_python(payload)
+    return _codec.encode(payload, codec)
+
+
+def _remote_error(
+    route: _Route, hdrs: Mapping[str, str], data: bytes, limits: Limits
+) -> RemoteError:
+    raw_code = hdrs.get(_headers.ERROR_CODE, "")
+    code = int(raw_code) if raw_code.isdigit() and len(raw_code) < 4 else 500
+    message = hdrs.get(_headers.ERROR, "")[:1024] or "error"
+    kind = hdrs.get(_headers.ERROR_KIND, "")
+    details: list[dict[str, Any]] = []
+    if kind == ErrorKind.VALIDATION:
+        try:
+            body = _codec.decode(data, route.codec, limits)
+            found = body["error"]["details"]
+            if isinstance(found, list):
+                details = [d for d in found if isinstance(d, dict)][:100]
+        except (DecodeError, KeyError, TypeError):
+            pass
+    return remote_error_class(kind)(
+        message,
+        code=code,
+        kind=kind,
+        service=route.service,
+        endpoint=route.endpoint,
+        subject=route.subject,
+        details=details,
+    )
+
+
+def _reason(exc: Exception) -> str:
+    if isinstance(exc, pydantic.ValidationError):
+        first = exc.errors(include_input=False, include_url=False)[0]
+        return f"{'.'.join(str(p) for p in first['loc']) or 'value'}: {first['msg']}"
+    return str(exc)

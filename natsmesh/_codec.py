@@ -1,0 +1,169 @@
+"""Payload bytes to Python values and back: msgpack by default, JSON on request.
+
+Decoding is bounded, because a payload is hostile until proven otherwise: 1 MiB
+of msgpack ``0x80`` bytes would otherwise become a million dicts. Limits apply to
+the size of the payload, the length of every string, array and map, the nesting
+depth, and (for payloads large enough to matter) the total number of containers.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Any, Final
+
+import msgpack
+import pydantic_core
+
+from natsmesh._errors import ErrorKind
+
+CONTENT_TYPE: Final = "Content-Type"
+MSGPACK_TYPE: Final = "application/msgpack"
+JSON_TYPE: Final = "application/json"
+_MSGPACK_ALIASES: Final = frozenset(
+    {MSGPACK_TYPE, "application/x-msgpack", "application/vnd.msgpack"}
+)
+
+# Below this many bytes a payload cannot hold enough containers to hurt, so the
+# per-container counting hooks (a Python call per map or array) are skipped.
+_COUNT_FROM_BYTES: Final = 16 * 1024
+
+
+class Codec(enum.Enum):
+    MSGPACK = MSGPACK_TYPE
+    JSON = JSON_TYPE
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Bounds on what a decoded payload may hold."""
+
+    max_payload: int = 1024 * 1024
+    max_length: int = 100_000  # elements of one array or map, characters of one string
+    max_containers: int = 100_000  # arrays and maps in one payload
+    max_depth: int = 64
+
+
+DEFAULT_LIMITS: Final = Limits()
+
+
+class DecodeError(Exception):
+    """A payload that cannot be accepted; ``kind`` says which error reply it earns."""
+
+    def __init__(self, kind: ErrorKind, reason: str) -> None:
+        super().__init__(reason)
+        self.kind = kind
+        self.reason = reason
+
+
+def codec_for(content_type: str | None) -> Codec:
+    """The codec for a ``Content-Type`` header value; no header means msgpack."""
+    if not content_type:
+        return Codec.MSGPACK
+    media = content_type.split(";", 1)[0].strip().lower()
+    if media == JSON_TYPE or media.endswith("+json"):
+        return Codec.JSON
+    if media in _MSGPACK_ALIASES:
+        return Codec.MSGPACK
+    raise DecodeError(
+        ErrorKind.UNSUPPORTED_MEDIA_TYPE,
+        "unsupported Content-Type; use application/msgpack or application/json",
+    )
+
+
+class _Counter:
+    __slots__ = ("left",)
+
+    def __init__(self, left: int) -> None:
+        self.left = left
+
+    def __call__(self, value: Any) -> Any:
+        self.left -= 1
+        if self.left < 0:
+            raise DecodeError(ErrorKind.TOO_LARGE, "payload holds too many arrays and maps")
+        return value
+
+
+def decode(data: bytes, codec: Codec, limits: Limits = DEFAULT_LIMITS) -> Any:
+    """Decode a payload into plain Python values (dict, list, str, int, float, bool, None).
+
+    An empty payload decodes to None. Raises DecodeError.
+    """
+    if len(data) > limits.max_payload:
+        raise DecodeError(ErrorKind.TOO_LARGE, f"payload larger than {limits.max_payload} bytes")
+    if not data:
+        return None
+    value = _decode_json(data) if codec is Codec.JSON else _decode_msgpack(data, limits)
+    if len(data) >= limits.max_depth and _too_deep(value, limits.max_depth):
+        raise DecodeError(ErrorKind.TOO_LARGE, f"payload nested deeper than {limits.max_depth}")
+    return value
+
+
+def _decode_msgpack(data: bytes, limits: Limits) -> Any:
+    n = limits.max_length
+    hooks: dict[str, Any] = {}
+    if len(data) >= _COUNT_FROM_BYTES:
+        counter = _Counter(limits.max_containers)
+        hooks = {"object_hook": counter, "list_hook": counter}
+    try:
+        return msgpack.unpackb(
+            data,
+            raw=False,
+            strict_map_key=True,
+            max_str_len=n,
+            max_bin_len=limits.max_payload,
+            max_array_len=n,
+            max_map_len=n,
+            max_ext_len=0,
+            **hooks,
+        )
+    except DecodeError:
+        raise
+    except msgpack.StackError:
+        raise DecodeError(ErrorKind.TOO_LARGE, "payload nested too deeply") from None
+    except ValueError as exc:
+        # msgpack reports its length limits as ValueError("... exceeds max_..._len(...)")
+        if "exceeds max" in str(exc):
+            raise DecodeError(ErrorKind.TOO_LARGE, "an array, map or string is too long") from None
+        raise DecodeError(ErrorKind.MALFORMED, "payload is not valid msgpack") from None
+    except Exception:
+        # ExtraData, FormatError, UnicodeDecodeError, TypeError (unhashable map key), ...
+        raise DecodeError(ErrorKind.MALFORMED, "payload is not valid msgpack") from None
+
+
+def _decode_json(data: bytes) -> Any:
+    try:
+        # pydantic-core's parser is fast, bounds recursion and rejects huge integers.
+        return pydantic_core.from_json(data, allow_inf_nan=False)
+    except ValueError as exc:
+        if "recursion" in str(exc).lower():
+            raise DecodeError(ErrorKind.TOO_LARGE, "payload nested too deeply") from None
+        raise DecodeError(ErrorKind.MALFORMED, "payload is not valid JSON") from None
+
+
+def _too_deep(value: Any, max_depth: int) -> bool:
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if depth > max_depth:
+            return True
+        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+    return False
+
+
+_packer = msgpack.Packer(use_bin_type=True, autoreset=True)
+
+
+def encode(value: Any, codec: Codec) -> bytes:
+    """Encode plain Python values; None becomes an empty payload."""
+    if value is None:
+        return b""
+    if codec is Codec.JSON:
+        return pydantic_core.to_json(value)
+    return _packer.pack(value)

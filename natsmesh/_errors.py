@@ -1,0 +1,173 @@
+"""The natsmesh exception tree and the error codes that cross the wire.
+
+Every exception natsmesh raises derives from :class:`MeshError`::
+
+    MeshError
+    ├── InvalidName               a service, endpoint or subset name that could become
+    │                             a subject wildcard or token (also a ValueError)
+    ├── SpecError                 a @service declaration that cannot run (also a TypeError)
+    ├── ServiceError              raised by a handler to reply with its own code and message
+    └── CallError                 a call failed; carries service, endpoint and subject
+        ├── NoResponders          nobody listens on the subject (immediate, never a timeout)
+        ├── DeadlineExceeded      the call's budget ran out (also a TimeoutError)
+        ├── InvalidReply          the reply could not be decoded or validated
+        └── RemoteError           the service replied with an error code and message
+            ├── InvalidRequest    400, 413, 415, 422: the service rejected the payload
+            ├── UnknownEndpoint   404: the service runs but has no such endpoint
+            └── Overloaded        503: shed before processing; safe to retry
+
+Remote failures cross the wire as the NATS micro headers ``Nats-Service-Error``
+(message) and ``Nats-Service-Error-Code`` (code), plus ``Mesh-Error-Kind`` (one of
+:class:`ErrorKind`), never as ``repr(exc)``. The codes:
+
+====  ======================  ==================================================
+code  kind                    meaning
+====  ======================  ==================================================
+400   malformed               the payload could not be decoded
+404   unknown_endpoint        no such endpoint on a running service
+413   too_large               the payload exceeds a size, length or count limit
+415   unsupported_media_type  the Content-Type is neither msgpack nor JSON
+422   validation              the payload decoded but failed validation
+500   internal                the handler raised; no internals are sent
+502   upstream                a call the handler made failed
+503   overloaded              the instance's concurrency limit shed the request
+504   deadline                the budget ran out inside the service
+====  ======================  ==================================================
+
+A handler's own :class:`ServiceError` carries kind ``service`` and its own code.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+
+class ErrorKind(enum.StrEnum):
+    MALFORMED = "malformed"
+    UNKNOWN_ENDPOINT = "unknown_endpoint"
+    TOO_LARGE = "too_large"
+    UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
+    VALIDATION = "validation"
+    INTERNAL = "internal"
+    UPSTREAM = "upstream"
+    OVERLOADED = "overloaded"
+    DEADLINE = "deadline"
+    SERVICE = "service"
+
+
+#: The code each kind travels with; ``service`` errors choose their own.
+KIND_CODES: Mapping[ErrorKind, int] = {
+    ErrorKind.MALFORMED: 400,
+    ErrorKind.UNKNOWN_ENDPOINT: 404,
+    ErrorKind.TOO_LARGE: 413,
+    ErrorKind.UNSUPPORTED_MEDIA_TYPE: 415,
+    ErrorKind.VALIDATION: 422,
+    ErrorKind.INTERNAL: 500,
+    ErrorKind.UPSTREAM: 502,
+    ErrorKind.OVERLOADED: 503,
+    ErrorKind.DEADLINE: 504,
+}
+
+
+class MeshError(Exception):
+    """Root of every natsmesh exception."""
+
+
+class InvalidName(MeshError, ValueError):
+    """A name that is not allowed to become a subject token."""
+
+    def __init__(self, kind: str, value: object, reason: str) -> None:
+        super().__init__(f"invalid {kind} name {value!r}: {reason}")
+        self.kind = kind
+        self.value = value
+        self.reason = reason
+
+
+class SpecError(MeshError, TypeError):
+    """A service declaration that cannot be run (bad signature, duplicate endpoint)."""
+
+
+class ServiceError(MeshError):
+    """Raise from a handler to answer with this code and message.
+
+    The message is sent to the caller as is: put nothing secret in it.
+    """
+
+    def __init__(self, code: int, message: str) -> None:
+        if not 100 <= code <= 999:
+            raise ValueError(f"error code must be within 100..999, not {code}")
+        super().__init__(f"{code} {message}")
+        self.code = code
+        self.message = message
+
+
+class CallError(MeshError):
+    """A call to ``service.endpoint`` failed."""
+
+    def __init__(self, message: str, *, service: str, endpoint: str, subject: str) -> None:
+        super().__init__(message)
+        self.service = service
+        self.endpoint = endpoint
+        self.subject = subject
+
+
+class NoResponders(CallError):
+    """No instance listens on the subject: the server said so at once."""
+
+
+class DeadlineExceeded(CallError, TimeoutError):
+    """The call's time budget ran out before a reply arrived."""
+
+
+class InvalidReply(CallError):
+    """The reply could not be decoded or did not validate against the response type."""
+
+
+class RemoteError(CallError):
+    """The service answered with an error code and message."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: int,
+        kind: str,
+        service: str,
+        endpoint: str,
+        subject: str,
+        details: Sequence[Mapping[str, Any]] = (),
+    ) -> None:
+        super().__init__(f"{code} {message}", service=service, endpoint=endpoint, subject=subject)
+        self.code = code
+        self.message = message
+        self.kind = kind
+        self.details = tuple(details)
+
+
+class InvalidRequest(RemoteError):
+    """The service rejected the request payload (400, 413, 415 or 422)."""
+
+
+class UnknownEndpoint(RemoteError):
+    """The service runs, but has no endpoint of that name (404)."""
+
+
+class Overloaded(RemoteError):
+    """The instance shed the request before processing it (503); safe to retry."""
+
+
+_REMOTE_CLASSES: Mapping[str, type[RemoteError]] = {
+    ErrorKind.MALFORMED: InvalidRequest,
+    ErrorKind.TOO_LARGE: InvalidRequest,
+    ErrorKind.UNSUPPORTED_MEDIA_TYPE: InvalidRequest,
+    ErrorKind.VALIDATION: InvalidRequest,
+    ErrorKind.UNKNOWN_ENDPOINT: UnknownEndpoint,
+    ErrorKind.OVERLOADED: Overloaded,
+}
+
+
+def remote_error_class(kind: str) -> type[RemoteError]:
+    """The exception class a caller raises for an error reply of this kind."""
+    return _REMOTE_CLASSES.get(kind, RemoteError)

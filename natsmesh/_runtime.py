@@ -1,0 +1,451 @@
+"""Run one instance of a ``@service``: subscribe, decode, validate, dispatch, reply, drain.
+
+The request path, in the subscription callback and then one task per request::
+
+    budget spent? → drop (counted)          in-flight at the limit? → 503 overloaded
+    decode (bounded) → validate → handler under the budget's cancel scope → encode → reply
+
+Every endpoint listens on three subjects (see ``_subjects``): the service's
+queue group, its subset's queue group, and a plain per-instance subject. The
+instance also answers the NATS Services API (``$SRV``) on plain subscriptions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+from collections.abc import Callable
+from contextlib import AsyncExitStack
+from datetime import UTC, datetime
+from types import TracebackType
+from typing import Any, Final, Self
+
+import anyio
+import anyio.to_thread
+import pydantic
+from nats.aio.subscription import Subscription
+from nats.nuid import NUID
+
+from natsmesh import _codec, _headers, _micro
+from natsmesh._client import Mesh
+from natsmesh._codec import Codec, DecodeError, Limits
+from natsmesh._context import Context
+from natsmesh._errors import (
+    KIND_CODES,
+    CallError,
+    DeadlineExceeded,
+    ErrorKind,
+    ServiceError,
+)
+from natsmesh._spec import EndpointSpec, ServiceSpec, spec_of
+from natsmesh._subjects import Subjects, srv_subjects
+from natsmesh._transport import NATS, Msg, connect
+from natsmesh._version import __version__
+
+log = logging.getLogger("natsmesh.service")
+
+#: Budget for requests that arrive without one (plain ``nats req``, other languages).
+DEFAULT_BUDGET: Final = 60.0
+# Successful msgpack replies carry no headers at all: the caller knows its codec,
+# and a header block costs a parse on every reply.
+_REPLY_HEADERS: Final[dict[Codec, dict[str, str] | None]] = {
+    Codec.MSGPACK: None,
+    Codec.JSON: {_codec.CONTENT_TYPE: _codec.JSON_TYPE},
+}
+
+
+class _Endpoint:
+    """Live state of one endpoint: its spec, bound handler and ADR-32 counters."""
+
+    __slots__ = (
+        "dropped",
+        "handler",
+        "last_error",
+        "num_errors",
+        "num_requests",
+        "processing_ns",
+        "shed",
+        "spec",
+        "subject",
+    )
+
+    def __init__(self, spec: EndpointSpec, handler: Callable[..., Any], subject: str) -> None:
+        self.spec = spec
+        self.handler = handler
+        self.subject = subject
+        self.num_requests = 0
+        self.num_errors = 0
+        self.last_error = ""
+        self.processing_ns = 0
+        self.dropped = 0
+        self.shed = 0
+
+    def error(self, code: int, message: str) -> None:
+        self.num_errors += 1
+        self.last_error = f"{code}: {message}"
+
+
+class ServiceRunner:
+    """Runs one instance of a ``@service`` class (or instance) on NATS.
+
+    Use as ``async with ServiceRunner(Shop(), nats=url) as runner: ...``; leaving
+    the block drains: it stops taking requests, finishes those in flight (up to
+    ``drain_timeout``), and leaves. An object that is itself an async context
+    manager is entered before the first request and exited after the last.
+    """
+
+    def __init__(
+        self,
+        target: object,
+        *,
+        nats: str | NATS | None = None,
+        prefix: str = "mesh",
+        instance_id: str | None = None,
+        limits: Limits = _codec.DEFAULT_LIMITS,
+        max_concurrency: int | None = None,
+        drain_timeout: float = 30.0,
+    ) -> None:
+        self.spec: ServiceSpec = spec_of(target)
+        self._target = target() if isinstance(target, type) else target
+        self._nats = nats
+        self._subjects = Subjects(prefix)
+        self.id = instance_id or NUID().next().decode()
+        self._limits = limits
+        self._max_concurrency = max_concurrency or self.spec.max_concurrency
+        self._drain_timeout = drain_timeout
+        self._nc: NATS | None = None
+        self._mesh: Mesh | None = None
+        self._endpoints: list[_Endpoint] = []
+        self._request_subs: list[Subscription] = []
+        self._stack = AsyncExitStack()
+        self._running: set[asyncio.Task[None]] = set()
+        self._in_flight = 0
+        self._idle = anyio.Event()
+        self._draining = False
+        self.started = datetime.now(UTC)
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        stack = self._stack
+        try:
+            if isinstance(self._nats, NATS):
+                self._nc = self._nats
+            else:
+                self._nc = await connect(self._nats, name=f"{self.spec.name}/{self.id}")
+                stack.push_async_callback(self._nc.close)
+            self._mesh = await stack.enter_async_context(
+                Mesh(self._nc, name=f"{self.spec.name}/{self.id}", prefix=self._subjects.prefix)
+            )
+            if hasattr(self._target, "__aenter__"):
+                await stack.enter_async_context(self._target)  # type: ignore[arg-type]
+            stack.push_async_callback(self._cancel_running)
+            await self._subscribe_srv()
+            await self._subscribe_endpoints()
+            # The subscriptions are only live once the server has processed them.
+            await self._nc.flush()
+        except BaseException:
+            await stack.aclose()
+            raise
+        log.info(
+            "%s %s (%s) serving as %s", self.spec.name, self.spec.version, self.spec.subset, self.id
+        )
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        try:
+            await self.drain()
+        finally:
+            await self._stack.aclose()
+
+    async def drain(self) -> None:
+        """Stop taking requests and wait (up to ``drain_timeout``) for those in flight."""
+        if self._draining:
+            return
+        self._draining = True
+        nc = self._nc
+        if nc is not None and nc.is_connected:
+            # drain() unsubscribes, then waits until the messages already delivered
+            # to this client have been dispatched, so none is lost in the switch.
+            with anyio.move_on_after(self._drain_timeout):
+                for sub in self._request_subs:
+                    await sub.drain()  # type: ignore[no-untyped-call]
+        with anyio.move_on_after(self._drain_timeout) as scope:
+            if self._in_flight:
+                await self._idle.wait()
+        if scope.cancelled_caught:
+            log.warning(
+                "%s: %d requests still running after drain", self.spec.name, self._in_flight
+            )
+        await self._cancel_running()
+
+    async def _cancel_running(self) -> None:
+        for task in list(self._running):
+            task.cancel()
+        if self._running:
+            await asyncio.wait(list(self._running))
+
+    # -- subscriptions ---------------------------------------------------------------
+
+    async def _subscribe_endpoints(self) -> None:
+        assert self._nc is not None
+        name, subset, s = self.spec.name, self.spec.subset, self._subjects
+        for spec in self.spec.endpoints:
+            handler = getattr(self._target, spec.attribute)
+            ep = _Endpoint(spec, handler, s.endpoint(name, spec.name))
+            self._endpoints.append(ep)
+            callback = functools.partial(self._on_request, ep)
+            for subject, queue in (
+                (ep.subject, s.queue_group(name)),
+                (s.subset(name, subset, spec.name), s.queue_group(name, subset)),
+                (s.instance(name, self.id, spec.name), ""),
+            ):
+                self._request_subs.append(await self._nc.subscribe(subject, queue, cb=callback))
+
+    async def _subscribe_srv(self) -> None:
+        assert self._nc is not None
+        answers: dict[str, Callable[[], bytes]] = {
+            "PING": self._ping,
+            "INFO": self._info,
+            "STATS": self._stats,
+        }
+        for verb, answer in answers.items():
+            for subject in srv_subjects(verb, self.spec.name, self.id):
+                await self._nc.subscribe(subject, cb=functools.partial(self._on_srv, answer))
+
+    async def _on_srv(self, answer: Callable[[], bytes], msg: Msg) -> None:
+        if msg.reply:
+            await msg.respond(answer())
+
+    # -- the request path ------------------------------------------------------------
+
+    async def _on_request(self, ep: _Endpoint, msg: Msg) -> None:
+        received = time.monotonic()
+        ep.num_requests += 1
+        headers = msg.headers or {}
+        budget = _headers.parse_budget(headers.get(_headers.BUDGET))
+        if budget is not None and budget <= 0:
+            ep.dropped += 1  # the caller has given up: any work would be wasted
+            return
+        codec = Codec.MSGPACK
+        try:
+            codec = _codec.codec_for(headers.get(_codec.CONTENT_TYPE))
+            if self._in_flight >= self._max_concurrency:
+                ep.shed += 1
+                await self._reply_error(msg, ep, codec, ErrorKind.OVERLOADED, "overloaded, retry")
+                return
+            argument = self._decode(ep.spec, msg.data, codec)
+        except DecodeError as exc:
+            await self._reply_error(msg, ep, codec, exc.kind, exc.reason)
+            return
+        except pydantic.ValidationError as exc:
+            await self._reply_error(
+                msg, ep, codec, ErrorKind.VALIDATION, "request failed validation", _details(exc)
+            )
+            return
+        context = Context(
+            service=self.spec.name,
+            endpoint=ep.spec.name,
+            headers=headers,
+            deadline=received + (DEFAULT_BUDGET if budget is None else budget),
+            mesh=self._mesh,
+        )
+        self._in_flight += 1
+        # A plain asyncio task, owned by this runner (tracked in _running and
+        # awaited or cancelled by drain): anyio's task group costs several times
+        # more per request, and this is the hottest line of the service.
+        task = asyncio.get_running_loop().create_task(
+            self._handle(ep, msg, codec, argument, context)
+        )
+        self._running.add(task)
+        task.add_done_callback(self._running.discard)
+
+    def _decode(self, spec: EndpointSpec, data: bytes, codec: Codec) -> Any:
+        request = spec.request
+        if request.kind == "bytes":
+            if len(data) > self._limits.max_payload:
+                raise DecodeError(ErrorKind.TOO_LARGE, "payload too large")
+            return data
+        value = _codec.decode(data, codec, self._limits)
+        if request.adapter is None:
+            return None
+        return request.adapter.validate_python(value)
+
+    async def _handle(
+        self, ep: _Endpoint, msg: Msg, codec: Codec, argument: Any, context: Context
+    ) -> None:
+        start = time.perf_counter_ns()
+        loop = asyncio.get_running_loop()
+        try:
+            timeout = asyncio.timeout_at(loop.time() + context.remaining)
+            try:
+                async with timeout:
+                    result = await self._invoke(ep, argument, context)
+            except TimeoutError:
+                if not timeout.expired():
+                    raise
+                ep.error(504, "deadline exceeded")  # no reply: the caller has stopped waiting
+                return
+            payload = self._encode(ep.spec, result, codec)
+        except ServiceError as exc:
+            await self._reply_error(msg, ep, codec, ErrorKind.SERVICE, exc.message, code=exc.code)
+        except DeadlineExceeded:
+            await self._reply_error(msg, ep, codec, ErrorKind.DEADLINE, "deadline exceeded")
+        except CallError as exc:
+            await self._reply_error(
+                msg, ep, codec, ErrorKind.UPSTREAM, f"call to {exc.service}.{exc.endpoint} failed"
+            )
+        except Exception:
+            log.exception("%s.%s: handler failed", self.spec.name, ep.spec.name)
+            await self._reply_error(msg, ep, codec, ErrorKind.INTERNAL, "internal error")
+        else:
+            if msg.reply:
+                await self._nc_publish(msg.reply, payload, _REPLY_HEADERS[codec])
+        finally:
+            ep.processing_ns += time.perf_counter_ns() - start
+            self._in_flight -= 1
+            if self._draining and not self._in_flight:
+                self._idle.set()
+
+    async def _invoke(self, ep: _Endpoint, argument: Any, context: Context) -> Any:
+        spec = ep.spec
+        kwargs: dict[str, Any] = {}
+        if spec.request_param is not None:
+            kwargs[spec.request_param] = argument
+        if spec.context_param is not None:
+            kwargs[spec.context_param] = context
+        if spec.is_async:
+            return await ep.handler(**kwargs)
+        return await anyio.to_thread.run_sync(functools.partial(ep.handler, **kwargs))
+
+    @staticmethod
+    def _encode(spec: EndpointSpec, result: Any, codec: Codec) -> bytes:
+        response = spec.response
+        if response.kind == "bytes" and isinstance(result, bytes | bytearray):
+            return bytes(result)
+        if response.kind == "none" or result is None:
+            return b""
+        assert response.adapter is not None
+        if response.model is not None and not isinstance(result, response.model):
+            # A dict (or another model) shaped like the response is accepted, as
+            # FastAPI does; anything that does not validate is a handler bug (500).
+            result = response.adapter.validate_python(result)
+        if codec is Codec.JSON:
+            return response.adapter.dump_json(result)
+        return _codec.encode(response.adapter.dump_python(result, mode="json"), codec)
+
+    async def _reply_error(
+        self,
+        msg: Msg,
+        ep: _Endpoint,
+        codec: Codec,
+        kind: ErrorKind,
+        message: str,
+        details: list[dict[str, Any]] | None = None,
+        *,
+        code: int | None = None,
+    ) -> None:
+        code = code if code is not None else KIND_CODES[kind]
+        ep.error(code, message)
+        if not msg.reply:
+            return
+        body: dict[str, Any] = {"code": code, "kind": kind.value, "message": message}
+        if details:
+            body["details"] = details
+        headers = {
+            _headers.ERROR: message,
+            _headers.ERROR_CODE: str(code),
+            _headers.ERROR_KIND: kind.value,
+        }
+        if codec is Codec.JSON:
+            headers[_codec.CONTENT_TYPE] = _codec.JSON_TYPE
+        await self._nc_publish(msg.reply, _codec.encode({"error": body}, codec), headers)
+
+    async def _nc_publish(
+        self, subject: str, payload: bytes, headers: dict[str, str] | None
+    ) -> None:
+        assert self._nc is not None
+        await self._nc.publish(subject, payload, headers=headers)
+
+    # -- the NATS Services API ----------------------------------------------------------
+
+    def _identity(self) -> dict[str, Any]:
+        return {
+            "name": self.spec.name,
+            "id": self.id,
+            "version": self.spec.version,
+            "metadata": {
+                **self.spec.metadata,
+                _micro.MESH_KEY: __version__,
+                _micro.SUBSET_KEY: self.spec.subset,
+                _micro.PREFIX_KEY: self._subjects.prefix,
+            },
+        }
+
+    def _ping(self) -> bytes:
+        return _micro.dump(_micro.Ping(**self._identity()))
+
+    def info(self) -> _micro.Info:
+        s, name = self._subjects, self.spec.name
+        return _micro.Info(
+            **self._identity(),
+            description=self.spec.description,
+            endpoints=[
+                _micro.EndpointInfo(
+                    name=ep.spec.name,
+                    subject=ep.subject,
+                    queue_group=s.queue_group(name),
+                    metadata={
+                        **ep.spec.schema_metadata(),
+                        "natsmesh.subset_subject": s.subset(name, self.spec.subset, ep.spec.name),
+                        "natsmesh.instance_subject": s.instance(name, self.id, ep.spec.name),
+                    },
+                )
+                for ep in self._endpoints
+            ],
+        )
+
+    def _info(self) -> bytes:
+        return _micro.dump(self.info())
+
+    def stats(self) -> _micro.Stats:
+        name = self.spec.name
+        return _micro.Stats(
+            **self._identity(),
+            started=_micro.rfc3339(self.started),
+            endpoints=[
+                _micro.EndpointStats(
+                    name=ep.spec.name,
+                    subject=ep.subject,
+                    queue_group=self._subjects.queue_group(name),
+                    num_requests=ep.num_requests,
+                    num_errors=ep.num_errors,
+                    last_error=ep.last_error,
+                    processing_time=ep.processing_ns,
+                    average_processing_time=ep.processing_ns // ep.num_requests
+                    if ep.num_requests
+                    else 0,
+                    data={
+                        "dropped_expired": ep.dropped,
+                        "shed_overloaded": ep.shed,
+                        "in_flight": self._in_flight,
+                    },
+                )
+                for ep in self._endpoints
+            ],
+        )
+
+    def _stats(self) -> bytes:
+        return _micro.dump(self.stats())
+
+
+def _details(exc: pydantic.ValidationError) -> list[dict[str, Any]]:
+    # Field paths and reasons only: echoing the input could reflect hostile data.
+    return [
+        {"loc": [str(p) for p in err["loc"]], "msg": err["msg"], "type": err["type"]}
+        for err in exc.errors(include_url=False, include_input=False, include_context=False)
+    ]

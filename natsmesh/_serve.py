@@ -1,0 +1,76 @@
+"""Run service instances until SIGINT or SIGTERM, then drain them.
+
+The shape every long-running natsmesh process shares (``natsmesh serve``,
+``natsmesh up``, the examples): enter every runner, signal readiness, wait for
+a signal, and leave in reverse order so each instance drains before it exits.
+"""
+
+from __future__ import annotations
+
+import importlib
+import signal
+from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AsyncExitStack
+from typing import Any
+
+import anyio
+
+from natsmesh._errors import SpecError
+from natsmesh._runtime import ServiceRunner
+from natsmesh._spec import spec_of
+from natsmesh._transport import nats_url
+
+
+def load_target(ref: str) -> list[object]:
+    """Import ``module:attr`` and return the @service classes or instances it names.
+
+    ``attr`` may be one service (class or instance) or a list or tuple of them.
+    Raises SpecError with a message fit for a command line.
+    """
+    module_name, sep, attr = ref.partition(":")
+    if not sep or not module_name or not attr:
+        raise SpecError(f"expected MODULE:ATTR, got {ref!r}")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise SpecError(f"cannot import {module_name!r}: {exc}") from None
+    value: Any = module
+    for part in attr.split("."):
+        try:
+            value = getattr(value, part)
+        except AttributeError:
+            raise SpecError(f"{module_name!r} has no attribute {attr!r}") from None
+    targets = list(value) if isinstance(value, list | tuple) else [value]
+    for target in targets:
+        spec_of(target)
+    return targets
+
+
+async def serve(
+    targets: Sequence[object],
+    *,
+    nats: str | None = None,
+    instances: int = 1,
+    prefix: str = "mesh",
+    ready: Callable[[list[ServiceRunner]], Awaitable[None] | None] | None = None,
+) -> None:
+    """Run ``instances`` instances of every target until SIGINT or SIGTERM, then drain.
+
+    A class is instantiated once per instance; an instance object is shared.
+    """
+    if instances < 1:
+        raise ValueError("instances must be at least 1")
+    url = nats_url(nats)
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with AsyncExitStack() as stack:
+            runners = [
+                await stack.enter_async_context(ServiceRunner(target, nats=url, prefix=prefix))
+                for target in targets
+                for _ in range(instances)
+            ]
+            if ready is not None:
+                result = ready(runners)
+                if result is not None:
+                    await result
+            async for _ in signals:
+                break

@@ -1,0 +1,41 @@
+"""Small services the tests run, in-process or as real processes (``natsmesh serve services:X``)."""
+
+from __future__ import annotations
+
+import os
+
+import anyio
+import pydantic
+
+from natsmesh import Context, endpoint, service
+
+
+class Item(pydantic.BaseModel):
+    id: int
+    name: str
+
+
+class Sleep(pydantic.BaseModel):
+    seconds: float = 0.0
+
+
+class Where(pydantic.BaseModel):
+    pid: int
+    instance: str
+    remaining: float
+
+
+@service("echo", version="1.0.0", description="echoes items")
+class Echo:
+    @endpoint(idempotent=True)
+    async def echo(self, item: Item) -> Item:
+        return item
+
+    @endpoint(idempotent=True)
+    async def slow(self, req: Sleep, ctx: Context) -> Where:
+        await anyio.sleep(req.seconds)
+        return Where(pid=os.getpid(), instance=ctx.headers.get("x-instance", ""), remaining=ctx.remaining)
+
+    @endpoint
+    async def whoami(self, ctx: Context) -> dict[str, object]:
+        return {"pid": os.getpid(), "caller": ctx.caller, "trace": ctx.trace.trace_id}

@@ -1,0 +1,239 @@
+"""The @service runtime against a real nats-server: $SRV shapes, queue groups, budgets, drain."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from typing import Any
+
+import anyio
+import nats
+import pydantic
+import pytest
+
+from natsmesh import (
+    Context,
+    DeadlineExceeded,
+    Mesh,
+    NoResponders,
+    ServiceRunner,
+    endpoint,
+    service,
+)
+from services import Echo, Item
+
+pytestmark = pytest.mark.anyio
+
+RFC3339_UTC = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z")
+
+
+class Quote(pydantic.BaseModel):
+    sku: str
+    cents: int
+
+
+@service("shop", version="2.1.0", description="a shop", metadata={"team": "core"})
+class Shop:
+    def __init__(self) -> None:
+        self.cancelled = anyio.Event()
+        self.seen: list[dict[str, Any]] = []
+
+    @endpoint(idempotent=True)
+    async def quote(self, sku: str) -> Quote:
+        return Quote(sku=sku, cents=100)
+
+    @endpoint
+    def blocking(self, n: int) -> int:
+        time.sleep(0.01)  # a sync handler runs in a worker thread, not on the loop
+        return n * 2
+
+    @endpoint
+    async def raw(self, data: bytes) -> bytes:
+        return data[::-1]
+
+    @endpoint
+    async def stall(self, ctx: Context) -> None:
+        try:
+            await anyio.sleep(30)
+        except BaseException:
+            self.cancelled.set()
+            raise
+
+    @endpoint
+    async def outer(self, ctx: Context) -> dict[str, Any]:
+        inner = await ctx.mesh.call("shop.inner", timeout=10)
+        return {"outer_remaining": ctx.remaining, "outer_trace": ctx.trace.trace_id, **inner}
+
+    @endpoint
+    async def inner(self, ctx: Context) -> dict[str, Any]:
+        return {
+            "inner_remaining": ctx.remaining,
+            "inner_trace": ctx.trace.trace_id,
+            "inner_caller": ctx.caller,
+        }
+
+
+async def _srv(nc: Any, subject: str, count: int) -> list[dict[str, Any]]:
+    inbox = nc.new_inbox()
+    sub = await nc.subscribe(inbox)
+    await nc.publish(subject, b"", reply=inbox)
+    answers = []
+    with anyio.fail_after(5):
+        for _ in range(count):
+            msg = await sub.next_msg(timeout=5)
+            answers.append(json.loads(msg.data))
+    await sub.unsubscribe()
+    return answers
+
+
+async def test_srv_ping_info_stats_shapes(nats_url: str) -> None:
+    async with ServiceRunner(Shop(), nats=nats_url) as runner, Mesh(nats_url) as mesh:
+        await mesh.call("shop.quote", "abc")
+        nc = mesh.nats
+        for verb, kind in (("PING", "ping"), ("INFO", "info"), ("STATS", "stats")):
+            for subject in (f"$SRV.{verb}", f"$SRV.{verb}.shop", f"$SRV.{verb}.shop.{runner.id}"):
+                (answer,) = await _srv(nc, subject, 1)
+                assert answer["type"] == f"io.nats.micro.v1.{kind}_response"
+                assert answer["name"] == "shop"
+                assert answer["id"] == runner.id
+                assert answer["version"] == "2.1.0"
+                assert answer["metadata"]["team"] == "core"
+                assert answer["metadata"]["natsmesh.subset"] == "v2"
+        (info,) = await _srv(nc, "$SRV.INFO.shop", 1)
+        assert info["description"] == "a shop"
+        eps = {e["name"]: e for e in info["endpoints"]}
+        assert set(eps) == {"quote", "blocking", "raw", "stall", "outer", "inner"}
+        quote = eps["quote"]
+        assert quote["subject"] == "mesh.shop.quote"
+        assert quote["queue_group"] == "shop"
+        assert quote["metadata"]["natsmesh.idempotent"] == "true"
+        assert eps["blocking"]["metadata"]["natsmesh.idempotent"] == "false"
+        assert json.loads(quote["metadata"]["natsmesh.response_schema"])["title"] == "Quote"
+        assert json.loads(quote["metadata"]["natsmesh.request_schema"]) == {"type": "string"}
+        assert all(isinstance(v, str) for e in eps.values() for v in e["metadata"].values())
+        (stats,) = await _srv(nc, "$SRV.STATS.shop", 1)
+        assert RFC3339_UTC.fullmatch(stats["started"])
+        st = {e["name"]: e for e in stats["endpoints"]}
+        assert st["quote"]["num_requests"] == 1
+        assert st["quote"]["num_errors"] == 0
+        assert st["quote"]["last_error"] == ""
+        assert isinstance(st["quote"]["processing_time"], int)
+        assert st["quote"]["processing_time"] > 0
+        assert st["quote"]["average_processing_time"] == st["quote"]["processing_time"]
+        assert st["raw"]["num_requests"] == 0
+        assert st["raw"]["average_processing_time"] == 0
+
+
+async def test_srv_is_answered_by_every_instance(nats_url: str) -> None:
+    async with (
+        ServiceRunner(Shop, nats=nats_url) as a,
+        ServiceRunner(Shop, nats=nats_url) as b,
+        Mesh(nats_url) as mesh,
+    ):
+        answers = await _srv(mesh.nats, "$SRV.PING.shop", 2)
+        assert {x["id"] for x in answers} == {a.id, b.id}
+        infos = await mesh.services("shop")
+        assert {i.id for i in infos} == {a.id, b.id}
+
+
+async def test_queue_group_subset_and_instance_subjects(nats_url: str) -> None:
+    async with (
+        ServiceRunner(Echo, nats=nats_url) as a,
+        ServiceRunner(Echo, nats=nats_url) as b,
+        Mesh(nats_url) as mesh,
+    ):
+        pids = set()
+        for _ in range(40):
+            who = await mesh.call("echo.whoami")
+            pids.add(who["pid"])
+        stats = [r.stats().endpoints[2] for r in (a, b)]
+        assert {s.name for s in stats} == {"whoami"}
+        # Both instances share the queue group: both served some of the 40 calls.
+        assert all(s.num_requests > 0 for s in stats)
+        assert sum(s.num_requests for s in stats) == 40
+        nc = mesh.nats
+        reply = await nc.request("mesh._i.echo." + b.id + ".whoami", b"", timeout=2)
+        assert reply.data
+        assert b.stats().endpoints[2].num_requests == stats[1].num_requests + 1
+        assert (await nc.request("mesh.echo.v1.whoami", b"", timeout=2)).data
+
+
+async def test_typed_and_raw_payloads_and_sync_handlers(nats_url: str) -> None:
+    async with ServiceRunner(Shop, nats=nats_url), Mesh(nats_url) as mesh:
+        assert await mesh.call("shop.quote", "x1", response=Quote) == Quote(sku="x1", cents=100)
+        assert await mesh.call("shop.blocking", 21) == 42
+        assert await mesh.call("shop.raw", b"\x00\x01\xff", response=bytes) == b"\xff\x01\x00"
+        results = []
+
+        async def many() -> None:
+            results.append(await mesh.call("shop.blocking", 1))
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(20):
+                tg.start_soon(many)
+        assert results == [2] * 20
+
+
+async def test_json_request_gets_json_reply(nats_url: str) -> None:
+    async with ServiceRunner(Echo, nats=nats_url):
+        nc = await nats.connect(nats_url)
+        try:
+            msg = await nc.request(
+                "mesh.echo.echo",
+                b'{"id": 7, "name": "seven"}',
+                timeout=2,
+                headers={"Content-Type": "application/json"},
+            )
+        finally:
+            await nc.close()
+        assert json.loads(msg.data) == {"id": 7, "name": "seven"}
+        assert msg.headers is not None
+        assert msg.headers["Content-Type"] == "application/json"
+
+
+async def test_nested_call_inherits_budget_trace_and_names_the_caller(nats_url: str) -> None:
+    async with ServiceRunner(Shop, nats=nats_url) as runner, Mesh(nats_url, name="tester") as mesh:
+        out = await mesh.call("shop.outer", timeout=2.0)
+        # The inner call asked for 10 s but got no more than the outer request had left.
+        assert 1.0 < out["inner_remaining"] < 2.0
+        assert abs(out["inner_remaining"] - out["outer_remaining"]) < 0.05
+        assert out["inner_trace"] == out["outer_trace"]
+        assert out["inner_caller"] == f"shop/{runner.id}"
+        who = await mesh.call("shop.inner")
+        assert who["inner_caller"] == "tester"
+
+
+async def test_deadline_exceeded_and_the_handler_is_abandoned(nats_url: str) -> None:
+    shop = Shop()
+    async with ServiceRunner(shop, nats=nats_url), Mesh(nats_url) as mesh:
+        started = time.monotonic()
+        with pytest.raises(DeadlineExceeded):
+            await mesh.call("shop.stall", timeout=0.3)
+        assert time.monotonic() - started < 1.0
+        with anyio.fail_after(2):
+            await shop.cancelled.wait()  # the service stopped the work once the budget ran out
+
+
+async def test_drain_finishes_in_flight_requests_then_leaves(nats_url: str) -> None:
+    async with Mesh(nats_url) as mesh:
+        runner = ServiceRunner(Echo, nats=nats_url)
+        await runner.__aenter__()
+        results: list[Any] = []
+
+        async def slow() -> None:
+            results.append(await mesh.call("echo.slow", {"seconds": 0.3}, timeout=5))
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(5):
+                tg.start_soon(slow)
+            # All five are in the runner before the drain starts.
+            with anyio.fail_after(5):
+                while runner.stats().endpoints[1].num_requests < 5:
+                    await anyio.sleep(0.01)
+            await runner.__aexit__(None, None, None)
+        assert len(results) == 5
+        started = time.monotonic()
+        with pytest.raises(NoResponders):
+            await mesh.call("echo.echo", Item(id=1, name="x"), timeout=5)
+        assert time.monotonic() - started < 1.0
