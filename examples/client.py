@@ -25,9 +25,12 @@ async def shop(nats: str | None) -> None:
         listed = await mesh.call("catalog.list", ProductFilter(in_stock=True), response=ProductList)
         print("in stock:")
         for product in listed.products:
-            print(f"  {product.id:<15} {dollars(product.price_cents):>8}  ({product.stock} left)")
+            print(
+                f"  {product.id:>3}  {product.name:<22} {dollars(product.price_cents):>8}"
+                f"  ({product.stock} left)"
+            )
 
-        request = OrderRequest(product_id="espresso-beans", quantity=12, customer="ada")
+        request = OrderRequest(product_id=1, quantity=12, customer="ada")
         order = await mesh.call("orders.place", request, response=Order)
         print(
             f"order {order.id}: {order.quantity} x {order.product_name}"
@@ -42,7 +45,7 @@ async def shop(nats: str | None) -> None:
         try:
             await mesh.call(
                 "orders.place",
-                OrderRequest(product_id="grinder", quantity=50, customer="ada"),
+                OrderRequest(product_id=2, quantity=50, customer="ada"),
                 response=Order,
             )
         except RemoteError as exc:

@@ -24,6 +24,7 @@ from natsmesh._errors import (
 )
 from natsmesh._policy import Retry
 from natsmesh._runtime import ServiceRunner
+from natsmesh._serve import serve
 from natsmesh._spec import ServiceSpec, endpoint, service, spec_of
 from natsmesh._version import __version__
 
@@ -50,6 +51,7 @@ __all__ = [
     "UnknownEndpoint",
     "__version__",
     "endpoint",
+    "serve",
     "service",
     "spec_of",
 ]

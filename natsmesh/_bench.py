@@ -107,7 +107,8 @@ async def run_bench(
     async with await anyio.open_process(
         [sys.executable, "-m", "natsmesh._bench", "--serve", url]
     ) as child:
-        assert child.stdout is not None and child.stdin is not None
+        assert child.stdout is not None
+        assert child.stdin is not None
         line = await anext(anyio.streams.text.TextReceiveStream(child.stdout))
         if line.strip() != "ready":
             raise RuntimeError(f"bench service failed to start: {line!r}")

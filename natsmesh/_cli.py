@@ -33,7 +33,7 @@ from natsmesh._errors import (
 )
 from natsmesh._policy import Retry
 from natsmesh._runtime import ServiceRunner
-from natsmesh._serve import load_target, serve
+from natsmesh._serve import load_target, serve, wait_for_signal
 from natsmesh._subjects import validate_token
 from natsmesh._transport import connect
 
@@ -308,7 +308,7 @@ async def _stats(args: argparse.Namespace) -> int:
 async def _nats(args: argparse.Namespace) -> int:
     async with EmbeddedNats(port=args.port or None) as server:
         print(f"nats-server {server.version} at {server.url} (Ctrl-C to stop)", flush=True)
-        await anyio.sleep_forever()
+        await wait_for_signal()
     return 0
 
 

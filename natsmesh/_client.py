@@ -24,12 +24,12 @@ import pydantic_core
 from natsmesh import _codec, _discovery, _headers, _micro
 from natsmesh._codec import Codec, DecodeError, Limits
 from natsmesh._errors import (
+    CallError,
     DeadlineExceeded,
     ErrorKind,
     InvalidReply,
     NoResponders,
     Overloaded,
-    RemoteError,
     UnknownEndpoint,
     remote_error_class,
 )
@@ -167,10 +167,13 @@ class Mesh:
         route = self._routes.get(target) or self._convention(target)
         started = time.monotonic()
         deadline = started + budget(
-            timeout or self.timeout, None if context is None else context.remaining
+            self.timeout if timeout is None else timeout,
+            None if context is None else context.remaining,
         )
         extra = _headers.check_user_headers(headers) if headers else None
-        trace = context.trace.child() if context is not None else _headers.new_trace()
+        traceparent = (
+            context.trace.child().header() if context is not None else _headers.new_traceparent()
+        )
         body = _encode_payload(payload, route.codec)
         attempt = 0
         while True:
@@ -185,7 +188,7 @@ class Mesh:
                 )
             hdrs = {
                 _headers.BUDGET: _headers.format_budget(left),
-                _headers.TRACEPARENT: trace.header(),
+                _headers.TRACEPARENT: traceparent,
                 _headers.CALLER: self.name,
             }
             if attempt > 1:
@@ -323,13 +326,19 @@ def _encode_payload(payload: Any, codec: Codec) -> bytes:
     return _codec.encode(payload, codec)
 
 
-def _remote_error(
-    route: _Route, hdrs: Mapping[str, str], data: bytes, limits: Limits
-) -> RemoteError:
+def _remote_error(route: _Route, hdrs: Mapping[str, str], data: bytes, limits: Limits) -> CallError:
     raw_code = hdrs.get(_headers.ERROR_CODE, "")
     code = int(raw_code) if raw_code.isdigit() and len(raw_code) < 4 else 500
     message = hdrs.get(_headers.ERROR, "")[:1024] or "error"
     kind = hdrs.get(_headers.ERROR_KIND, "")
+    if kind == ErrorKind.DEADLINE:
+        # The budget ran out downstream: to the caller that is the same condition.
+        return DeadlineExceeded(
+            f"deadline exceeded inside {route.service}.{route.endpoint}",
+            service=route.service,
+            endpoint=route.endpoint,
+            subject=route.subject,
+        )
     details: list[dict[str, Any]] = []
     if kind == ErrorKind.VALIDATION:
         try:

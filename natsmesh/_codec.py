@@ -9,6 +9,7 @@ depth, and (for payloads large enough to matter) the total number of containers.
 from __future__ import annotations
 
 import enum
+import math
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -93,9 +94,15 @@ def decode(data: bytes, codec: Codec, limits: Limits = DEFAULT_LIMITS) -> Any:
         raise DecodeError(ErrorKind.TOO_LARGE, f"payload larger than {limits.max_payload} bytes")
     if not data:
         return None
-    value = _decode_json(data) if codec is Codec.JSON else _decode_msgpack(data, limits)
-    if len(data) >= limits.max_depth and _too_deep(value, limits.max_depth):
-        raise DecodeError(ErrorKind.TOO_LARGE, f"payload nested deeper than {limits.max_depth}")
+    if codec is Codec.JSON:
+        value = _decode_json(data)
+        # The JSON parser knows no length or count limits: check them on the result.
+        _check_json(value, limits)
+    else:
+        value = _decode_msgpack(data, limits)
+        # Nesting needs at least one byte per level, so short payloads skip the walk.
+        if len(data) >= limits.max_depth:
+            _check_depth(value, limits.max_depth)
     return value
 
 
@@ -115,6 +122,7 @@ def _decode_msgpack(data: bytes, limits: Limits) -> Any:
             max_array_len=n,
             max_map_len=n,
             max_ext_len=0,
+            ext_hook=_reject_ext,
             **hooks,
         )
     except DecodeError:
@@ -141,20 +149,45 @@ def _decode_json(data: bytes) -> Any:
         raise DecodeError(ErrorKind.MALFORMED, "payload is not valid JSON") from None
 
 
-def _too_deep(value: Any, max_depth: int) -> bool:
+def _check_depth(value: Any, max_depth: int) -> None:
     stack: list[tuple[Any, int]] = [(value, 1)]
     while stack:
         item, depth = stack.pop()
-        if isinstance(item, dict):
-            children: Any = item.values()
-        elif isinstance(item, list):
-            children = item
-        else:
-            continue
+        children = item.values() if isinstance(item, dict) else item
         if depth > max_depth:
-            return True
-        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
-    return False
+            raise DecodeError(ErrorKind.TOO_LARGE, f"payload nested deeper than {max_depth}")
+        stack.extend((c, depth + 1) for c in children if isinstance(c, dict | list))
+
+
+def _check_json(value: Any, limits: Limits) -> None:
+    containers = 0
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, str):
+            if len(item) > limits.max_length:
+                raise DecodeError(ErrorKind.TOO_LARGE, "a string is too long")
+            continue
+        if isinstance(item, float):
+            if not math.isfinite(item):
+                raise DecodeError(ErrorKind.MALFORMED, "a number is out of range")
+            continue
+        if not isinstance(item, dict | list):
+            continue
+        containers += 1
+        if depth > limits.max_depth:
+            raise DecodeError(ErrorKind.TOO_LARGE, f"payload nested deeper than {limits.max_depth}")
+        if containers > limits.max_containers or len(item) > limits.max_length:
+            raise DecodeError(ErrorKind.TOO_LARGE, "payload holds too many or too long containers")
+        if isinstance(item, dict):
+            stack.extend((k, depth) for k in item)
+            stack.extend((v, depth + 1) for v in item.values())
+        else:
+            stack.extend((v, depth + 1) for v in item)
+
+
+def _reject_ext(code: int, data: bytes) -> Any:
+    raise DecodeError(ErrorKind.MALFORMED, "msgpack extension types are not accepted")
 
 
 _packer = msgpack.Packer(use_bin_type=True, autoreset=True)
@@ -165,5 +198,6 @@ def encode(value: Any, codec: Codec) -> bytes:
     if value is None:
         return b""
     if codec is Codec.JSON:
-        return pydantic_core.to_json(value)
+        # NaN and Infinity are not JSON; null is what JavaScript's JSON.stringify writes.
+        return pydantic_core.to_json(value, inf_nan_mode="null")
     return _packer.pack(value)

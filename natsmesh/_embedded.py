@@ -290,6 +290,9 @@ class EmbeddedNats:
                 stderr=subprocess.STDOUT,
                 text=True,
                 errors="replace",
+                # Its own session: Ctrl-C in a terminal signals the whole foreground
+                # group, and the server must outlive the services that drain through it.
+                start_new_session=True,
             )
         except BaseException:
             self._cleanup_tmp()

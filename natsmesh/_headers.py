@@ -85,6 +85,11 @@ def new_trace() -> Trace:
     return Trace(f"{random.getrandbits(128):032x}", _span_id())
 
 
+def new_traceparent() -> str:
+    """A ``traceparent`` header value that starts a new trace (sampled)."""
+    return f"00-{random.getrandbits(128) or 1:032x}-{random.getrandbits(64) or 1:016x}-01"
+
+
 def _span_id() -> str:
     return f"{random.getrandbits(64) or 1:016x}"
 

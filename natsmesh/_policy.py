@@ -6,6 +6,7 @@ every decision here is a function of its arguments and easy to test.
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass
 
@@ -33,7 +34,8 @@ class Retry:
 
     def delay(self, attempt: int, rng: random.Random) -> float:
         """Seconds to wait before try ``attempt + 1``, after try ``attempt`` (1-based) failed."""
-        ceiling = min(self.max_backoff, self.backoff * (2 ** (attempt - 1)))
+        # The exponent is capped first: 2 ** 1024 does not fit a float.
+        ceiling = min(self.max_backoff, self.backoff * 2.0 ** min(attempt - 1, 64))
         return rng.uniform(ceiling / 2, ceiling)
 
 
@@ -47,6 +49,6 @@ def remaining(deadline: float, now: float) -> float:
 
 def budget(timeout: float, parent_remaining: float | None) -> float:
     """A call's budget: its own timeout, but never more than its parent has left."""
-    if timeout <= 0:
-        raise ValueError(f"timeout must be positive, not {timeout}")
+    if not math.isfinite(timeout) or timeout <= 0:
+        raise ValueError(f"timeout must be a positive number of seconds, not {timeout}")
     return timeout if parent_remaining is None else min(timeout, parent_remaining)

@@ -94,6 +94,9 @@ class ServiceRunner:
     the block drains: it stops taking requests, finishes those in flight (up to
     ``drain_timeout``), and leaves. An object that is itself an async context
     manager is entered before the first request and exited after the last.
+
+    ``nats`` is a server URL (default: ``NATS_URL``, then ``nats://127.0.0.1:4222``;
+    several servers comma-separated) or a connection the caller owns.
     """
 
     def __init__(
@@ -167,6 +170,7 @@ class ServiceRunner:
         if self._draining:
             return
         self._draining = True
+        log.info("%s/%s: draining", self.spec.name, self.id)
         nc = self._nc
         if nc is not None and nc.is_connected:
             # drain() unsubscribes, then waits until the messages already delivered
@@ -294,7 +298,10 @@ class ServiceRunner:
         except ServiceError as exc:
             await self._reply_error(msg, ep, codec, ErrorKind.SERVICE, exc.message, code=exc.code)
         except DeadlineExceeded:
-            await self._reply_error(msg, ep, codec, ErrorKind.DEADLINE, "deadline exceeded")
+            if context.remaining <= 0:
+                ep.error(504, "deadline exceeded")  # as above: nobody is waiting any more
+            else:
+                await self._reply_error(msg, ep, codec, ErrorKind.DEADLINE, "deadline exceeded")
         except CallError as exc:
             await self._reply_error(
                 msg, ep, codec, ErrorKind.UPSTREAM, f"call to {exc.service}.{exc.endpoint} failed"

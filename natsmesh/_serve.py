@@ -57,10 +57,14 @@ async def serve(
     """Run ``instances`` instances of every target until SIGINT or SIGTERM, then drain.
 
     A class is instantiated once per instance; an instance object is shared.
+    ``nats`` defaults to ``NATS_URL``, then ``nats://127.0.0.1:4222``. ``ready`` is
+    called with the runners once all of them are subscribed.
     """
     if instances < 1:
         raise ValueError("instances must be at least 1")
     url = nats_url(nats)
+    # Listen first: a signal that arrives while instances start must drain them too,
+    # not kill the process with the default handler.
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with AsyncExitStack() as stack:
             runners = [
@@ -74,3 +78,11 @@ async def serve(
                     await result
             async for _ in signals:
                 break
+
+
+async def wait_for_signal() -> int:
+    """Return the first SIGINT or SIGTERM received (instead of dying of it)."""
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for signum in signals:
+            return int(signum)
+    raise AssertionError("unreachable: the signal receiver never ends")

@@ -34,7 +34,9 @@ class Echo:
     @endpoint(idempotent=True)
     async def slow(self, req: Sleep, ctx: Context) -> Where:
         await anyio.sleep(req.seconds)
-        return Where(pid=os.getpid(), instance=ctx.headers.get("x-instance", ""), remaining=ctx.remaining)
+        return Where(
+            pid=os.getpid(), instance=ctx.headers.get("x-instance", ""), remaining=ctx.remaining
+        )
 
     @endpoint
     async def whoami(self, ctx: Context) -> dict[str, object]:

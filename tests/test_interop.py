@@ -134,7 +134,8 @@ async def test_mesh_calls_a_nats_js_micro_service(nats_url: str) -> None:
     async with await anyio.open_process(
         [NODE, "micro.mjs", "serve", nats_url], cwd=INTEROP
     ) as node:
-        assert node.stdout is not None and node.stdin is not None
+        assert node.stdout is not None
+        assert node.stdin is not None
         with anyio.fail_after(20):
             line = await node.stdout.receive()
         assert line.strip() == b"ready"

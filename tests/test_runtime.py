@@ -11,6 +11,7 @@ import anyio
 import nats
 import pydantic
 import pytest
+from services import Echo, Item
 
 from natsmesh import (
     Context,
@@ -21,7 +22,6 @@ from natsmesh import (
     endpoint,
     service,
 )
-from services import Echo, Item
 
 pytestmark = pytest.mark.anyio
 
@@ -215,25 +215,40 @@ async def test_deadline_exceeded_and_the_handler_is_abandoned(nats_url: str) -> 
             await shop.cancelled.wait()  # the service stopped the work once the budget ran out
 
 
+@service("gate", version="1.0.0")
+class Gate:
+    def __init__(self, expected: int) -> None:
+        self.expected = expected
+        self.arrived = anyio.Event()
+        self.count = 0
+
+    @endpoint
+    async def hold(self) -> str:
+        self.count += 1
+        if self.count == self.expected:
+            self.arrived.set()
+        await anyio.sleep(0.3)
+        return "done"
+
+
 async def test_drain_finishes_in_flight_requests_then_leaves(nats_url: str) -> None:
+    gate = Gate(expected=5)
     async with Mesh(nats_url) as mesh:
-        runner = ServiceRunner(Echo, nats=nats_url)
+        runner = ServiceRunner(gate, nats=nats_url)
         await runner.__aenter__()
         results: list[Any] = []
 
-        async def slow() -> None:
-            results.append(await mesh.call("echo.slow", {"seconds": 0.3}, timeout=5))
+        async def hold() -> None:
+            results.append(await mesh.call("gate.hold", timeout=5))
 
         async with anyio.create_task_group() as tg:
             for _ in range(5):
-                tg.start_soon(slow)
-            # All five are in the runner before the drain starts.
+                tg.start_soon(hold)
             with anyio.fail_after(5):
-                while runner.stats().endpoints[1].num_requests < 5:
-                    await anyio.sleep(0.01)
+                await gate.arrived.wait()  # all five are in the handler when the drain starts
             await runner.__aexit__(None, None, None)
-        assert len(results) == 5
+        assert results == ["done"] * 5
         started = time.monotonic()
         with pytest.raises(NoResponders):
-            await mesh.call("echo.echo", Item(id=1, name="x"), timeout=5)
+            await mesh.call("gate.hold", timeout=5)
         assert time.monotonic() - started < 1.0

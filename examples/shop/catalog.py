@@ -13,11 +13,11 @@ from examples.shop.models import Product, ProductFilter, ProductId, ProductList
 from natsmesh import BoundMesh, ErrorKind, RemoteError, ServiceError, endpoint, service
 
 PRODUCTS = (
-    Product(id="espresso-beans", name="Espresso beans, 1 kg", price_cents=2400, stock=40),
-    Product(id="grinder", name="Burr grinder", price_cents=12900, stock=3),
-    Product(id="moka-pot", name="Moka pot, 6 cups", price_cents=3500, stock=12),
-    Product(id="filter-papers", name="Filter papers, 100", price_cents=450, stock=500),
-    Product(id="kettle", name="Gooseneck kettle", price_cents=5900, stock=0),
+    Product(id=1, name="Espresso beans, 1 kg", price_cents=2400, stock=40),
+    Product(id=2, name="Burr grinder", price_cents=12900, stock=3),
+    Product(id=3, name="Moka pot, 6 cups", price_cents=3500, stock=12),
+    Product(id=4, name="Filter papers, 100", price_cents=450, stock=500),
+    Product(id=5, name="Gooseneck kettle", price_cents=5900, stock=0),
 )
 
 
@@ -36,7 +36,7 @@ class Catalog:
         """The product with this id; 404 when there is none."""
         product = self._products.get(req.id)
         if product is None:
-            raise ServiceError(404, f"no product {req.id!r}")
+            raise ServiceError(404, f"no product {req.id}")
         return product
 
     @endpoint(name="list", idempotent=True)
@@ -46,14 +46,14 @@ class Catalog:
         return ProductList(
             products=[
                 product
-                for _, product in sorted(self._products.items())
+                for product in sorted(self._products.values(), key=lambda p: p.id)
                 if (wanted.max_price_cents is None or product.price_cents <= wanted.max_price_cents)
                 and (product.stock > 0 or not wanted.in_stock)
             ]
         )
 
 
-async def fetch_product(mesh: BoundMesh, product_id: str) -> Product:
+async def fetch_product(mesh: BoundMesh, product_id: int) -> Product:
     """Read a product through ``catalog.get`` with the caller's budget and trace.
 
     Raises ServiceError(404) when the catalog has no such product, so a handler

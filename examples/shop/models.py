@@ -11,8 +11,8 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field
 
-#: A product id: lower-case letters, digits and dashes, like ``espresso-beans``.
-ProductKey = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9-]{0,63}$")]
+#: A product's id in the catalog.
+ProductKey = Annotated[int, Field(ge=1)]
 Cents = Annotated[int, Field(ge=0)]
 #: How many of a product one quote or order may be for.
 Quantity = Annotated[int, Field(ge=1, le=100)]

@@ -31,7 +31,7 @@ class Orders:
         """Place an order; 404 for an unknown product, 409 when there is not enough stock."""
         product = await fetch_product(ctx.mesh, req.product_id)
         if req.quantity > product.stock:
-            raise ServiceError(409, f"only {product.stock} of {product.id!r} in stock")
+            raise ServiceError(409, f"only {product.stock} of {product.name!r} in stock")
         quote = await ctx.mesh.call(
             "pricing.quote",
             QuoteRequest(product_id=product.id, quantity=req.quantity),

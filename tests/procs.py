@@ -1,0 +1,79 @@
+"""Real service processes for tests: start, wait for the ready line, signal by pid, reap."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+TESTS = Path(__file__).parent
+
+
+class Proc:
+    """A ``python -m natsmesh ...`` child whose stdout announces readiness in one line."""
+
+    def __init__(self, *args: str, nats_url: str) -> None:
+        env = {**os.environ, "NATS_URL": nats_url, "PYTHONPATH": str(TESTS)}
+        self.popen = subprocess.Popen(
+            [sys.executable, "-m", "natsmesh", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        self.pid = self.popen.pid
+        self._ready = threading.Event()
+        self.ready_line = ""
+        self.stderr_lines: list[str] = []
+        threading.Thread(target=self._read, daemon=True).start()
+        threading.Thread(target=self._read_err, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.popen.stdout is not None
+        for line in self.popen.stdout:
+            if not self._ready.is_set():
+                self.ready_line = line.strip()
+                self._ready.set()
+        self._ready.set()
+
+    def _read_err(self) -> None:
+        assert self.popen.stderr is not None
+        for line in self.popen.stderr:
+            self.stderr_lines.append(line)
+
+    def wait_ready(self, timeout: float = 20) -> str:
+        if not self._ready.wait(timeout) or not self.ready_line:
+            self.kill()
+            raise RuntimeError(
+                f"process {self.pid} not ready: {''.join(self.stderr_lines)[-2000:]}"
+            )
+        return self.ready_line
+
+    def signal(self, sig: int) -> None:
+        if self.popen.poll() is None:
+            os.kill(self.pid, sig)
+
+    def terminate(self, timeout: float = 30) -> int:
+        self.signal(signal.SIGTERM)
+        return self.popen.wait(timeout)
+
+    def kill(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.kill()
+        self.popen.wait(10)
+
+    def __enter__(self) -> Proc:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Kill if still running, reap, and close the pipes."""
+        self.kill()
+        for stream in (self.popen.stdout, self.popen.stderr):
+            if stream is not None:
+                stream.close()
