@@ -177,4 +177,6 @@ def format_table(results: dict[str, Any]) -> str:
 
 if __name__ == "__main__":
     # The child side of run_bench: natsmesh._bench --serve URL
-    anyio.run(_serve, sys.argv[2])
+    from natsmesh._cli import backend_options
+
+    anyio.run(_serve, sys.argv[2], backend_options=backend_options())

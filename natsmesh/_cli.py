@@ -68,11 +68,16 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 def _run(command: Callable[[argparse.Namespace], Awaitable[int]], args: argparse.Namespace) -> int:
+    return anyio.run(command, args, backend_options=backend_options())
+
+
+def backend_options() -> dict[str, Any]:
+    """uvloop where it is installed (``pip install natsmesh[fast]``), else asyncio's loop."""
     try:
         import uvloop  # noqa: F401  (only probing whether it is installed)
     except ImportError:
-        return anyio.run(command, args)
-    return anyio.run(command, args, backend_options={"use_uvloop": True})
+        return {}
+    return {"use_uvloop": True}
 
 
 def _parser() -> argparse.ArgumentParser:

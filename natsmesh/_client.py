@@ -34,7 +34,7 @@ from natsmesh._errors import (
     remote_error_class,
 )
 from natsmesh._policy import Retry, budget
-from natsmesh._subjects import Subjects, parse_target, validate_name
+from natsmesh._subjects import Subjects, parse_target, validate_name, validate_token
 from natsmesh._transport import NATS, Msg, NoReply, NoResponse, Requester, connect
 
 if TYPE_CHECKING:
@@ -174,6 +174,15 @@ class Mesh:
         traceparent = (
             context.trace.child().header() if context is not None else _headers.new_traceparent()
         )
+        if not route.subject:
+            route = await self._reroute(target, route) or route
+            if not route.subject:
+                raise NoResponders(
+                    f"no responders for {target}",
+                    service=route.service,
+                    endpoint=route.endpoint,
+                    subject="",
+                )
         body = _encode_payload(payload, route.codec)
         attempt = 0
         while True:
@@ -242,7 +251,10 @@ class Mesh:
         try:
             validate_name("endpoint", endpoint)
         except ValueError:
-            # Not a natsmesh endpoint name: only discovery can tell where it lives.
+            # Never a subject token of anyone's ('.', '*', '>', whitespace): refuse.
+            validate_token("endpoint", endpoint)
+            # A micro service may use names natsmesh does not: only discovery can
+            # tell where such an endpoint lives (an empty subject means "look it up").
             route = _Route(service, endpoint, "", Codec.JSON, discovered_at=0.0)
         if len(self._routes) < 10_000:
             self._routes[target] = route
@@ -256,7 +268,7 @@ class Mesh:
         endpoint; None when no instance of the service answers at all.
         """
         now = time.monotonic()
-        if route.discovered_at and now - route.discovered_at < 1.0:
+        if route.subject and route.discovered_at and now - route.discovered_at < 1.0:
             return None  # looked up a moment ago: the service is simply gone
         info = await _discovery.first_info(self.nats, route.service)
         if info is None:

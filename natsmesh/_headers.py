@@ -25,7 +25,18 @@ STATUS: Final = "Status"  # set by the server on "no responders" (503)
 
 #: Headers the mesh owns: user-supplied headers may not override them.
 RESERVED: Final = frozenset(
-    h.lower() for h in (BUDGET, ATTEMPT, CALLER, TRACEPARENT, ERROR, ERROR_CODE, ERROR_KIND, STATUS)
+    h.lower()
+    for h in (
+        BUDGET,
+        ATTEMPT,
+        CALLER,
+        TRACEPARENT,
+        ERROR,
+        ERROR_CODE,
+        ERROR_KIND,
+        STATUS,
+        "Content-Type",  # the mesh picks the codec; a caller's label could contradict the body
+    )
 )
 MAX_HEADER_VALUE: Final = 1024
 MAX_BUDGET_MS: Final = 24 * 3600 * 1000

@@ -70,7 +70,7 @@ def test_zero_backoff_never_waits() -> None:
     assert Retry(backoff=0, max_backoff=0).delay(5, random.Random(1)) == 0
 
 
-@given(retry=retries, attempt=st.integers(min_value=1, max_value=1000), seed=st.integers())
+@given(retry=retries, attempt=st.integers(min_value=1, max_value=10_000), seed=st.integers())
 def test_delay_is_within_half_ceiling_and_ceiling(retry: Retry, attempt: int, seed: int) -> None:
     ceiling = retry.delay(attempt, HIGH)
     assert ceiling <= retry.max_backoff
@@ -78,13 +78,14 @@ def test_delay_is_within_half_ceiling_and_ceiling(retry: Retry, attempt: int, se
     assert ceiling / 2 <= delay <= ceiling
 
 
-@given(retry=retries, attempt=st.integers(min_value=1, max_value=1000))
+@given(retry=retries, attempt=st.integers(min_value=1, max_value=10_000))
 def test_the_ceiling_never_shrinks_as_attempts_grow(retry: Retry, attempt: int) -> None:
     assert retry.delay(attempt + 1, HIGH) >= retry.delay(attempt, HIGH)
     assert retry.delay(attempt + 1, LOW) >= retry.delay(attempt, LOW)
 
 
 def test_delay_stays_capped_for_very_many_attempts() -> None:
+    # 0.02 * 2 ** 1024 does not fit a float: the exponent must be capped before it is used.
     retry = Retry(attempts=5000, backoff=0.02, max_backoff=0.5)
     assert retry.delay(1100, HIGH) == 0.5
 
@@ -102,14 +103,8 @@ def test_budget_is_capped_by_what_the_parent_has_left(
     assert budget(timeout, parent) == expected
 
 
-@pytest.mark.parametrize("timeout", [0.0, -1.0, -math.inf])
-def test_budget_rejects_non_positive_timeouts(timeout: float) -> None:
-    with pytest.raises(ValueError, match="positive"):
-        budget(timeout, None)
-
-
-@pytest.mark.parametrize("timeout", [math.nan, math.inf])
-def test_budget_rejects_timeouts_that_are_not_finite(timeout: float) -> None:
+@pytest.mark.parametrize("timeout", [0.0, -1.0, -math.inf, math.nan, math.inf])
+def test_budget_rejects_timeouts_that_are_not_positive_and_finite(timeout: float) -> None:
     with pytest.raises(ValueError, match="positive"):
         budget(timeout, None)
 

@@ -11,7 +11,7 @@ import anyio
 import nats
 import pydantic
 import pytest
-from services import Echo, Item
+from services import Echo
 
 from natsmesh import (
     Context,

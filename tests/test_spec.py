@@ -66,6 +66,7 @@ def test_non_semver_version_is_a_spec_error(version: str) -> None:
 
 
 def test_a_version_with_non_ascii_digits_is_not_semver() -> None:
+    # \d matches any Unicode digit unless the pattern is ASCII-only.
     with pytest.raises(SpecError):
         service("svc", version="1\u0663.0.0")
 
