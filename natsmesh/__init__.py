@@ -6,7 +6,7 @@ Declare a service with ``@service`` and ``@endpoint``, run it with
 
 from natsmesh._client import Mesh
 from natsmesh._codec import Limits
-from natsmesh._context import BoundMesh, Context
+from natsmesh._context import Context
 from natsmesh._errors import (
     CallError,
     DeadlineExceeded,
@@ -29,7 +29,6 @@ from natsmesh._spec import ServiceSpec, endpoint, service, spec_of
 from natsmesh._version import __version__
 
 __all__ = [
-    "BoundMesh",
     "CallError",
     "Context",
     "DeadlineExceeded",

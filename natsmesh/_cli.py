@@ -9,6 +9,7 @@ take ``--json``. Failures print one line on stderr and exit non-zero:
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import logging
 import os
@@ -73,11 +74,7 @@ def _run(command: Callable[[argparse.Namespace], Awaitable[int]], args: argparse
 
 def backend_options() -> dict[str, Any]:
     """uvloop where it is installed (``pip install natsmesh[fast]``), else asyncio's loop."""
-    try:
-        import uvloop  # noqa: F401  (only probing whether it is installed)
-    except ImportError:
-        return {}
-    return {"use_uvloop": True}
+    return {"use_uvloop": True} if importlib.util.find_spec("uvloop") else {}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -252,13 +249,18 @@ async def _call(args: argparse.Namespace) -> int:
 
 
 async def _discover(args: argparse.Namespace, verb: str, model: Any) -> list[Any]:
+    """Every answer to ``$SRV.<verb>``; raises NoResponders when a named service has none."""
     nc = await connect(_url(args), name="natsmesh-cli")
+    name = getattr(args, "service", None)
     try:
-        return await gather(
-            nc, verb, model, name=getattr(args, "service", None), timeout=args.timeout
-        )
+        answers = await gather(nc, verb, model, name=name, timeout=args.timeout)
     finally:
         await nc.close()
+    if name is not None and not answers:
+        raise NoResponders(
+            f"no instance of {name!r} answered", service=name, endpoint="", subject=verb
+        )
+    return answers
 
 
 async def _ls(args: argparse.Namespace) -> int:
@@ -279,9 +281,6 @@ async def _ls(args: argparse.Namespace) -> int:
 
 async def _info(args: argparse.Namespace) -> int:
     infos: list[_micro.Info] = await _discover(args, "INFO", _micro.Info)
-    if not infos:
-        print(f"natsmesh: no instance of {args.service!r} answered", file=sys.stderr)
-        return 3
     if args.json:
         print(json.dumps([i.model_dump() for i in infos], indent=2))
         return 0
@@ -295,9 +294,6 @@ async def _info(args: argparse.Namespace) -> int:
 
 async def _stats(args: argparse.Namespace) -> int:
     stats: list[_micro.Stats] = await _discover(args, "STATS", _micro.Stats)
-    if not stats:
-        print(f"natsmesh: no instance of {args.service!r} answered", file=sys.stderr)
-        return 3
     if args.json:
         print(json.dumps([s.model_dump() for s in stats], indent=2))
         return 0

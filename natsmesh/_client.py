@@ -9,6 +9,7 @@ or raise the error it carries.
 
 from __future__ import annotations
 
+import copy
 import logging
 import random
 import time
@@ -88,6 +89,7 @@ class Mesh:
         self._routes: dict[str, _Route] = {}
         self._rng = random.Random()
         self._requester: Requester | None = None
+        self._context: Context | None = None
 
     async def __aenter__(self) -> Self:
         if isinstance(self._nats, NATS):
@@ -108,6 +110,12 @@ class Mesh:
         if self._owns_connection and self._nc is not None:
             await self._nc.drain()
         self._nc = None
+
+    def bound(self, context: Context) -> Mesh:
+        """This client, making every call as a nested call of ``context``'s request."""
+        view = copy.copy(self)  # shares the connection, routes and requester
+        view._context = context
+        return view
 
     @property
     def nats(self) -> NATS:
@@ -164,6 +172,7 @@ class Mesh:
         requester = self._requester
         if requester is None:
             raise RuntimeError("use 'async with Mesh(...)' before calling")
+        context = context or self._context
         route = self._routes.get(target) or self._convention(target)
         started = time.monotonic()
         deadline = started + budget(

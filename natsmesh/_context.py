@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, TypeVar, overload
+from typing import TYPE_CHECKING
 
 from natsmesh._headers import (
     ATTEMPT,
@@ -22,8 +22,6 @@ from natsmesh._headers import (
 
 if TYPE_CHECKING:
     from natsmesh._client import Mesh
-
-T = TypeVar("T")
 
 
 class Context:
@@ -76,59 +74,8 @@ class Context:
         return max(0.0, self.deadline - time.monotonic())
 
     @property
-    def mesh(self) -> BoundMesh:
+    def mesh(self) -> Mesh:
         """A client for nested calls that inherits this request's budget and trace."""
         if self._mesh is None:
             raise RuntimeError("this context has no mesh client")
-        return BoundMesh(self._mesh, self)
-
-
-class BoundMesh:
-    """A Mesh client bound to the context of the request being served."""
-
-    __slots__ = ("_context", "_mesh")
-
-    def __init__(self, mesh: Mesh, context: Context) -> None:
-        self._mesh = mesh
-        self._context = context
-
-    @overload
-    async def call(
-        self,
-        target: str,
-        payload: Any = None,
-        *,
-        response: type[T],
-        timeout: float | None = None,
-        headers: Mapping[str, str] | None = None,
-    ) -> T: ...
-
-    @overload
-    async def call(
-        self,
-        target: str,
-        payload: Any = None,
-        *,
-        response: None = None,
-        timeout: float | None = None,
-        headers: Mapping[str, str] | None = None,
-    ) -> Any: ...
-
-    async def call(
-        self,
-        target: str,
-        payload: Any = None,
-        *,
-        response: Any = None,
-        timeout: float | None = None,
-        headers: Mapping[str, str] | None = None,
-    ) -> Any:
-        """Like :meth:`Mesh.call`, with no more time than this request has left."""
-        return await self._mesh.call(
-            target,
-            payload,
-            response=response,
-            timeout=timeout,
-            headers=headers,
-            context=self._context,
-        )
+        return self._mesh.bound(self)

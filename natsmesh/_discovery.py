@@ -16,7 +16,7 @@ import pydantic
 
 from natsmesh import _micro
 from natsmesh._subjects import srv_request_subject
-from natsmesh._transport import NATS, NoReply, NoResponse, request
+from natsmesh._transport import NATS, NO_RESPONDERS, STATUS, NoReply, NoResponse, request
 
 log = logging.getLogger("natsmesh.discovery")
 
@@ -54,6 +54,8 @@ async def gather(
                     msg = await sub.next_msg(timeout=wait)
                 except TimeoutError:
                     break
+                if not msg.data and msg.headers and msg.headers.get(STATUS) == NO_RESPONDERS:
+                    break  # nobody subscribes to this $SRV subject
                 wait = stall
                 parsed = _parse(model, msg.data)
                 if parsed is not None:

@@ -31,6 +31,11 @@ def _metadata(value: Any) -> dict[str, str]:
     return {str(k): str(v) for k, v in value.items()}
 
 
+def _list(value: Any) -> Any:
+    # Go services send null for an empty list.
+    return [] if value is None else value
+
+
 class _Identity(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
@@ -67,10 +72,7 @@ class Info(_Identity):
     description: str = ""
     endpoints: list[EndpointInfo] = Field(default_factory=list)
 
-    @field_validator("endpoints", mode="before")
-    @classmethod
-    def _endpoints(cls, value: Any) -> Any:
-        return [] if value is None else value
+    _eps = field_validator("endpoints", mode="before")(_list)
 
 
 class EndpointStats(BaseModel):
@@ -92,10 +94,7 @@ class Stats(_Identity):
     started: str = ""
     endpoints: list[EndpointStats] = Field(default_factory=list)
 
-    @field_validator("endpoints", mode="before")
-    @classmethod
-    def _endpoints(cls, value: Any) -> Any:
-        return [] if value is None else value
+    _eps = field_validator("endpoints", mode="before")(_list)
 
 
 def rfc3339(moment: datetime) -> str:

@@ -10,7 +10,7 @@ from collections.abc import Iterable
 
 from examples.shop._run import run
 from examples.shop.models import Product, ProductFilter, ProductId, ProductList
-from natsmesh import BoundMesh, ErrorKind, RemoteError, ServiceError, endpoint, service
+from natsmesh import ErrorKind, Mesh, RemoteError, ServiceError, endpoint, service
 
 PRODUCTS = (
     Product(id=1, name="Espresso beans, 1 kg", price_cents=2400, stock=40),
@@ -53,7 +53,7 @@ class Catalog:
         )
 
 
-async def fetch_product(mesh: BoundMesh, product_id: int) -> Product:
+async def fetch_product(mesh: Mesh, product_id: int) -> Product:
     """Read a product through ``catalog.get`` with the caller's budget and trace.
 
     Raises ServiceError(404) when the catalog has no such product, so a handler
