@@ -138,7 +138,7 @@ class ServiceRunner:
                 self._nc = self._nats
             else:
                 self._nc = await connect(self._nats, name=f"{self.spec.name}/{self.id}")
-                stack.push_async_callback(self._nc.close)
+                stack.push_async_callback(_close, self._nc)
             self._mesh = await stack.enter_async_context(
                 Mesh(self._nc, name=f"{self.spec.name}/{self.id}", prefix=self._subjects.prefix)
             )
@@ -448,6 +448,14 @@ class ServiceRunner:
 
     def _stats(self) -> bytes:
         return _micro.dump(self.stats())
+
+
+async def _close(nc: NATS) -> None:
+    # close() alone can drop what is still buffered: the last replies of a drain.
+    with anyio.move_on_after(5):
+        if nc.is_connected:
+            await nc.flush()
+    await nc.close()
 
 
 def _details(exc: pydantic.ValidationError) -> list[dict[str, Any]]:
