@@ -1,10 +1,18 @@
-"""``natsmesh bench``: Mesh.call against raw nats-py request/reply, in one run.
+"""``natsmesh bench``: Mesh.call against hand-written nats-py request/reply, in one run.
 
-An echo service with a pydantic payload runs in a child process, next to a raw
-nats-py subscriber that echoes bytes; both sides use the same nats-server. The
-caller measures raw ``request()`` and ``Mesh.call`` at each concurrency in
-alternating rounds (so drift on a shared machine hits both alike) and reports
-rps, p50, p99 and the mesh/raw ratios.
+A child process serves, on one connection to the same nats-server:
+
+- ``raw``: the nats-py code a developer writes by hand for the same job: a
+  subscriber that decodes the msgpack payload into the pydantic model and
+  replies with the model encoded, called with ``nc.request()`` by a client that
+  encodes the model and validates the reply into it;
+- ``mesh``: the same echo as a natsmesh ``@service``, called with ``Mesh.call``
+  (budget, trace and caller headers, concurrency limit, stats, deadlines);
+- ``bare``: a subscriber that echoes bytes, called with ``nc.request()`` and no
+  model at all: the floor of nats-py request/reply, reported for reference.
+
+The caller measures each at every concurrency in alternating rounds, so drift on
+a shared machine hits all alike, and reports rps, p50, p99 and mesh/raw ratios.
 """
 
 from __future__ import annotations
@@ -17,16 +25,18 @@ from typing import Any
 
 import anyio
 import anyio.streams.text
+import msgpack
 import pydantic
 
-from natsmesh import _codec
 from natsmesh._client import Mesh
 from natsmesh._policy import NO_RETRY
 from natsmesh._runtime import ServiceRunner
 from natsmesh._spec import endpoint, service
-from natsmesh._transport import connect
+from natsmesh._transport import NATS, connect
 
 RAW_SUBJECT = "bench.raw.echo"
+BARE_SUBJECT = "bench.bare.echo"
+KINDS = ("raw", "mesh", "bare")
 
 
 class Item(pydantic.BaseModel):
@@ -57,10 +67,15 @@ class Figures:
 async def _serve(url: str) -> None:
     nc = await connect(url, name="bench-server")
 
-    async def echo(msg: Any) -> None:
+    async def raw(msg: Any) -> None:
+        item = Item.model_validate(msgpack.unpackb(msg.data))
+        await msg.respond(msgpack.packb(item.model_dump(mode="json")))
+
+    async def bare(msg: Any) -> None:
         await msg.respond(msg.data)
 
-    await nc.subscribe(RAW_SUBJECT, "raw", cb=echo)
+    await nc.subscribe(RAW_SUBJECT, "raw", cb=raw)
+    await nc.subscribe(BARE_SUBJECT, "bare", cb=bare)
     async with ServiceRunner(Echo(), nats=nc):
         await nc.flush()
         print("ready", flush=True)
@@ -113,7 +128,11 @@ async def run_bench(
         if line.strip() != "ready":
             raise RuntimeError(f"bench service failed to start: {line!r}")
         try:
-            return await _compare(url, concurrencies, seconds, rounds)
+            nc = await connect(url, name="bench")
+            try:
+                return await _compare(nc, concurrencies, seconds, rounds)
+            finally:
+                await nc.close()
         finally:
             await child.stdin.aclose()  # the service exits when its stdin closes
             with anyio.move_on_after(10) as scope:
@@ -123,53 +142,56 @@ async def run_bench(
 
 
 async def _compare(
-    url: str, concurrencies: tuple[int, ...], seconds: float, rounds: int
+    nc: NATS, concurrencies: tuple[int, ...], seconds: float, rounds: int
 ) -> dict[str, Any]:
-    nc = await connect(url, name="bench-raw")
-    payload = _codec.encode(SAMPLE.model_dump(mode="json"), _codec.Codec.MSGPACK)
+    bare_payload = msgpack.packb(SAMPLE.model_dump(mode="json"))
 
-    async def raw() -> Any:
-        return await nc.request(RAW_SUBJECT, payload, timeout=5)
+    async def raw() -> Item:
+        msg = await nc.request(RAW_SUBJECT, msgpack.packb(SAMPLE.model_dump(mode="json")), 5)
+        return Item.model_validate(msgpack.unpackb(msg.data))
 
-    results: dict[str, Any] = {"raw": [], "mesh": [], "ratio": []}
-    try:
-        async with Mesh(nc, name="bench", retry=NO_RETRY) as mesh:
+    async def bare() -> Any:
+        return await nc.request(BARE_SUBJECT, bare_payload, timeout=5)
 
-            async def meshed() -> Any:
-                return await mesh.call("bench.echo", SAMPLE, response=Item, timeout=5)
+    results: dict[str, Any] = {kind: [] for kind in KINDS}
+    results["ratio"] = []
+    async with Mesh(nc, name="bench", retry=NO_RETRY) as mesh:
 
-            for warm in (raw, meshed):
-                await _measure(warm, 16, 0.3)
-            for c in concurrencies:
-                raw_runs, mesh_runs = [], []
-                for _ in range(rounds):
-                    raw_runs.append(await _measure(raw, c, seconds / rounds))
-                    mesh_runs.append(await _measure(meshed, c, seconds / rounds))
-                r, m = _figures(c, raw_runs), _figures(c, mesh_runs)
-                results["raw"].append(asdict(r))
-                results["mesh"].append(asdict(m))
-                results["ratio"].append(
-                    {
-                        "concurrency": c,
-                        "throughput": m.rps / r.rps,
-                        "p50": m.p50_ms / r.p50_ms,
-                        "p99": m.p99_ms / r.p99_ms,
-                    }
-                )
-    finally:
-        await nc.close()
+        async def meshed() -> Item:
+            return await mesh.call("bench.echo", SAMPLE, response=Item, timeout=5)
+
+        calls = {"raw": raw, "mesh": meshed, "bare": bare}
+        for warm in calls.values():
+            await _measure(warm, 16, 0.3)
+        for c in concurrencies:
+            runs: dict[str, list[tuple[int, float, list[float]]]] = {k: [] for k in KINDS}
+            for _ in range(rounds):
+                for kind, call in calls.items():
+                    runs[kind].append(await _measure(call, c, seconds / rounds))
+            figures = {kind: _figures(c, runs[kind]) for kind in KINDS}
+            for kind in KINDS:
+                results[kind].append(asdict(figures[kind]))
+            r, m = figures["raw"], figures["mesh"]
+            results["ratio"].append(
+                {
+                    "concurrency": c,
+                    "throughput": m.rps / r.rps,
+                    "p50": m.p50_ms / r.p50_ms,
+                    "p99": m.p99_ms / r.p99_ms,
+                }
+            )
     return results
 
 
 def format_table(results: dict[str, Any]) -> str:
     lines = [f"{'':6} {'conc':>5} {'rps':>10} {'p50 ms':>8} {'p99 ms':>8}"]
-    for kind in ("raw", "mesh"):
+    for kind in KINDS:
         for f in results[kind]:
             conc, rps, p50, p99 = f["concurrency"], f["rps"], f["p50_ms"], f["p99_ms"]
             lines.append(f"{kind:6} {conc:>5} {rps:>10.0f} {p50:>8.3f} {p99:>8.3f}")
     for r in results["ratio"]:
         lines.append(
-            f"ratio  {r['concurrency']:>5} throughput {r['throughput']:.2f}  "
+            f"mesh/raw {r['concurrency']:>3}: throughput {r['throughput']:.2f}  "
             f"p50 {r['p50']:.2f}  p99 {r['p99']:.2f}"
         )
     return "\n".join(lines)

@@ -97,15 +97,14 @@ class Mesh:
         else:
             self._nc = await connect(self._nats, name=self.name)
             self._owns_connection = True
-        self._requester = Requester(self._nc)
-        await self._requester.start()
+        self._requester = await Requester(self._nc).__aenter__()
         return self
 
     async def __aexit__(
         self, et: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         if self._requester is not None:
-            await self._requester.stop()
+            await self._requester.__aexit__(None, None, None)
             self._requester = None
         if self._owns_connection and self._nc is not None:
             await self._nc.drain()

@@ -9,7 +9,9 @@ depth, and (for payloads large enough to matter) the total number of containers.
 from __future__ import annotations
 
 import enum
+import functools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -106,25 +108,30 @@ def decode(data: bytes, codec: Codec, limits: Limits = DEFAULT_LIMITS) -> Any:
     return value
 
 
-def _decode_msgpack(data: bytes, limits: Limits) -> Any:
+@functools.cache
+def _unpacker(limits: Limits) -> Callable[..., Any]:
+    # Bound once per Limits: building the keyword arguments is a good part of the
+    # cost of decoding a small payload.
     n = limits.max_length
-    hooks: dict[str, Any] = {}
-    if len(data) >= _COUNT_FROM_BYTES:
-        counter = _Counter(limits.max_containers)
-        hooks = {"object_hook": counter, "list_hook": counter}
+    return functools.partial(
+        msgpack.unpackb,
+        raw=False,
+        strict_map_key=True,
+        max_str_len=n,
+        max_bin_len=limits.max_payload,
+        max_array_len=n,
+        max_map_len=n,
+        max_ext_len=0,
+        ext_hook=_reject_ext,
+    )
+
+
+def _decode_msgpack(data: bytes, limits: Limits) -> Any:
     try:
-        return msgpack.unpackb(
-            data,
-            raw=False,
-            strict_map_key=True,
-            max_str_len=n,
-            max_bin_len=limits.max_payload,
-            max_array_len=n,
-            max_map_len=n,
-            max_ext_len=0,
-            ext_hook=_reject_ext,
-            **hooks,
-        )
+        if len(data) < _COUNT_FROM_BYTES:
+            return _unpacker(limits)(data)
+        counter = _Counter(limits.max_containers)
+        return _unpacker(limits)(data, object_hook=counter, list_hook=counter)
     except DecodeError:
         raise
     except msgpack.StackError:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import itertools
 import logging
 import time
 from collections.abc import Callable
@@ -32,6 +33,7 @@ from natsmesh import _codec, _headers, _micro
 from natsmesh._client import Mesh
 from natsmesh._codec import Codec, DecodeError, Limits
 from natsmesh._context import Context
+from natsmesh._deadlines import Deadlines
 from natsmesh._errors import (
     KIND_CODES,
     CallError,
@@ -123,7 +125,14 @@ class ServiceRunner:
         self._endpoints: list[_Endpoint] = []
         self._request_subs: list[Subscription] = []
         self._stack = AsyncExitStack()
-        self._running: set[asyncio.Task[None]] = set()
+        # Requests being handled, by a per-runner number (cheaper to look up from
+        # inside the task than asyncio.current_task()).
+        self._running: dict[int, asyncio.Task[None]] = {}
+        self._request_ids = itertools.count()
+        # Handlers still running when their budget ends are cancelled: the caller
+        # has stopped waiting, so the work is abandoned (at most one tick late).
+        self._expired: set[int] = set()
+        self._deadlines: Deadlines[int] = Deadlines(self._abandon, tick=0.02)
         self._in_flight = 0
         self._idle = anyio.Event()
         self._draining = False
@@ -145,6 +154,7 @@ class ServiceRunner:
             if hasattr(self._target, "__aenter__"):
                 await stack.enter_async_context(self._target)  # type: ignore[arg-type]
             stack.push_async_callback(self._cancel_running)
+            await stack.enter_async_context(self._deadlines.running())
             await self._subscribe_srv()
             await self._subscribe_endpoints()
             # The subscriptions are only live once the server has processed them.
@@ -187,11 +197,18 @@ class ServiceRunner:
             )
         await self._cancel_running()
 
-    async def _cancel_running(self) -> None:
-        for task in list(self._running):
+    def _abandon(self, rid: int) -> None:
+        task = self._running.get(rid)
+        if task is not None:
+            self._expired.add(rid)
             task.cancel()
-        if self._running:
-            await asyncio.wait(list(self._running))
+
+    async def _cancel_running(self) -> None:
+        tasks = list(self._running.values())
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks)
 
     # -- subscriptions ---------------------------------------------------------------
 
@@ -262,11 +279,11 @@ class ServiceRunner:
         # A plain asyncio task, owned by this runner (tracked in _running and
         # awaited or cancelled by drain): anyio's task group costs several times
         # more per request, and this is the hottest line of the service.
-        task = asyncio.get_running_loop().create_task(
-            self._handle(ep, msg, codec, argument, context)
+        rid = next(self._request_ids)
+        self._running[rid] = asyncio.get_running_loop().create_task(
+            self._handle(rid, ep, msg, codec, argument, context)
         )
-        self._running.add(task)
-        task.add_done_callback(self._running.discard)
+        self._deadlines.add(rid, context.deadline)
 
     def _decode(self, spec: EndpointSpec, data: bytes, codec: Codec) -> Any:
         request = spec.request
@@ -280,18 +297,17 @@ class ServiceRunner:
         return request.adapter.validate_python(value)
 
     async def _handle(
-        self, ep: _Endpoint, msg: Msg, codec: Codec, argument: Any, context: Context
+        self, rid: int, ep: _Endpoint, msg: Msg, codec: Codec, argument: Any, context: Context
     ) -> None:
         start = time.perf_counter_ns()
-        loop = asyncio.get_running_loop()
         try:
-            timeout = asyncio.timeout_at(loop.time() + context.remaining)
             try:
-                async with timeout:
-                    result = await self._invoke(ep, argument, context)
-            except TimeoutError:
-                if not timeout.expired():
+                result = await self._invoke(ep, argument, context)
+            except asyncio.CancelledError:
+                if rid not in self._expired:
                     raise
+                self._expired.discard(rid)
+                self._running[rid].uncancel()
                 ep.error(504, "deadline exceeded")  # no reply: the caller has stopped waiting
                 return
             payload = self._encode(ep.spec, result, codec)
@@ -314,6 +330,9 @@ class ServiceRunner:
                 await self._nc_publish(msg.reply, payload, _REPLY_HEADERS[codec])
         finally:
             ep.processing_ns += time.perf_counter_ns() - start
+            self._expired.discard(rid)
+            del self._running[rid]
+            self._deadlines.discard(rid)
             self._in_flight -= 1
             if self._draining and not self._in_flight:
                 self._idle.set()
@@ -343,6 +362,11 @@ class ServiceRunner:
             result = response.adapter.validate_python(result)
         if codec is Codec.JSON:
             return response.adapter.dump_json(result)
+        if response.model is not None:
+            # The model's own serializer skips the adapter's type dispatch.
+            return _codec.encode(
+                result.__pydantic_serializer__.to_python(result, mode="json"), codec
+            )
         return _codec.encode(response.adapter.dump_python(result, mode="json"), codec)
 
     async def _reply_error(

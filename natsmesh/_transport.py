@@ -7,11 +7,13 @@ nats-py's connect options and exception types.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import os
+import time
 from collections.abc import Mapping
-from typing import Final
+from typing import Final, Self
 
 import nats
 from nats.aio.client import Client as NATS
@@ -19,6 +21,8 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
+
+from natsmesh._deadlines import Deadlines
 
 log = logging.getLogger("natsmesh")
 
@@ -89,22 +93,28 @@ class Requester:
     """Request/reply multiplexed over one wildcard inbox subscription.
 
     The mesh's hot path. It does what ``nc.request()`` does with less work per
-    call: reply tokens come from a counter rather than ``os.urandom``, and the
-    timeout is one timer handle on the reply future rather than ``wait_for``.
+    call: reply tokens come from a counter rather than ``os.urandom``, and
+    timeouts are swept by one task (see ``_deadlines``) instead of a timer and a
+    ``wait_for`` per request. Use as an async context manager.
     """
 
-    def __init__(self, nc: NATS) -> None:
+    def __init__(self, nc: NATS, *, tick: float = 0.005) -> None:
         self._nc = nc
         self._prefix = ""
         self._pending: dict[str, asyncio.Future[Msg]] = {}
         self._counter = itertools.count(1)
         self._sub: Subscription | None = None
+        self._deadlines: Deadlines[str] = Deadlines(self._expire, tick=tick)
+        self._stack = contextlib.AsyncExitStack()
 
-    async def start(self) -> None:
+    async def __aenter__(self) -> Self:
         self._prefix = f"{self._nc.new_inbox()}."
         self._sub = await self._nc.subscribe(f"{self._prefix}*", cb=self._on_reply)
+        await self._stack.enter_async_context(self._deadlines.running())
+        return self
 
-    async def stop(self) -> None:
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self._stack.aclose()
         if self._sub is not None and not self._nc.is_closed:
             await self._sub.unsubscribe()
         self._sub = None
@@ -116,26 +126,25 @@ class Requester:
         if future is not None and not future.done():
             future.set_result(msg)
 
+    def _expire(self, token: str) -> None:
+        future = self._pending.pop(token, None)
+        if future is not None and not future.done():
+            future.set_exception(NoReply())
+
     async def request(
-        self, subject: str, payload: bytes, *, timeout: float, headers: dict[str, str]
+        self, subject: str, payload: bytes, *, timeout: float, headers: dict[str, str] | None
     ) -> Msg:
-        """Send one request; raises NoResponse or NoReply."""
+        """Send one request; raises NoResponse or NoReply (up to one tick after ``timeout``)."""
         token = str(next(self._counter))
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Msg] = loop.create_future()
+        future: asyncio.Future[Msg] = asyncio.get_running_loop().create_future()
         self._pending[token] = future
-        timer = loop.call_later(timeout, _expire, future)
+        self._deadlines.add(token, time.monotonic() + timeout)
         try:
             await self._nc.publish(subject, payload, reply=self._prefix + token, headers=headers)
             msg = await future
         finally:
-            timer.cancel()
             self._pending.pop(token, None)
+            self._deadlines.discard(token)
         if msg.data or not msg.headers or msg.headers.get(STATUS) != NO_RESPONDERS:
             return msg
         raise NoResponse
-
-
-def _expire(future: asyncio.Future[Msg]) -> None:
-    if not future.done():
-        future.set_exception(NoReply())

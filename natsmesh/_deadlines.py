@@ -1,0 +1,72 @@
+"""Expire many short-lived things by deadline with one task instead of a timer each.
+
+On the request path a timer per request (``call_later`` and its cancel, or an
+``asyncio.timeout`` block) costs more than the decode, validate and encode of a
+small payload together. One sweeper that looks at the open deadlines every
+``tick`` seconds costs nothing per request and fires at most ``tick`` late,
+which is what a budget of milliseconds to seconds can afford.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable, Hashable
+from typing import Generic, TypeVar
+
+import anyio
+
+K = TypeVar("K", bound=Hashable)
+
+
+class Deadlines(Generic[K]):
+    """Keys with deadlines (``time.monotonic()`` instants); ``on_expire(key)`` once each.
+
+    The sweeper runs while ``async with deadlines.running():`` is open; it sleeps
+    while there is nothing to watch.
+    """
+
+    def __init__(self, on_expire: Callable[[K], None], *, tick: float) -> None:
+        self._on_expire = on_expire
+        self._tick = tick
+        self._due: dict[K, float] = {}
+        self._wake = anyio.Event()
+
+    def __len__(self) -> int:
+        return len(self._due)
+
+    def add(self, key: K, deadline: float) -> None:
+        if not self._due:
+            self._wake.set()
+        self._due[key] = deadline
+
+    def discard(self, key: K) -> None:
+        self._due.pop(key, None)
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[None]:
+        # A plain task rather than a task group: owners (a ServiceRunner, a Mesh) are
+        # entered and exited by their users in any task order, which cancel scopes forbid.
+        sweeper = asyncio.get_running_loop().create_task(self._run())
+        try:
+            yield
+        finally:
+            sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sweeper
+
+    async def _run(self) -> None:
+        while True:
+            if not self._due:
+                self._wake = anyio.Event()
+                await self._wake.wait()
+            await anyio.sleep(self._tick)
+            self.expire(time.monotonic())
+
+    def expire(self, now: float) -> None:
+        """Call ``on_expire`` for every key whose deadline is not after ``now``."""
+        expired = [key for key, deadline in self._due.items() if deadline <= now]
+        for key in expired:
+            del self._due[key]
+            self._on_expire(key)
