@@ -15,14 +15,17 @@ import logging
 import os
 import sys
 from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import anyio
 import pydantic_core
 
 from natsmesh import _micro
+from natsmesh._cli_control import _table, add_commands
 from natsmesh._client import Mesh
 from natsmesh._codec import Codec, DecodeError, decode
+from natsmesh._controller import Controller
 from natsmesh._discovery import gather
 from natsmesh._embedded import EmbeddedNats
 from natsmesh._errors import (
@@ -45,6 +48,7 @@ EXIT_CODES: dict[type[BaseException], int] = {
     InvalidReply: 6,
 }
 MAX_JSON_ARG = 1024 * 1024
+_SHOP_ROUTES = Path(__file__).parent.parent / "examples" / "routes.toml"
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -105,6 +109,12 @@ def _parser() -> argparse.ArgumentParser:
         default="examples.shop:SERVICES",
         help="the services to run (default: the example shop)",
     )
+    p.add_argument(
+        "--routes",
+        metavar="FILE",
+        default=None,
+        help="a route file to apply at start (default: the shop's examples/routes.toml)",
+    )
 
     p = command("serve", _serve_cmd, "run the @service classes named by MODULE:ATTR")
     p.add_argument("target", metavar="MODULE:ATTR")
@@ -130,12 +140,26 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--timeout", type=_seconds, default=1.0, metavar="SECONDS")
         nats_option(p)
 
+    add_commands(command, nats_option)
+
     p = command("nats", _nats, "run an embedded nats-server in the foreground")
     p.add_argument("--port", type=_port, default=4222)
 
-    p = command("bench", _bench, "measure Mesh.call against raw nats-py request/reply")
+    p = command(
+        "bench",
+        _bench,
+        "data: Mesh.call against hand-written nats-py; control: route convergence and scale",
+    )
+    p.add_argument("which", nargs="?", choices=("data", "control"), default="data")
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--seconds", type=_seconds, default=3.0, help="measuring time per level")
+    p.add_argument(
+        "--seconds",
+        type=_seconds,
+        help="data: measuring time per level (3); control: heartbeat window (10)",
+    )
+    p.add_argument("--clients", type=_positive, default=50, help="control: mesh clients")
+    p.add_argument("--applies", type=_positive, default=20, help="control: route changes")
+    p.add_argument("--instances", type=int, default=5000, help="control: simulated instances")
     nats_option(p)
     return parser
 
@@ -177,15 +201,35 @@ def _url(args: argparse.Namespace) -> str | None:
 
 async def _up(args: argparse.Namespace) -> int:
     services = load_target(args.services)
+    routes_file = args.routes or _SHOP_ROUTES
+    routes = None
+    if args.routes or await anyio.Path(_SHOP_ROUTES).exists():
+        routes = await anyio.Path(routes_file).read_bytes()
     url = _url(args)
-    async with _maybe_embedded(url, args.nats_port) as nats:
+    async with _maybe_embedded(url, args.nats_port) as nats, Controller(nats) as controller:
+        if routes is not None:
+            await _apply_when_leader(controller, routes, str(routes_file))
 
         def ready(runners: list[ServiceRunner]) -> None:
             names = ", ".join(f"{r.spec.name}@{r.spec.version}" for r in runners)
-            print(f"natsmesh up: nats {nats} | services {names} | Ctrl-C to stop", flush=True)
+            print(
+                f"natsmesh up: nats {nats} | controller {controller.id} | services {names}"
+                " | Ctrl-C to stop",
+                flush=True,
+            )
 
         await serve(services, nats=nats, ready=ready)
     return 0
+
+
+async def _apply_when_leader(controller: Controller, routes: bytes, name: str) -> None:
+    with anyio.fail_after(15):
+        while not controller.is_leader:
+            await controller.leader_changed.wait()
+    reply = await controller.apply(routes)
+    if not reply.ok:
+        details = "; ".join(f"{p['path']}: {p['reason']}" for p in reply.problems)
+        raise ValueError(f"{name}: {details or reply.error}")
 
 
 class _maybe_embedded:
@@ -314,15 +358,22 @@ async def _nats(args: argparse.Namespace) -> int:
 
 
 async def _bench(args: argparse.Namespace) -> int:
-    from natsmesh._bench import format_table, run_bench
+    from natsmesh import _bench, _bench_control
 
     async with _maybe_embedded(_url(args), 0) as url:
-        results = await run_bench(url, seconds=args.seconds)
-    print(json.dumps(results) if args.json else format_table(results))
+        if args.which == "control":
+            if not 1 <= args.instances <= 100_000:
+                raise ValueError("--instances must be within 1..100000")
+            result = await _bench_control.run(
+                url,
+                clients=args.clients,
+                applies=args.applies,
+                instances=args.instances,
+                seconds=args.seconds or 10.0,
+            )
+            text = _bench_control.format_result(result)
+        else:
+            result = await _bench.run_bench(url, seconds=args.seconds or 3.0)
+            text = _bench.format_table(result)
+    print(json.dumps(result) if args.json else text)
     return 0
-
-
-def _table(rows: Sequence[Sequence[str]]) -> None:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())

@@ -16,7 +16,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Final, Self, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Final, Literal, Self, TypeVar, overload
 
 import anyio
 import pydantic
@@ -36,6 +36,7 @@ from natsmesh._errors import (
 )
 from natsmesh._policy import Retry, budget
 from natsmesh._subjects import Subjects, parse_target, validate_name, validate_token
+from natsmesh._tables import TableCache
 from natsmesh._transport import NATS, Msg, NoReply, NoResponse, Requester, connect
 
 if TYPE_CHECKING:
@@ -64,6 +65,10 @@ class Mesh:
     ``nats`` is a server URL (default: ``NATS_URL``, then ``nats://127.0.0.1:4222``)
     or a connection the caller owns. ``name`` identifies the caller to services
     (the ``Mesh-Caller`` header). Use as an async context manager.
+
+    With ``tables`` (the default) the client loads the control plane's tables
+    of each service it calls, on the first call, and keeps them current; without
+    a controller it works the same, by convention.
     """
 
     def __init__(
@@ -75,6 +80,8 @@ class Mesh:
         timeout: float = DEFAULT_TIMEOUT,
         retry: Retry | None = None,
         limits: Limits = _codec.DEFAULT_LIMITS,
+        tables: bool = True,
+        kind: Literal["client", "gateway", "service"] = "client",
     ) -> None:
         if timeout <= 0:
             raise ValueError("timeout must be positive")
@@ -90,6 +97,9 @@ class Mesh:
         self._rng = random.Random()
         self._requester: Requester | None = None
         self._context: Context | None = None
+        self._use_tables = tables
+        self._kind = kind
+        self._tables: TableCache | None = None
 
     async def __aenter__(self) -> Self:
         if isinstance(self._nats, NATS):
@@ -98,11 +108,19 @@ class Mesh:
             self._nc = await connect(self._nats, name=self.name)
             self._owns_connection = True
         self._requester = await Requester(self._nc).__aenter__()
+        if self._use_tables:
+            cache = TableCache(
+                self._nc, client_name=self.name, kind=self._kind, prefix=self._subjects.prefix
+            )
+            self._tables = await cache.__aenter__()
         return self
 
     async def __aexit__(
         self, et: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
+        if self._tables is not None:
+            await self._tables.__aexit__(None, None, None)
+            self._tables = None
         if self._requester is not None:
             await self._requester.__aexit__(None, None, None)
             self._requester = None
@@ -112,9 +130,14 @@ class Mesh:
 
     def bound(self, context: Context) -> Mesh:
         """This client, making every call as a nested call of ``context``'s request."""
-        view = copy.copy(self)  # shares the connection, routes and requester
+        view = copy.copy(self)  # shares the connection, routes, requester and tables
         view._context = context
         return view
+
+    @property
+    def tables(self) -> TableCache | None:
+        """The control plane's tables of the services called so far (None: ``tables=False``)."""
+        return self._tables
 
     @property
     def nats(self) -> NATS:
@@ -163,7 +186,8 @@ class Mesh:
         ``response`` (a model or any type pydantic validates) the reply is
         validated into it; otherwise the decoded value (or bytes for a raw
         endpoint) is returned. ``timeout`` is the whole call's budget, retries
-        included, capped by ``context``'s remaining budget for a nested call.
+        included, capped by ``context``'s remaining budget for a nested call;
+        without either, the service's route timeout, else the client's.
 
         Raises NoResponders, DeadlineExceeded, RemoteError (InvalidRequest,
         UnknownEndpoint, Overloaded), InvalidReply, or InvalidName for a bad target.
@@ -174,6 +198,12 @@ class Mesh:
         context = context or self._context
         route = self._routes.get(target) or self._convention(target)
         started = time.monotonic()
+        tables = self._tables
+        if tables is not None:
+            if route.service not in tables:  # only the first calls of a service wait
+                await tables.ensure(route.service)
+            if timeout is None and context is None:
+                timeout = tables.timeout(route.service)
         deadline = started + budget(
             self.timeout if timeout is None else timeout,
             None if context is None else context.remaining,

@@ -17,6 +17,8 @@ from typing import Generic, TypeVar
 
 import anyio
 
+from natsmesh._tasks import stop
+
 K = TypeVar("K", bound=Hashable)
 
 
@@ -52,9 +54,7 @@ class Deadlines(Generic[K]):
         try:
             yield
         finally:
-            sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await sweeper
+            await stop([sweeper])
 
     async def _run(self) -> None:
         while True:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import ctypes
 import functools
 import ipaddress
 import json
@@ -81,6 +82,13 @@ class NatsServerStartFailed(MeshError, RuntimeError):
         self.returncode = returncode
         tail = "\n".join(f"  {line}" for line in self.log_tail[-20:]) or "  (no output)"
         super().__init__(f"{message}\nlast nats-server output:\n{tail}")
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: ask Linux to SIGTERM us when the parent dies."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # 1 is PR_SET_PDEATHSIG
 
 
 def _is_executable(path: Path) -> bool:
@@ -293,6 +301,9 @@ class EmbeddedNats:
                 # Its own session: Ctrl-C in a terminal signals the whole foreground
                 # group, and the server must outlive the services that drain through it.
                 start_new_session=True,
+                # ...but never its parent: a parent killed with SIGKILL (a test timeout)
+                # would otherwise leave the server running.
+                preexec_fn=_die_with_parent,
             )
         except BaseException:
             self._cleanup_tmp()

@@ -31,6 +31,11 @@ def _metadata(value: Any) -> dict[str, str]:
     return {str(k): str(v) for k, v in value.items()}
 
 
+def _text(value: Any) -> Any:
+    # nats.py's micro sends "description": null when none was given.
+    return "" if value is None else value
+
+
 def _list(value: Any) -> Any:
     # Go services send null for an empty list.
     return [] if value is None else value
@@ -46,6 +51,7 @@ class _Identity(BaseModel):
     metadata: dict[str, str] = Field(default_factory=dict)
 
     _meta = field_validator("metadata", mode="before")(_metadata)
+    _version = field_validator("version", mode="before")(_text)
 
     @property
     def is_mesh(self) -> bool:
@@ -70,6 +76,8 @@ class EndpointInfo(BaseModel):
 class Info(_Identity):
     type: str = INFO_TYPE
     description: str = ""
+
+    _description = field_validator("description", mode="before")(_text)
     endpoints: list[EndpointInfo] = Field(default_factory=list)
 
     _eps = field_validator("endpoints", mode="before")(_list)

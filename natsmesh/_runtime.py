@@ -13,9 +13,11 @@ instance also answers the NATS Services API (``$SRV``) on plain subscriptions.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import itertools
 import logging
+import os
 import time
 from collections.abc import Callable
 from contextlib import AsyncExitStack
@@ -33,6 +35,7 @@ from natsmesh import _codec, _headers, _micro
 from natsmesh._client import Mesh
 from natsmesh._codec import Codec, DecodeError, Limits
 from natsmesh._context import Context
+from natsmesh._control import Announcement, EndpointEntry, Heartbeat, Leave, control_subject
 from natsmesh._deadlines import Deadlines
 from natsmesh._errors import (
     KIND_CODES,
@@ -43,7 +46,8 @@ from natsmesh._errors import (
 )
 from natsmesh._spec import EndpointSpec, ServiceSpec, spec_of
 from natsmesh._subjects import Subjects, srv_subjects
-from natsmesh._transport import NATS, Msg, connect
+from natsmesh._tasks import stop
+from natsmesh._transport import NATS, Msg, connect, server_cluster
 from natsmesh._version import __version__
 
 log = logging.getLogger("natsmesh.service")
@@ -111,6 +115,8 @@ class ServiceRunner:
         limits: Limits = _codec.DEFAULT_LIMITS,
         max_concurrency: int | None = None,
         drain_timeout: float = 30.0,
+        heartbeat: float = 2.0,
+        zone: str | None = None,
     ) -> None:
         self.spec: ServiceSpec = spec_of(target)
         self._target = target() if isinstance(target, type) else target
@@ -120,6 +126,8 @@ class ServiceRunner:
         self._limits = limits
         self._max_concurrency = max_concurrency or self.spec.max_concurrency
         self._drain_timeout = drain_timeout
+        self._heartbeat = heartbeat
+        self._zone = zone if zone is not None else os.environ.get("NATSMESH_ZONE")
         self._nc: NATS | None = None
         self._mesh: Mesh | None = None
         self._endpoints: list[_Endpoint] = []
@@ -149,16 +157,26 @@ class ServiceRunner:
                 self._nc = await connect(self._nats, name=f"{self.spec.name}/{self.id}")
                 stack.push_async_callback(_close, self._nc)
             self._mesh = await stack.enter_async_context(
-                Mesh(self._nc, name=f"{self.spec.name}/{self.id}", prefix=self._subjects.prefix)
+                Mesh(
+                    self._nc,
+                    name=f"{self.spec.name}/{self.id}",
+                    prefix=self._subjects.prefix,
+                    kind="service",
+                )
             )
             if hasattr(self._target, "__aenter__"):
                 await stack.enter_async_context(self._target)  # type: ignore[arg-type]
             stack.push_async_callback(self._cancel_running)
             await stack.enter_async_context(self._deadlines.running())
+            if self._zone is None:
+                self._zone = server_cluster(self._nc)
             await self._subscribe_srv()
             await self._subscribe_endpoints()
             # The subscriptions are only live once the server has processed them.
             await self._nc.flush()
+            await self._publish_control("announce", self.announcement())
+            beating = asyncio.get_running_loop().create_task(self._heartbeats())
+            stack.callback(beating.cancel)
         except BaseException:
             await stack.aclose()
             raise
@@ -183,6 +201,9 @@ class ServiceRunner:
         log.info("%s/%s: draining", self.spec.name, self.id)
         nc = self._nc
         if nc is not None and nc.is_connected:
+            # Leave the registry first: callers that pick instances stop picking this one.
+            await self._publish_control("leave", Leave(service=self.spec.name, id=self.id))
+        if nc is not None and nc.is_connected:
             # drain() unsubscribes, then waits until the messages already delivered
             # to this client have been dispatched, so none is lost in the switch.
             with anyio.move_on_after(self._drain_timeout):
@@ -204,11 +225,38 @@ class ServiceRunner:
             task.cancel()
 
     async def _cancel_running(self) -> None:
-        tasks = list(self._running.values())
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            await asyncio.wait(tasks)
+        await stop(list(self._running.values()))
+
+    # -- the control plane -------------------------------------------------------------
+
+    def announcement(self) -> Announcement:
+        s, name = self._subjects, self.spec.name
+        return Announcement(
+            service=name,
+            id=self.id,
+            version=self.spec.version,
+            subset=self.spec.subset,
+            endpoints=tuple(
+                EndpointEntry(
+                    name=e.name, subject=s.endpoint(name, e.name), idempotent=e.idempotent
+                )
+                for e in self.spec.endpoints
+            ),
+            metadata=dict(self.spec.metadata),
+            zone=self._zone or "",
+        )
+
+    async def _heartbeats(self) -> None:
+        beat = Heartbeat(service=self.spec.name, id=self.id)
+        while True:
+            await anyio.sleep(self._heartbeat)
+            with contextlib.suppress(Exception):  # a reconnecting client buffers or drops
+                await self._publish_control("heartbeat", beat)
+
+    async def _publish_control(self, name: str, message: pydantic.BaseModel) -> None:
+        assert self._nc is not None
+        subject = control_subject(self._subjects.prefix, name)
+        await self._nc.publish(subject, message.model_dump_json().encode())
 
     # -- subscriptions ---------------------------------------------------------------
 
@@ -414,6 +462,7 @@ class ServiceRunner:
                 _micro.MESH_KEY: __version__,
                 _micro.SUBSET_KEY: self.spec.subset,
                 _micro.PREFIX_KEY: self._subjects.prefix,
+                "natsmesh.zone": self._zone or "",
             },
         }
 

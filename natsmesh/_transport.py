@@ -69,6 +69,13 @@ async def connect(url: str | None = None, *, name: str) -> NATS:
     )
 
 
+def server_cluster(nc: NATS) -> str:
+    """The name of the NATS cluster the connection's server belongs to ("" standalone)."""
+    info = getattr(nc, "_server_info", None) or {}
+    cluster = info.get("cluster", "")
+    return cluster if isinstance(cluster, str) else ""
+
+
 class NoReply(Exception):
     """No reply within the timeout."""
 

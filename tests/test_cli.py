@@ -118,5 +118,19 @@ async def test_bench_reports_both_sides_and_ratios(nats_url: str) -> None:
     assert done.returncode == 0, done.stderr
     out = json.loads(done.stdout)
     assert [r["concurrency"] for r in out["ratio"]] == [1, 128]
-    for side in ("raw", "mesh"):
+    for side in ("raw", "mesh", "bare"):
         assert all(f["rps"] > 0 and f["p99_ms"] >= f["p50_ms"] > 0 for f in out[side])
+
+
+async def test_bench_control_reports_convergence_and_controller_cost(nats_url: str) -> None:
+    done = await run(
+        "bench", "control", "--json", "--clients", "3", "--applies", "3",
+        "--instances", "50", "--seconds", "2.5", "--nats", nats_url,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    convergence, scale = out["convergence"], out["scale"]
+    assert convergence["clients"] == 3
+    assert convergence["p99_ms"] >= convergence["p50_ms"] >= 0
+    assert scale["registered"] == 50
+    assert scale["controller_rss_mib"] > 0

@@ -10,7 +10,19 @@ import pytest
 import natsmesh
 
 ROOT = Path(__file__).parent.parent
-PURE = ["_errors", "_subjects", "_codec", "_headers", "_policy", "_micro", "_spec", "_context"]
+PURE = [
+    "_errors",
+    "_subjects",
+    "_codec",
+    "_headers",
+    "_policy",
+    "_micro",
+    "_spec",
+    "_context",
+    "_routes",
+    "_control",
+    "_registry",
+]
 IO_MODULES = {"nats", "anyio", "asyncio", "socket", "subprocess", "uvloop"}
 
 

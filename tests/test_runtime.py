@@ -252,3 +252,17 @@ async def test_drain_finishes_in_flight_requests_then_leaves(nats_url: str) -> N
         with pytest.raises(NoResponders):
             await mesh.call("gate.hold", timeout=5)
         assert time.monotonic() - started < 1.0
+
+
+async def test_zone_is_configured_or_the_nats_cluster_name(tmp_path: Any) -> None:
+    from natsmesh.testing import EmbeddedNats
+
+    conf = tmp_path / "cluster.conf"
+    conf.write_text('cluster { name: "east", listen: "127.0.0.1:-1" }\n')
+    # A one-node cluster: JetStream would want peers, and the zone needs none.
+    async with EmbeddedNats(config_file=conf, jetstream=False) as server:
+        async with ServiceRunner(Echo, nats=server.url) as runner:
+            assert runner.announcement().zone == "east"
+            assert runner.info().metadata["natsmesh.zone"] == "east"
+        async with ServiceRunner(Echo, nats=server.url, zone="eu-west-1a") as runner:
+            assert runner.announcement().zone == "eu-west-1a"

@@ -1,0 +1,171 @@
+"""The control-plane commands of the ``natsmesh`` CLI: controller, routes, status."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pydantic
+
+from natsmesh._control import (
+    HTTP_KEY,
+    ApplyReply,
+    RouteTable,
+    StatusView,
+    control_subject,
+    routes_key,
+)
+from natsmesh._controller import Controller
+from natsmesh._errors import MeshError, NoResponders
+from natsmesh._kv import Tables, Unavailable
+from natsmesh._serve import wait_for_signal
+from natsmesh._transport import NoReply, NoResponse, connect, request
+
+Command = Callable[[argparse.Namespace], Awaitable[int]]
+MAX_ROUTE_FILE = 1024 * 1024
+
+
+def add_commands(
+    command: Callable[[str, Command, str], argparse.ArgumentParser],
+    nats_option: Callable[[argparse.ArgumentParser], None],
+) -> None:
+    p = command("controller", _controller, "run the controller (registry and route tables)")
+    p.add_argument("--replicas", type=int, choices=(1, 3, 5), default=1, help="KV replicas")
+    nats_option(p)
+
+    p = command("routes", _routes, "apply or show the route tables")
+    p.add_argument("action", choices=("apply", "show"))
+    p.add_argument("arg", nargs="?", metavar="FILE|SERVICE")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    nats_option(p)
+
+    p = command("status", _status, "each client's applied table revisions, SYNCED or STALE")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    nats_option(p)
+
+
+def _url(args: argparse.Namespace) -> str | None:
+    return args.nats or os.environ.get("NATS_URL")
+
+
+async def _controller(args: argparse.Namespace) -> int:
+    async with Controller(_url(args), replicas=args.replicas) as controller:
+        print(f"natsmesh controller {controller.id} running (Ctrl-C to stop)", flush=True)
+        await wait_for_signal()
+    return 0
+
+
+async def _routes(args: argparse.Namespace) -> int:
+    if args.action == "apply":
+        if not args.arg:
+            raise ValueError("routes apply needs a FILE")
+        return await _apply(args, Path(args.arg))
+    return await _show(args, args.arg)
+
+
+async def _ask(args: argparse.Namespace, name: str, payload: bytes) -> bytes:
+    nc = await connect(_url(args), name="natsmesh-cli")
+    try:
+        msg = await request(nc, control_subject("mesh", name), payload, timeout=5, headers={})
+    except (NoResponse, NoReply):
+        raise NoResponders(
+            "no controller answered: start one with 'natsmesh controller'",
+            service="controller",
+            endpoint=name,
+            subject=control_subject("mesh", name),
+        ) from None
+    finally:
+        await nc.close()
+    return msg.data
+
+
+async def _apply(args: argparse.Namespace, path: Path) -> int:
+    file = anyio.Path(path)
+    try:
+        if (await file.stat()).st_size > MAX_ROUTE_FILE:
+            raise ValueError(f"{path}: larger than 1 MiB")
+        data = await file.read_bytes()
+    except OSError as exc:
+        raise ValueError(f"{path}: {exc.strerror}") from None
+    reply = ApplyReply.model_validate_json(await _ask(args, "routes.apply", data))
+    if args.json:
+        print(reply.model_dump_json(indent=2))
+    if not reply.ok:
+        for problem in reply.problems:
+            print(f"natsmesh: {path}: {problem['path']}: {problem['reason']}", file=sys.stderr)
+        if not reply.problems:
+            print(f"natsmesh: {reply.error}", file=sys.stderr)
+        return 1
+    if not args.json:
+        for key, revision in sorted(reply.revisions.items()):
+            print(f"{key}: revision {revision}")
+        if reply.unchanged:
+            print(f"unchanged: {', '.join(reply.unchanged)}")
+    return 0
+
+
+async def _show(args: argparse.Namespace, service: str | None) -> int:
+    nc = await connect(_url(args), name="natsmesh-cli")
+    try:
+        tables = await Tables.open(nc)
+        keys = [routes_key(service)] if service else await tables.keys("routes.")
+        shown: dict[str, Any] = {}
+        for key in [*keys, HTTP_KEY]:
+            entry = await tables.get(key)
+            if entry is not None and entry.value is not None:
+                shown[key] = {"revision": entry.revision, **json.loads(entry.value)}
+    except Unavailable:
+        raise MeshError("no route tables: no controller has run on this NATS") from None
+    finally:
+        await nc.close()
+    if args.json:
+        print(json.dumps(shown, indent=2))
+        return 0
+    rows = [("SERVICE", "REVISION", "TIMEOUT", "BALANCER", "SUBSETS")]
+    for key, value in shown.items():
+        if key == HTTP_KEY:
+            continue
+        try:
+            table = RouteTable.model_validate({k: v for k, v in value.items() if k != "revision"})
+        except pydantic.ValidationError:
+            continue
+        policy = table.policy
+        subsets = ",".join(f"{s['name']}={s['weight']}" for s in policy.get("subsets", []))
+        rows.append(
+            (
+                table.service,
+                str(value["revision"]),
+                str(policy.get("timeout")),
+                str(policy.get("load_balancer")),
+                subsets or "-",
+            )
+        )
+    _table(rows)
+    http = shown.get(HTTP_KEY, {}).get("routes", [])
+    for route in http:
+        print(f"  {route['method']:<6} {route['path']:<30} -> {route['target']}")
+    return 0
+
+
+async def _status(args: argparse.Namespace) -> int:
+    view = StatusView.model_validate_json(await _ask(args, "status.show", b""))
+    if args.json:
+        print(view.model_dump_json(indent=2))
+        return 0
+    rows = [("CLIENT", "KIND", "SERVICE", "APPLIED", "LATEST", "STATE")]
+    for r in view.rows:
+        rows.append((r.client, r.kind, r.service, str(r.applied), str(r.latest), r.state))
+    _table(rows)
+    return 0
+
+
+def _table(rows: Sequence[Sequence[str]]) -> None:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())

@@ -1,0 +1,149 @@
+"""The control plane's wire: its subjects, messages and tables (pure, no I/O).
+
+Instances announce themselves, heartbeat and leave on ``<prefix>._ctl.*``; the
+controller keeps the registry and the route tables in a JetStream KV bucket, one
+key per service and table, so a change to one service rewrites one key:
+
+================================  ==================================================
+subject or key                    carries
+================================  ==================================================
+``<prefix>._ctl.announce``        :class:`Announcement`, on start (full description)
+``<prefix>._ctl.heartbeat``       :class:`Heartbeat`, every interval (small)
+``<prefix>._ctl.leave``           :class:`Leave`, on a graceful stop
+``<prefix>._ctl.status``          :class:`StatusReport`, from every client on a change
+``<prefix>._ctl.routes.apply``    request: a route file; reply: :class:`ApplyReply`
+``<prefix>._ctl.routes.show``     request; reply: the tables as JSON
+``<prefix>._ctl.status.show``     request; reply: :class:`StatusView`
+KV ``registry.<service>``         :class:`RegistryTable`
+KV ``routes.<service>``           :class:`RouteTable`
+KV ``http``                       :class:`HttpTable`
+KV ``leader``                     :class:`Lease`
+================================  ==================================================
+
+A table's revision is its KV revision: it only grows, across controller restarts too.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from natsmesh._subjects import validate_name, validate_token
+
+BUCKET: Final = "natsmesh"
+LEADER_KEY: Final = "leader"
+HTTP_KEY: Final = "http"
+MAX_CONTROL_MESSAGE: Final = 256 * 1024
+
+
+def registry_key(service: str) -> str:
+    return f"registry.{service}"
+
+
+def routes_key(service: str) -> str:
+    return f"routes.{service}"
+
+
+def control_subject(prefix: str, name: str) -> str:
+    return f"{prefix}._ctl.{name}"
+
+
+class _Wire(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class EndpointEntry(_Wire):
+    name: str = Field(max_length=64)
+    subject: str = Field(max_length=256)
+    idempotent: bool = False
+
+
+class Announcement(_Wire):
+    """Everything the registry knows of one instance."""
+
+    service: str
+    id: str
+    version: str = Field(max_length=64)
+    subset: str
+    endpoints: tuple[EndpointEntry, ...] = Field(default=(), max_length=256)
+    metadata: dict[str, str] = Field(default_factory=dict, max_length=64)
+    zone: str = Field(default="", max_length=64)
+    mesh: bool = True  # False: a plain NATS micro service found through $SRV
+    healthy: bool = True
+
+    _service = field_validator("service")(lambda v: validate_token("service", v))
+    _id = field_validator("id")(lambda v: validate_token("instance id", v))
+    _subset = field_validator("subset")(lambda v: validate_name("subset", v))
+
+
+class Heartbeat(_Wire):
+    service: str
+    id: str
+    healthy: bool = True
+
+    _service = field_validator("service")(lambda v: validate_token("service", v))
+    _id = field_validator("id")(lambda v: validate_token("instance id", v))
+
+
+class Leave(_Wire):
+    service: str
+    id: str
+
+    _service = field_validator("service")(lambda v: validate_token("service", v))
+    _id = field_validator("id")(lambda v: validate_token("instance id", v))
+
+
+class RegistryTable(_Wire):
+    service: str
+    instances: tuple[Announcement, ...] = ()
+
+
+class RouteTable(_Wire):
+    service: str
+    policy: dict[str, Any]  # a validated natsmesh._routes.ServicePolicy, as JSON
+
+
+class HttpTable(_Wire):
+    routes: tuple[dict[str, Any], ...] = ()
+
+
+class Lease(_Wire):
+    holder: str
+    expires: float  # time.time(): controllers share no monotonic clock
+
+
+class Applied(_Wire):
+    """What one client applied for one service: KV revisions, 0 for none."""
+
+    routes: int = 0
+    registry: int = 0
+    rejected: str = ""
+
+
+class StatusReport(_Wire):
+    client: str = Field(max_length=256)
+    kind: Literal["client", "gateway", "service"] = "client"
+    services: dict[str, Applied] = Field(default_factory=dict, max_length=10_000)
+
+
+class ApplyReply(_Wire):
+    ok: bool
+    revisions: dict[str, int] = Field(default_factory=dict)
+    unchanged: tuple[str, ...] = ()
+    problems: tuple[dict[str, str], ...] = ()
+    error: str = ""
+
+
+class StatusRow(_Wire):
+    client: str
+    kind: str
+    service: str
+    applied: int
+    latest: int
+    state: Literal["SYNCED", "STALE", "REJECTED"]
+    reason: str = ""
+
+
+class StatusView(_Wire):
+    rows: tuple[StatusRow, ...] = ()

@@ -1,0 +1,496 @@
+"""The declarative route config: its models, its loader, and precise errors.
+
+A route config is a file (TOML or JSON) that the controller validates and turns
+into tables: per service a timeout, retries with a budget, hedging, a load
+balancer, weighted subsets, header matches, a failover order, mirroring, fault
+injection and outlier ejection; and the HTTP routes of the gateway
+(``examples/routes.toml`` shows them all).
+
+Every way a config can be wrong ends in one :class:`RouteConfigError` that lists
+each :class:`Problem` with its path (``services.pricing.subsets[1].weight``) and a
+reason. Reasons never repeat input values, only names that already validated.
+This module is pure: it reads a file in :func:`load_routes` and does no other I/O.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import tomllib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Final, Literal, NoReturn
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    Strict,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+    field_serializer,
+    model_validator,
+)
+
+from natsmesh._errors import InvalidName, MeshError
+from natsmesh._subjects import validate_name
+
+MAX_CONFIG_BYTES: Final = 1024 * 1024
+MAX_PATH_LEN: Final = 256
+MAX_PATH_SEGMENTS: Final = 16
+MAX_MATCH_HEADERS: Final = 16
+_SHOWN_PROBLEMS: Final = 50
+
+# RFC 9110 token characters: what an HTTP (and a NATS) header name may hold.
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_LITERAL_SEGMENT = re.compile(r"[A-Za-z0-9_-]+")
+_PARAM_SEGMENT = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_BARE_LOC = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One thing wrong with a route config: where (a dotted path) and why."""
+
+    path: str
+    reason: str
+
+
+class RouteConfigError(MeshError, ValueError):
+    """A route config that cannot be applied; ``problems`` says every reason."""
+
+    def __init__(self, problems: Iterable[Problem]) -> None:
+        self.problems = tuple(problems)
+        lines = [f"{p.path}: {p.reason}" for p in self.problems[:_SHOWN_PROBLEMS]]
+        if len(self.problems) > _SHOWN_PROBLEMS:
+            lines.append(f"... and {len(self.problems) - _SHOWN_PROBLEMS} more problems")
+        super().__init__("\n".join(lines))
+
+
+Loc = tuple[str | int, ...]
+
+
+class _Checks(ValueError):
+    """Raised by a model validator with problems at paths relative to the model."""
+
+    def __init__(self, problems: list[tuple[Loc, str]]) -> None:
+        super().__init__("; ".join(reason for _, reason in problems))
+        self.problems = problems
+
+
+def _named(kind: str) -> AfterValidator:
+    def check(value: str) -> str:
+        try:
+            return validate_name(kind, value)
+        except InvalidName as exc:
+            # The reason alone: the value itself is the input we do not echo.
+            raise ValueError(f"invalid {kind} name: {exc.reason}") from None
+
+    return AfterValidator(check)
+
+
+def _header_name(value: str) -> str:
+    if _TOKEN.fullmatch(value) is None:
+        raise ValueError("invalid header name: use HTTP token characters (letters, digits, -)")
+    # Header names match case-insensitively; one spelling keeps canonical() stable.
+    return value.lower()
+
+
+def _header_value(value: str) -> str:
+    if any(c in value for c in "\r\n\0"):
+        raise ValueError("a header value must not contain CR, LF or NUL")
+    return value
+
+
+Seconds = Annotated[float, Strict(), Field(gt=0, allow_inf_nan=False)]
+NonNegative = Annotated[float, Strict(), Field(ge=0, allow_inf_nan=False)]
+Ratio = Annotated[float, Strict(), Field(ge=0, le=1, allow_inf_nan=False)]
+Percent = Annotated[float, Strict(), Field(ge=0, le=100, allow_inf_nan=False)]
+Timeout = Annotated[float, Strict(), Field(gt=0, le=3600, allow_inf_nan=False)]
+ServiceName = Annotated[StrictStr, _named("service")]
+SubsetName = Annotated[StrictStr, _named("subset")]
+HeaderName = Annotated[StrictStr, AfterValidator(_header_name)]
+HeaderValue = Annotated[StrictStr, AfterValidator(_header_value)]
+RetryOn = Literal["no_responders", "overloaded", "timeout", "unavailable"]
+LoadBalancer = Literal["queue", "p2c", "hash"]
+Method = Literal["GET", "POST", "PUT", "PATCH", "DELETE"]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    def canonical(self) -> bytes:
+        """Canonical JSON (sorted keys, defaults included, no whitespace) to compare configs."""
+        return _canonical(self.model_dump(mode="json"))
+
+
+class Retries(_Model):
+    """How often to try a call, and how much extra load retries may add."""
+
+    attempts: Annotated[StrictInt, Field(ge=1, le=10)] = 1
+    per_try_timeout: Seconds | None = None
+    retry_on: frozenset[RetryOn] = frozenset({"no_responders", "overloaded"})
+    backoff: NonNegative = 0.02
+    max_backoff: NonNegative = 0.5
+    budget_ratio: Ratio = 0.2
+    budget_min_per_second: NonNegative = 10.0
+
+    @field_serializer("retry_on")
+    def _sorted(self, value: frozenset[str]) -> list[str]:
+        return sorted(value)
+
+    @model_validator(mode="after")
+    def _check(self) -> Retries:
+        if self.max_backoff < self.backoff:
+            raise _Checks([(("max_backoff",), "must not be less than backoff")])
+        return self
+
+
+class Hedging(_Model):
+    """Send a second copy after a fixed delay or a latency percentile."""
+
+    delay: Seconds | None = None
+    percentile: Annotated[float, Strict(), Field(ge=50, le=99.9, allow_inf_nan=False)] | None = None
+    max_ratio: Ratio = 0.1
+
+    @model_validator(mode="after")
+    def _check(self) -> Hedging:
+        if (self.delay is None) == (self.percentile is None):
+            raise _Checks([((), "give exactly one of delay and percentile")])
+        return self
+
+
+class Subset(_Model):
+    name: SubsetName
+    weight: Annotated[StrictInt, Field(ge=0, le=100)]
+
+
+class HeaderMatch(_Model):
+    """Requests whose headers carry all these exact values go to ``subset``."""
+
+    headers: Annotated[
+        dict[HeaderName, HeaderValue], Field(min_length=1, max_length=MAX_MATCH_HEADERS)
+    ]
+    subset: SubsetName
+
+
+class Mirror(_Model):
+    """Copy this share of requests to ``subset``; its replies are dropped."""
+
+    subset: SubsetName
+    percent: Annotated[Percent, Field(gt=0)]
+
+
+class Fault(_Model):
+    """Inject delays and aborts into a share of requests, to test the callers."""
+
+    delay: Seconds | None = None
+    delay_percent: Percent | None = None
+    abort_code: Annotated[StrictInt, Field(ge=400, le=599)] | None = None
+    abort_percent: Percent | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> Fault:
+        problems: list[tuple[Loc, str]] = []
+        for value, percent in (("delay", "delay_percent"), ("abort_code", "abort_percent")):
+            value_set = getattr(self, value) is not None
+            percent_set = getattr(self, percent) is not None
+            if value_set and not percent_set:
+                problems.append(((percent,), f"required with {value}"))
+            elif percent_set and not value_set:
+                problems.append(((value,), f"required with {percent}"))
+        if self.delay is None and self.abort_code is None and not problems:
+            problems.append(((), "injects nothing: give delay or abort_code"))
+        if problems:
+            raise _Checks(problems)
+        return self
+
+
+class Outlier(_Model):
+    """Eject an instance after consecutive failures, for a growing time."""
+
+    consecutive_failures: Annotated[StrictInt, Field(ge=1)] = 5
+    base_ejection: Seconds = 30.0
+    max_ejection_percent: Annotated[Percent, Field(ge=1)] = 50.0
+
+
+class ServicePolicy(_Model):
+    """How callers reach one service."""
+
+    timeout: Timeout = 5.0
+    retries: Retries = Field(default_factory=Retries)
+    hedging: Hedging | None = None
+    load_balancer: LoadBalancer = "queue"
+    hash_header: HeaderName | None = None
+    subsets: list[Subset] = []
+    matches: list[HeaderMatch] = []
+    failover: dict[SubsetName, SubsetName] = {}
+    mirror: Mirror | None = None
+    fault: Fault | None = None
+    outlier: Outlier = Field(default_factory=Outlier)
+
+    @model_validator(mode="after")
+    def _check(self) -> ServicePolicy:
+        problems = self._balancer_problems() + self._subset_problems()
+        problems += _cycles(self.failover)
+        if problems:
+            raise _Checks(problems)
+        return self
+
+    def _balancer_problems(self) -> list[tuple[Loc, str]]:
+        if self.load_balancer == "hash" and self.hash_header is None:
+            return [(("hash_header",), "required when load_balancer is 'hash'")]
+        if self.load_balancer != "hash" and self.hash_header is not None:
+            return [(("hash_header",), "only used when load_balancer is 'hash'")]
+        return []
+
+    def _subset_problems(self) -> list[tuple[Loc, str]]:
+        problems: list[tuple[Loc, str]] = []
+        first: dict[str, int] = {}
+        for i, subset in enumerate(self.subsets):
+            if subset.name in first:
+                why = f"duplicate subset {subset.name!r} (also subsets[{first[subset.name]}])"
+                problems.append((("subsets", i, "name"), why))
+            first.setdefault(subset.name, i)
+        total = sum(s.weight for s in self.subsets)
+        if self.subsets and total != 100:
+            problems.append((("subsets",), f"weights sum to {total}, not 100"))
+
+        def undeclared(loc: Loc, name: str, what: str = "subset") -> None:
+            if name not in first:
+                problems.append((loc, f"{what} {name!r} is not declared in subsets"))
+
+        for i, match in enumerate(self.matches):
+            undeclared(("matches", i, "subset"), match.subset)
+        for source, target in self.failover.items():
+            undeclared(("failover", source), source)
+            if target != source:  # a self-loop is reported once, as a cycle
+                undeclared(("failover", source), target, "failover target")
+        if self.mirror is not None:
+            undeclared(("mirror", "subset"), self.mirror.subset)
+        return problems
+
+
+def _cycles(failover: Mapping[str, str]) -> list[tuple[Loc, str]]:
+    """A problem per failover cycle (each subset has one next, so cycles cannot share nodes)."""
+    problems: list[tuple[Loc, str]] = []
+    done: set[str] = set()
+    for start in sorted(failover):
+        chain: list[str] = []
+        node: str | None = start
+        while node is not None and node not in done and node not in chain:
+            chain.append(node)
+            node = failover.get(node)
+        if node is not None and node in chain:
+            cycle = [*chain[chain.index(node) :], node]
+            problems.append((("failover",), f"cycle {' -> '.join(cycle)}"))
+        done.update(chain)
+    return problems
+
+
+def _template(path: str) -> str:
+    """Validate an HTTP path template such as ``/products/{id}``."""
+    if len(path) > MAX_PATH_LEN:
+        raise ValueError(f"longer than {MAX_PATH_LEN} characters")
+    if not path.startswith("/"):
+        raise ValueError("must start with '/'")
+    if path == "/":
+        return path
+    segments = path[1:].split("/")
+    if len(segments) > MAX_PATH_SEGMENTS:
+        raise ValueError(f"more than {MAX_PATH_SEGMENTS} segments")
+    params: set[str] = set()
+    for n, segment in enumerate(segments, start=1):
+        param = _PARAM_SEGMENT.fullmatch(segment)
+        if not segment:
+            raise ValueError(f"segment {n} is empty")
+        if segment in {".", ".."}:
+            raise ValueError(f"segment {n} is '.' or '..'")
+        if param is not None:
+            if param.group(1) in params:
+                raise ValueError(f"duplicate parameter {{{param.group(1)}}}")
+            params.add(param.group(1))
+        elif segment.startswith("{"):
+            raise ValueError(f"segment {n}: a parameter name must be a Python identifier")
+        elif _LITERAL_SEGMENT.fullmatch(segment) is None:
+            raise ValueError(
+                f"segment {n}: use letters, digits, '_' and '-', or a whole {{name}} parameter"
+            )
+    return path
+
+
+def _target(target: str) -> str:
+    service, sep, endpoint = target.partition(".")
+    if not sep:
+        raise ValueError("expected 'service.endpoint'")
+    try:
+        validate_name("service", service)
+        validate_name("endpoint", endpoint)
+    except InvalidName as exc:
+        raise ValueError(f"invalid {exc.kind} name: {exc.reason}") from None
+    return target
+
+
+class HttpRoute(_Model):
+    """``method path`` on the gateway calls ``target`` (``service.endpoint``)."""
+
+    method: Method
+    path: Annotated[StrictStr, AfterValidator(_template)]
+    target: Annotated[StrictStr, AfterValidator(_target)]
+    timeout: Timeout | None = None
+
+
+class RouteConfig(_Model):
+    """A whole route config: policies by service name, and the gateway's HTTP routes."""
+
+    services: dict[ServiceName, ServicePolicy] = {}
+    http: list[HttpRoute] = []
+
+    @model_validator(mode="after")
+    def _check(self) -> RouteConfig:
+        problems: list[tuple[Loc, str]] = []
+        seen: dict[str, int] = {}
+        for i, route in enumerate(self.http):
+            # Parameter names do not matter to matching: /a/{id} and /a/{key} conflict.
+            shape = f"{route.method} {_PARAM_SEGMENT.sub('{}', route.path)}"
+            if shape in seen:
+                why = f"{route.method} {route.path} conflicts with http[{seen[shape]}]"
+                problems.append((("http", i), why))
+            seen.setdefault(shape, i)
+        if problems:
+            raise _Checks(problems)
+        return self
+
+    def http_canonical(self) -> bytes:
+        """Canonical JSON of the HTTP routes alone (the gateway's table)."""
+        return _canonical([route.model_dump(mode="json") for route in self.http])
+
+
+def _canonical(data: object) -> bytes:
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+
+
+def _loc_path(loc: Iterable[str | int]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif _BARE_LOC.fullmatch(part):
+            out += f".{part}" if out else part
+        else:
+            # A key that failed validation: quoted, escaped and cut so it cannot flood a log.
+            shown = part if len(part) <= 64 else part[:61] + "..."
+            out += f"[{json.dumps(shown)}]"
+    return out or "<config>"
+
+
+_REASONS: Final = {"extra_forbidden": "unknown field", "missing": "missing required field"}
+
+
+def _problems(exc: ValidationError) -> list[Problem]:
+    problems: list[Problem] = []
+    for error in exc.errors(include_input=False, include_url=False):
+        loc = tuple(error["loc"])
+        if loc and loc[-1] == "[key]":
+            loc = loc[:-1]
+        cause = error.get("ctx", {}).get("error")
+        if isinstance(cause, _Checks):
+            problems += [Problem(_loc_path(loc + rel), reason) for rel, reason in cause.problems]
+        elif isinstance(cause, ValueError):
+            problems.append(Problem(_loc_path(loc), str(cause)))
+        else:
+            problems.append(Problem(_loc_path(loc), _REASONS.get(error["type"], error["msg"])))
+    return problems
+
+
+def validate_routes(data: object) -> RouteConfig:
+    """Validate already decoded data (a dict) as a route config; raise RouteConfigError."""
+    try:
+        return RouteConfig.model_validate(data)
+    except ValidationError as exc:
+        raise RouteConfigError(_problems(exc)) from None
+
+
+class _Reject(ValueError):
+    pass
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise _Reject(f"duplicate key {json.dumps(key[:64])}")
+        result[key] = value
+    return result
+
+
+def _no_constant(name: str) -> Any:
+    raise _Reject(f"{name} is not a number")
+
+
+def _decode(text: str, fmt: Literal["toml", "json"]) -> object:
+    try:
+        if fmt == "toml":
+            return tomllib.loads(text)
+        return json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
+    except RecursionError:
+        reason = "nested too deeply"
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError, _Reject) as exc:
+        reason = str(exc)
+    except ValueError:
+        # int() refuses numbers of more than 4,300 digits (CVE-2020-10735).
+        reason = "a number has too many digits"
+    _file_problem(f"not {fmt.upper()}: {reason}")
+
+
+def _file_problem(reason: str) -> NoReturn:
+    raise RouteConfigError([Problem("<file>", reason)])
+
+
+def parse_routes(
+    data: bytes | str, *, format: Literal["toml", "json"] | None = None
+) -> RouteConfig:
+    """Parse and validate a route config in TOML or JSON; raise RouteConfigError.
+
+    With ``format=None`` the text is JSON if it starts with ``{``, else TOML.
+    """
+    if len(data) > MAX_CONFIG_BYTES or (
+        isinstance(data, str) and len(data.encode("utf-8", "surrogatepass")) > MAX_CONFIG_BYTES
+    ):
+        _file_problem(f"larger than {MAX_CONFIG_BYTES} bytes")
+    if isinstance(data, bytes):
+        try:
+            text = data.decode("utf-8-sig")
+        except UnicodeDecodeError as exc:
+            _file_problem(f"not UTF-8 text (invalid byte at offset {exc.start})")
+    else:
+        text = data.removeprefix("\ufeff")
+    fmt = format or ("json" if text.lstrip().startswith("{") else "toml")
+    decoded = _decode(text, fmt)
+    if not isinstance(decoded, dict):
+        _file_problem("the top level must be a JSON object")
+    return validate_routes(decoded)
+
+
+def load_routes(path: str | Path) -> RouteConfig:
+    """Read and validate a route config file (``.toml``, ``.json``, else detected)."""
+    path = Path(path)
+    try:
+        with path.open("rb") as file:
+            data = file.read(MAX_CONFIG_BYTES + 1)
+    except FileNotFoundError:
+        reason = f"no such file: {path}"
+    except IsADirectoryError:
+        reason = f"a directory, not a file: {path}"
+    except OSError as exc:
+        reason = f"cannot read {path}: {exc.strerror or type(exc).__name__}"
+    else:
+        suffix = path.suffix.lower()
+        fmt: Literal["toml", "json"] | None = (
+            "toml" if suffix == ".toml" else "json" if suffix == ".json" else None
+        )
+        return parse_routes(data, format=fmt)
+    _file_problem(reason)

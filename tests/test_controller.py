@@ -1,0 +1,339 @@
+"""The controller against a real nats-server with JetStream: registry, routes, leadership."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.to_thread
+import nats
+import nats.micro
+import pytest
+from nats.micro.request import Request
+from procs import Proc
+from services import Echo
+
+from natsmesh import ServiceRunner
+from natsmesh._control import LEADER_KEY, RegistryTable, control_subject
+from natsmesh._controller import Controller
+from natsmesh._kv import Tables
+
+pytestmark = pytest.mark.anyio
+
+ROUTES = (Path(__file__).parent.parent / "examples" / "routes.toml").read_bytes()
+
+
+async def eventually(check: Callable[[], Any], *, within: float = 10.0) -> Any:
+    """Poll ``check`` (sync or async) until it returns something truthy."""
+    deadline = time.monotonic() + within
+    while True:
+        result = check()
+        if hasattr(result, "__await__"):
+            result = await result
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not true within {within} s")
+        await anyio.sleep(0.05)
+
+
+async def registry(url: str, service: str) -> RegistryTable | None:
+    nc = await nats.connect(url)
+    try:
+        entry = await (await Tables.open(nc)).get(f"registry.{service}")
+    finally:
+        await nc.close()
+    if entry is None or entry.value is None:
+        return None
+    return RegistryTable.model_validate_json(entry.value)
+
+
+async def ids(url: str, service: str) -> set[str]:
+    table = await registry(url, service)
+    return set() if table is None else {i.id for i in table.instances}
+
+
+async def test_instances_join_and_a_graceful_stop_leaves_at_once(nats_url: str) -> None:
+    async with Controller(nats_url, expiry=30) as controller:
+        await eventually(lambda: controller.is_leader)
+        async with ServiceRunner(Echo, nats=nats_url) as a, ServiceRunner(Echo, nats=nats_url) as b:
+            await eventually(lambda: ids(nats_url, "echo"), within=5)
+            await eventually(lambda: _eq(ids(nats_url, "echo"), {a.id, b.id}))
+            table = await registry(nats_url, "echo")
+            assert table is not None
+            one = table.instances[0]
+            assert one.subset == "v1"
+            assert {e.name for e in one.endpoints} == {"echo", "slow", "whoami"}
+            assert next(e for e in one.endpoints if e.name == "echo").idempotent
+        # expiry is 30 s: only the leave message can have removed them this fast
+        await eventually(lambda: _eq(ids(nats_url, "echo"), set()), within=3)
+
+
+async def _eq(value: Any, expected: Any) -> bool:
+    return bool(await value == expected)
+
+
+async def test_an_instance_killed_without_leaving_expires(nats_url: str) -> None:
+    async with Controller(nats_url, expiry=3) as controller:
+        await eventually(lambda: controller.is_leader)
+        with Proc("serve", "services:Echo", nats_url=nats_url) as proc:
+            await anyio.to_thread.run_sync(proc.wait_ready)
+            await eventually(lambda: ids(nats_url, "echo"))
+            proc.signal(signal.SIGKILL)
+            started = time.monotonic()
+            await eventually(lambda: _eq(ids(nats_url, "echo"), set()), within=10)
+            # heartbeats every 2 s, expiry 3 s, checked every 0.75 s
+            assert time.monotonic() - started < 6
+
+
+async def test_route_apply_is_validated_versioned_and_idempotent(nats_url: str) -> None:
+    async with Controller(nats_url) as controller:
+        await eventually(lambda: controller.is_leader)
+        first = await controller.apply(ROUTES)
+        assert first.ok, first
+        assert set(first.revisions) == {
+            "http",
+            "routes.catalog",
+            "routes.orders",
+            "routes.pricing",
+        }
+        again = await controller.apply(ROUTES)
+        assert again.ok
+        assert again.revisions == {}
+        assert set(again.unchanged) == set(first.revisions)
+        bad = await controller.apply(b"[services.pricing]\ntimeout = 0\nbogus = 1\n")
+        assert not bad.ok
+        paths = {p["path"] for p in bad.problems}
+        assert {"services.pricing.timeout", "services.pricing.bogus"} <= paths
+        # nothing changed: the same file is still "unchanged"
+        assert (await controller.apply(ROUTES)).revisions == {}
+        changed = ROUTES.replace(b"timeout = 5", b"timeout = 6", 1)
+        third = await controller.apply(changed)
+        assert list(third.revisions) == ["routes.orders"]
+        assert third.revisions["routes.orders"] > max(first.revisions.values())
+
+
+async def test_cli_routes_apply_show_and_errors(nats_url: str, tmp_path: Path) -> None:
+    from test_cli import run
+
+    async with Controller(nats_url) as controller:
+        await eventually(lambda: controller.is_leader)
+        good = tmp_path / "routes.toml"
+        good.write_bytes(ROUTES)
+        done = await run("routes", "apply", str(good), "--nats", nats_url)
+        assert done.returncode == 0, done.stderr
+        assert "routes.pricing: revision" in done.stdout
+        done = await run("routes", "apply", str(good), "--nats", nats_url)
+        assert "unchanged" in done.stdout
+        shown = await run("routes", "show", "pricing", "--json", "--nats", nats_url)
+        table = json.loads(shown.stdout)
+        assert table["routes.pricing"]["policy"]["subsets"][1] == {"name": "v2", "weight": 10}
+        for content, needle in (
+            (b"not toml at all ][", "<file>"),
+            (b'{"services": {"a": {"timeout": "2"}}}', "services.a.timeout"),
+            (b"[services.p]\n[[services.p.subsets]]\nname='v1'\nweight=50\n", "100"),
+        ):
+            bad = tmp_path / "bad.toml"
+            bad.write_bytes(content)
+            done = await run("routes", "apply", str(bad), "--nats", nats_url)
+            assert done.returncode == 1, done.stdout
+            assert needle in done.stderr
+            assert "Traceback" not in done.stderr
+        missing = await run("routes", "apply", str(tmp_path / "nope.toml"), "--nats", nats_url)
+        assert missing.returncode == 1
+        assert "No such file" in missing.stderr
+    nobody = await run("routes", "apply", str(good), "--nats", nats_url)
+    assert nobody.returncode == 3
+    assert "no controller" in nobody.stderr
+
+
+async def test_two_controllers_one_leader_and_a_takeover(nats_url: str) -> None:
+    async with Controller(nats_url, lease=1.0) as first:
+        await eventually(lambda: first.is_leader)
+        second = Controller(nats_url, lease=1.0)
+        await second.__aenter__()
+        try:
+            await anyio.sleep(1.0)
+            assert first.is_leader
+            assert not second.is_leader
+            async with ServiceRunner(Echo, nats=nats_url) as runner:
+                await eventually(lambda: _eq(ids(nats_url, "echo"), {runner.id}))
+                await first.__aexit__(None, None, None)
+                await eventually(lambda: second.is_leader, within=3)
+                # the standby kept listening: it knows the instance without asking
+                assert "echo" in second.registry.services()
+                assert (await second.apply(ROUTES)).ok
+        finally:
+            await second.__aexit__(None, None, None)
+
+
+async def test_kill_9_and_restart_of_the_controller_loses_nothing(nats_url: str) -> None:
+    with Proc("controller", nats_url=nats_url) as proc:
+        await anyio.to_thread.run_sync(proc.wait_ready)
+        from test_cli import run
+
+        async with ServiceRunner(Echo, nats=nats_url) as runner:
+            await eventually(lambda: _eq(ids(nats_url, "echo"), {runner.id}))
+            routes = Path(__file__).parent.parent / "examples" / "routes.toml"
+            done = await run("routes", "apply", str(routes), "--nats", nats_url)
+            assert done.returncode == 0, done.stderr
+            before = max(
+                int(line.rsplit(" ", 1)[1])
+                for line in done.stdout.splitlines()
+                if ": revision " in line
+            )
+            proc.signal(signal.SIGKILL)
+            proc.popen.wait(10)
+            # Controller down: the tables stay, calls keep working.
+            assert await ids(nats_url, "echo") == {runner.id}
+            with Proc("controller", nats_url=nats_url) as again:
+                await anyio.to_thread.run_sync(again.wait_ready)
+                changed = routes.read_bytes().replace(b"timeout = 5", b"timeout = 7", 1)
+                # The new controller answers once it holds the lease (the dead one's
+                # lease must run out first).
+                done = await eventually(lambda: _apply_ok(run, changed, nats_url), within=10)
+                (line,) = [x for x in done.splitlines() if x.startswith("routes.orders")]
+                assert int(line.rsplit(" ", 1)[1]) > before  # revisions continue
+                assert await ids(nats_url, "echo") == {runner.id}
+
+
+async def _apply_ok(run: Any, content: bytes, url: str) -> str:
+    import tempfile
+
+    with tempfile.NamedTemporaryFile(suffix=".toml") as f:
+        f.write(content)
+        f.flush()
+        done = await run("routes", "apply", f.name, "--nats", url)
+    return str(done.stdout) if done.returncode == 0 else ""
+
+
+async def test_foreign_micro_services_join_through_discovery(nats_url: str) -> None:
+    nc = await nats.connect(nats_url)
+
+    async def add(req: Request) -> None:
+        await req.respond(b"{}")
+
+    svc = await nats.micro.add_service(nc, name="legacy", version="2.3.0")
+    await svc.add_endpoint(name="add", handler=add)
+    try:
+        async with Controller(nats_url, scan_interval=0.5) as controller:
+            await eventually(lambda: controller.is_leader)
+            table = await eventually(lambda: registry(nats_url, "legacy"))
+            (instance,) = table.instances
+            assert not instance.mesh
+            assert instance.subset == "v2"
+    finally:
+        await svc.stop()
+        await nc.close()
+
+
+@pytest.mark.parametrize(
+    ("subject", "payload"),
+    [
+        ("announce", b"\x00\xff garbage"),
+        ("announce", b'{"service": "a.b", "id": "x", "version": "1", "subset": "v1"}'),
+        ("announce", b'{"service": "ok", "id": "x*", "version": "1", "subset": "v1"}'),
+        ("announce", b'{"service": "ok", "id": "x", "version": "1", "subset": "v1", "evil": 1}'),
+        ("heartbeat", b"[]"),
+        ("leave", b'{"service": ">", "id": "x"}'),
+        ("status", b'{"client": "' + b"x" * 300 + b'"}'),
+        ("announce", b"{" * 100_000),
+        (
+            "announce",
+            b'{"service": "big", "id": "x", "version": "1", "subset": "v1", '
+            b'"metadata": {' + b",".join(b'"k%d": "v"' % i for i in range(100)) + b"}}",
+        ),
+    ],
+)
+async def test_garbage_on_control_subjects_is_rejected_and_nothing_breaks(
+    nats_url: str, subject: str, payload: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with Controller(nats_url) as controller:
+        await eventually(lambda: controller.is_leader)
+        nc = await nats.connect(nats_url)
+        try:
+            for _ in range(3):
+                await nc.publish(control_subject("mesh", subject), payload)
+            await nc.flush()
+            async with ServiceRunner(Echo, nats=nats_url) as runner:
+                await eventually(lambda: _eq(ids(nats_url, "echo"), {runner.id}))
+        finally:
+            await nc.close()
+        assert controller.registry.services() == ["echo"]
+    rejected = [r for r in caplog.records if "rejected a message" in r.getMessage()]
+    assert len(rejected) == 1  # logged once, however often it came
+
+
+async def test_lease_is_released_on_a_clean_stop(nats_url: str) -> None:
+    async with Controller(nats_url) as controller:
+        await eventually(lambda: controller.is_leader)
+    nc = await nats.connect(nats_url)
+    try:
+        entry = await (await Tables.open(nc)).get(LEADER_KEY)
+    finally:
+        await nc.close()
+    assert entry is not None
+    assert entry.value is not None
+    assert json.loads(entry.value)["expires"] == 0
+
+
+async def test_status_shows_each_client_synced_then_stale_then_synced(nats_url: str) -> None:
+    from natsmesh import Mesh
+
+    async with Controller(nats_url) as controller, ServiceRunner(Echo, nats=nats_url):
+        await eventually(lambda: controller.is_leader)
+        assert (await controller.apply(b"[services.echo]\ntimeout = 3\n")).ok
+        async with Mesh(nats_url, name="status-client") as mesh:
+            await mesh.call("echo.whoami")
+
+            def state() -> str:
+                rows = [r for r in controller.status().rows if r.client == "status-client"]
+                return rows[0].state if rows else ""
+
+            await eventually(lambda: state() == "SYNCED")
+            (row,) = [r for r in controller.status().rows if r.client == "status-client"]
+            assert row.service == "echo"
+            assert row.applied == row.latest
+            # The client's view moves with the table: a new revision is applied and reported.
+            reply = await controller.apply(b"[services.echo]\ntimeout = 4\n")
+            await eventually(
+                lambda: any(
+                    r.applied >= reply.revisions["routes.echo"] and r.state == "SYNCED"
+                    for r in controller.status().rows
+                    if r.client == "status-client"
+                )
+            )
+        from test_cli import run
+
+        done = await run("status", "--json", "--nats", nats_url)
+        assert done.returncode == 0, done.stderr
+        assert any(r["client"] == "status-client" for r in json.loads(done.stdout)["rows"])
+
+
+async def test_status_marks_stale_and_rejected_clients(nats_url: str) -> None:
+    from natsmesh._control import Applied, StatusReport
+
+    async with Controller(nats_url) as controller:
+        await eventually(lambda: controller.is_leader)
+        reply = await controller.apply(b"[services.echo]\ntimeout = 3\n")
+        latest = reply.revisions["routes.echo"]
+        nc = await nats.connect(nats_url)
+        try:
+            for client, applied in (
+                ("behind", Applied(routes=latest - 1)),
+                ("refused", Applied(routes=latest - 1, rejected="revision 9: bad policy")),
+                ("current", Applied(routes=latest)),
+            ):
+                report = StatusReport(client=client, services={"echo": applied})
+                await nc.publish("mesh._ctl.status", report.model_dump_json().encode())
+            await nc.flush()
+        finally:
+            await nc.close()
+        await eventually(lambda: len(controller.status().rows) == 3)
+        states = {r.client: r.state for r in controller.status().rows}
+        assert states == {"behind": "STALE", "refused": "REJECTED", "current": "SYNCED"}
