@@ -22,7 +22,7 @@ from natsmesh._errors import (
     SpecError,
     UnknownEndpoint,
 )
-from natsmesh._policy import Retry
+from natsmesh._routes import Retries, RouteConfigError, ServicePolicy
 from natsmesh._runtime import ServiceRunner
 from natsmesh._serve import serve
 from natsmesh._spec import ServiceSpec, endpoint, service, spec_of
@@ -42,8 +42,10 @@ __all__ = [
     "NoResponders",
     "Overloaded",
     "RemoteError",
-    "Retry",
+    "Retries",
+    "RouteConfigError",
     "ServiceError",
+    "ServicePolicy",
     "ServiceRunner",
     "ServiceSpec",
     "SpecError",

@@ -29,7 +29,6 @@ import msgpack
 import pydantic
 
 from natsmesh._client import Mesh
-from natsmesh._policy import NO_RETRY
 from natsmesh._runtime import ServiceRunner
 from natsmesh._spec import endpoint, service
 from natsmesh._transport import NATS, connect
@@ -155,7 +154,7 @@ async def _compare(
 
     results: dict[str, Any] = {kind: [] for kind in KINDS}
     results["ratio"] = []
-    async with Mesh(nc, name="bench", retry=NO_RETRY) as mesh:
+    async with Mesh(nc, name="bench") as mesh:
 
         async def meshed() -> Item:
             return await mesh.call("bench.echo", SAMPLE, response=Item, timeout=5)

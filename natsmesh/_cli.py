@@ -35,7 +35,6 @@ from natsmesh._errors import (
     NoResponders,
     RemoteError,
 )
-from natsmesh._policy import Retry
 from natsmesh._runtime import ServiceRunner
 from natsmesh._serve import load_target, serve, wait_for_signal
 from natsmesh._subjects import validate_token
@@ -283,7 +282,7 @@ async def _call(args: argparse.Namespace) -> int:
         if not sep:
             raise ValueError(f"header {item!r}: expected KEY=VALUE")
         headers[key] = value
-    async with Mesh(_url(args), name="natsmesh-cli", retry=Retry(attempts=1)) as mesh:
+    async with Mesh(_url(args), name="natsmesh-cli") as mesh:
         result = await mesh.call(args.target, payload, timeout=args.timeout, headers=headers)
     if isinstance(result, bytes):
         sys.stdout.buffer.write(result)

@@ -14,15 +14,14 @@ import logging
 import random
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, Literal, Self, TypeVar, overload
 
-import anyio
 import pydantic
 import pydantic_core
 
 from natsmesh import _codec, _discovery, _headers, _micro
+from natsmesh._caller import Call, Caller, Route
 from natsmesh._codec import Codec, DecodeError, Limits
 from natsmesh._errors import (
     CallError,
@@ -30,14 +29,15 @@ from natsmesh._errors import (
     ErrorKind,
     InvalidReply,
     NoResponders,
-    Overloaded,
     UnknownEndpoint,
     remote_error_class,
 )
-from natsmesh._policy import Retry, budget
+from natsmesh._policy import budget
+from natsmesh._routes import ServicePolicy
 from natsmesh._subjects import Subjects, parse_target, validate_name, validate_token
-from natsmesh._tables import TableCache
-from natsmesh._transport import NATS, Msg, NoReply, NoResponse, Requester, connect
+from natsmesh._tables import Snapshot, TableCache
+from natsmesh._traffic import DEFAULT_POLICY
+from natsmesh._transport import NATS, Msg, Requester, connect
 
 if TYPE_CHECKING:
     from natsmesh._context import Context
@@ -50,13 +50,7 @@ DEFAULT_TIMEOUT: Final = 5.0
 _DISCOVERED_TTL: Final = 30.0
 
 
-@dataclass(frozen=True, slots=True)
-class _Route:
-    service: str
-    endpoint: str
-    subject: str
-    codec: Codec
-    discovered_at: float | None = None  # None: the natsmesh convention, no lookup needed
+_NO_TABLES = Snapshot()
 
 
 class Mesh:
@@ -78,7 +72,7 @@ class Mesh:
         name: str = "client",
         prefix: str = "mesh",
         timeout: float = DEFAULT_TIMEOUT,
-        retry: Retry | None = None,
+        policy: ServicePolicy | None = None,
         limits: Limits = _codec.DEFAULT_LIMITS,
         tables: bool = True,
         kind: Literal["client", "gateway", "service"] = "client",
@@ -89,13 +83,14 @@ class Mesh:
         self.name = name
         self._subjects = Subjects(prefix)
         self.timeout = timeout
-        self.retry = retry or Retry()
+        self.policy = policy or DEFAULT_POLICY
         self._limits = limits
         self._nc: NATS | None = None
         self._owns_connection = False
-        self._routes: dict[str, _Route] = {}
+        self._routes: dict[str, Route] = {}
         self._rng = random.Random()
         self._requester: Requester | None = None
+        self._caller: Caller | None = None
         self._context: Context | None = None
         self._use_tables = tables
         self._kind = kind
@@ -108,6 +103,9 @@ class Mesh:
             self._nc = await connect(self._nats, name=self.name)
             self._owns_connection = True
         self._requester = await Requester(self._nc).__aenter__()
+        self._caller = Caller(
+            self._nc, self._requester, self._subjects, name=self.name, rng=self._rng
+        )
         if self._use_tables:
             cache = TableCache(
                 self._nc, client_name=self.name, kind=self._kind, prefix=self._subjects.prefix
@@ -124,6 +122,7 @@ class Mesh:
         if self._requester is not None:
             await self._requester.__aexit__(None, None, None)
             self._requester = None
+            self._caller = None
         if self._owns_connection and self._nc is not None:
             await self._nc.drain()
         self._nc = None
@@ -192,26 +191,34 @@ class Mesh:
         Raises NoResponders, DeadlineExceeded, RemoteError (InvalidRequest,
         UnknownEndpoint, Overloaded), InvalidReply, or InvalidName for a bad target.
         """
-        requester = self._requester
-        if requester is None:
+        caller = self._caller
+        if caller is None:
             raise RuntimeError("use 'async with Mesh(...)' before calling")
         context = context or self._context
         route = self._routes.get(target) or self._convention(target)
         started = time.monotonic()
         tables = self._tables
+        snapshot = _NO_TABLES
         if tables is not None:
             if route.service not in tables:  # only the first calls of a service wait
                 await tables.ensure(route.service)
-            if timeout is None and context is None:
-                timeout = tables.timeout(route.service)
+            snapshot = tables.snapshot(route.service)
+        policy = snapshot.policy or self.policy
+        if timeout is None and context is None:
+            timeout = policy.timeout if snapshot.policy is not None else self.timeout
         deadline = started + budget(
             self.timeout if timeout is None else timeout,
             None if context is None else context.remaining,
         )
-        extra = _headers.check_user_headers(headers) if headers else None
+        extra = _headers.check_user_headers(headers) if headers else {}
         traceparent = (
             context.trace.child().header() if context is not None else _headers.new_traceparent()
         )
+        upstream_retries = context is not None and context.headers.get(_headers.RETRYING) == "1"
+
+        def decode(route: Route, msg: Msg) -> Any:
+            return self._reply(route, msg, response)
+
         if not route.subject:
             route = await self._reroute(target, route) or route
             if not route.subject:
@@ -221,71 +228,36 @@ class Mesh:
                     endpoint=route.endpoint,
                     subject="",
                 )
-        body = _encode_payload(payload, route.codec)
-        attempt = 0
         while True:
-            attempt += 1
-            left = deadline - time.monotonic()
-            if left <= 0.0005:
-                raise DeadlineExceeded(
-                    f"deadline exceeded calling {target}",
-                    service=route.service,
-                    endpoint=route.endpoint,
-                    subject=route.subject,
-                )
-            hdrs = {
-                _headers.BUDGET: _headers.format_budget(left),
-                _headers.TRACEPARENT: traceparent,
-                _headers.CALLER: self.name,
-            }
-            if attempt > 1:
-                hdrs[_headers.ATTEMPT] = str(attempt)
-            if route.codec is Codec.JSON:
-                hdrs[_codec.CONTENT_TYPE] = _codec.JSON_TYPE
-            if extra:
-                hdrs.update(extra)
+            call = Call(
+                route=route,
+                body=_encode_payload(payload, route.codec),
+                deadline=deadline,
+                headers=extra,
+                traceparent=traceparent,
+                upstream_retries=upstream_retries,
+                decode=decode,
+            )
             try:
-                msg = await requester.request(route.subject, body, timeout=left, headers=hdrs)
-            except NoResponse:
+                return await caller.run(call, policy, snapshot.registry)
+            except NoResponders:
+                # Perhaps a micro service outside the natsmesh convention: ask $SRV once.
                 rerouted = await self._reroute(target, route)
-                if rerouted is not None and rerouted != route:
-                    route, body = rerouted, _encode_payload(payload, rerouted.codec)
-                    attempt -= 1  # finding the right subject is not a retry
-                    continue
-                error: Exception = NoResponders(
-                    f"no responders for {target}",
-                    service=route.service,
-                    endpoint=route.endpoint,
-                    subject=route.subject,
-                )
-                if not self.retry.on_no_responders:
-                    raise error from None
-            except NoReply:
-                raise DeadlineExceeded(
-                    f"deadline exceeded calling {target}",
-                    service=route.service,
-                    endpoint=route.endpoint,
-                    subject=route.subject,
-                ) from None
-            else:
-                try:
-                    return self._reply(route, msg, response)
-                except Overloaded as exc:
-                    if not self.retry.on_overloaded:
-                        raise
-                    error = exc
-            if attempt >= self.retry.attempts:
-                raise error
-            pause = self.retry.delay(attempt, self._rng)
-            if time.monotonic() + pause >= deadline:
-                raise error
-            await anyio.sleep(pause)
+                if rerouted is None or rerouted == route:
+                    raise
+                route = rerouted
+
+    def metrics(self) -> dict[str, dict[str, int]]:
+        """Counters per service called: requests, retries, hedges, failovers, ejections, ..."""
+        if self._caller is None:
+            return {}
+        return {name: t.metrics() for name, t in sorted(self._caller.traffic.items())}
 
     # -- resolution --------------------------------------------------------------------
 
-    def _convention(self, target: str) -> _Route:
+    def _convention(self, target: str) -> Route:
         service, endpoint = parse_target(target)
-        route = _Route(service, endpoint, self._subjects.endpoint(service, endpoint), Codec.MSGPACK)
+        route = Route(service, endpoint, self._subjects.endpoint(service, endpoint), Codec.MSGPACK)
         try:
             validate_name("endpoint", endpoint)
         except ValueError:
@@ -293,12 +265,12 @@ class Mesh:
             validate_token("endpoint", endpoint)
             # A micro service may use names natsmesh does not: only discovery can
             # tell where such an endpoint lives (an empty subject means "look it up").
-            route = _Route(service, endpoint, "", Codec.JSON, discovered_at=0.0)
+            route = Route(service, endpoint, "", Codec.JSON, discovered_at=0.0)
         if len(self._routes) < 10_000:
             self._routes[target] = route
         return route
 
-    async def _reroute(self, target: str, route: _Route) -> _Route | None:
+    async def _reroute(self, target: str, route: Route) -> Route | None:
         """After *no responders*: ask ``$SRV`` where the endpoint lives.
 
         Returns a new route for a micro service outside natsmesh's subject
@@ -314,7 +286,7 @@ class Mesh:
         for ep in info.endpoints:
             if ep.name == route.endpoint:
                 codec = Codec.MSGPACK if info.is_mesh else Codec.JSON
-                found = _Route(route.service, route.endpoint, ep.subject, codec, discovered_at=now)
+                found = Route(route.service, route.endpoint, ep.subject, codec, discovered_at=now)
                 self._routes[target] = found
                 return found
         raise UnknownEndpoint(
@@ -328,7 +300,7 @@ class Mesh:
 
     # -- replies --------------------------------------------------------------------------
 
-    def _reply(self, route: _Route, msg: Msg, response: Any) -> Any:
+    def _reply(self, route: Route, msg: Msg, response: Any) -> Any:
         hdrs = msg.headers
         if hdrs and _headers.ERROR_CODE in hdrs:
             raise _remote_error(route, hdrs, msg.data, self._limits)
@@ -376,7 +348,7 @@ def _encode_payload(payload: Any, codec: Codec) -> bytes:
     return _codec.encode(payload, codec)
 
 
-def _remote_error(route: _Route, hdrs: Mapping[str, str], data: bytes, limits: Limits) -> CallError:
+def _remote_error(route: Route, hdrs: Mapping[str, str], data: bytes, limits: Limits) -> CallError:
     raw_code = hdrs.get(_headers.ERROR_CODE, "")
     code = int(raw_code) if raw_code.isdigit() and len(raw_code) < 4 else 500
     message = hdrs.get(_headers.ERROR, "")[:1024] or "error"

@@ -22,6 +22,9 @@ ERROR: Final = "Nats-Service-Error"
 ERROR_CODE: Final = "Nats-Service-Error-Code"
 ERROR_KIND: Final = "Mesh-Error-Kind"
 STATUS: Final = "Status"  # set by the server on "no responders" (503)
+# Set by a caller that retries: the callee's own calls then do not retry, so
+# retries do not multiply hop by hop down a call chain.
+RETRYING: Final = "Mesh-Retrying"
 
 #: Headers the mesh owns: user-supplied headers may not override them.
 RESERVED: Final = frozenset(
@@ -30,6 +33,7 @@ RESERVED: Final = frozenset(
         BUDGET,
         ATTEMPT,
         CALLER,
+        RETRYING,
         TRACEPARENT,
         ERROR,
         ERROR_CODE,

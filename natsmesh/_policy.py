@@ -1,45 +1,25 @@
-"""Pure call policy: how many times to retry, how long to wait, what is left of a budget.
+"""Pure call arithmetic: backoff between tries, and what is left of a budget.
 
-No I/O and no clock of its own: callers pass ``now`` and a random source, so
-every decision here is a function of its arguments and easy to test.
+No I/O and no clock of its own: callers pass ``now`` and a random source.
 """
 
 from __future__ import annotations
 
 import math
 import random
-from dataclasses import dataclass
 
 
-@dataclass(frozen=True, slots=True)
-class Retry:
-    """When a call is tried again.
+def backoff(base: float, cap: float, attempt: int, rng: random.Random) -> float:
+    """Seconds to wait after try ``attempt`` (1-based) failed: exponential, full-half jitter.
 
-    Only outcomes that prove the request was not processed are retried by
-    default: *no responders* (nobody got it) and *overloaded* (shed unprocessed).
-    Backoff is exponential with full jitter, capped, and never outlives the budget.
+    The ceiling doubles per try from ``base`` up to ``cap``; the wait is drawn from
+    [ceiling / 2, ceiling] so that callers that failed together do not retry together.
     """
-
-    attempts: int = 3
-    backoff: float = 0.02
-    max_backoff: float = 0.5
-    on_no_responders: bool = True
-    on_overloaded: bool = True
-
-    def __post_init__(self) -> None:
-        if self.attempts < 1:
-            raise ValueError("attempts must be at least 1")
-        if self.backoff < 0 or self.max_backoff < self.backoff:
-            raise ValueError("need 0 <= backoff <= max_backoff")
-
-    def delay(self, attempt: int, rng: random.Random) -> float:
-        """Seconds to wait before try ``attempt + 1``, after try ``attempt`` (1-based) failed."""
-        # The exponent is capped first: 2 ** 1024 does not fit a float.
-        ceiling = min(self.max_backoff, self.backoff * 2.0 ** min(attempt - 1, 64))
-        return rng.uniform(ceiling / 2, ceiling)
-
-
-NO_RETRY = Retry(attempts=1)
+    if base < 0 or cap < base:
+        raise ValueError("need 0 <= base <= cap")
+    # The exponent is capped first: 2 ** 1024 does not fit a float.
+    ceiling = min(cap, base * 2.0 ** min(max(attempt, 1) - 1, 64))
+    return rng.uniform(ceiling / 2, ceiling)
 
 
 def remaining(deadline: float, now: float) -> float:

@@ -16,12 +16,11 @@ opening is retried at most once per reconcile interval.
 from __future__ import annotations
 
 import asyncio
-import importlib
 import logging
 import time
 from dataclasses import dataclass, field, replace
 from types import TracebackType
-from typing import Any, Literal, Self
+from typing import Literal, Self
 
 import anyio
 import pydantic
@@ -36,6 +35,7 @@ from natsmesh._control import (
     routes_key,
 )
 from natsmesh._kv import Entry, Tables, Unavailable
+from natsmesh._routes import ServicePolicy
 from natsmesh._tasks import stop
 from natsmesh._transport import NATS
 
@@ -51,7 +51,12 @@ class Snapshot:
     route: RouteTable | None = None
     registry: RegistryTable | None = None
     applied: Applied = field(default_factory=Applied)
-    timeout: float | None = None  # the route policy's timeout, seconds
+    policy: ServicePolicy | None = None  # the route table's policy, validated
+
+    @property
+    def timeout(self) -> float | None:
+        """The route policy's timeout, seconds."""
+        return None if self.policy is None else self.policy.timeout
 
 
 _EMPTY = Snapshot()
@@ -117,6 +122,10 @@ class TableCache:
 
     def route(self, service: str) -> RouteTable | None:
         return self._snapshots.get(service, _EMPTY).route
+
+    def snapshot(self, service: str) -> Snapshot:
+        """Everything applied for ``service`` (empty tables when nothing is)."""
+        return self._snapshots.get(service, _EMPTY)
 
     def registry(self, service: str) -> RegistryTable | None:
         return self._snapshots.get(service, _EMPTY).registry
@@ -254,9 +263,10 @@ class TableCache:
         try:
             if entry.key == routes_key(service):
                 route = RouteTable.model_validate_json(entry.value)
-                timeout = _check(service, route)
+                _check(service, route)
+                policy = _policy(route)
                 applied = snap.applied.model_copy(update={"routes": entry.revision})
-                snap = replace(snap, route=route, timeout=timeout, applied=applied)
+                snap = replace(snap, route=route, policy=policy, applied=applied)
             elif entry.key == registry_key(service):
                 registry = RegistryTable.model_validate_json(entry.value)
                 _check(service, registry)
@@ -276,7 +286,7 @@ class TableCache:
     def _clear(self, service: str, key: str) -> bool:
         snap = self._snapshots.get(service, _EMPTY)
         if key == routes_key(service) and snap.route is not None:
-            snap = replace(snap, route=None, timeout=None)
+            snap = replace(snap, route=None, policy=None)
         elif key == registry_key(service) and snap.registry is not None:
             snap = replace(snap, registry=None)
         elif key not in self._rejected:
@@ -295,36 +305,17 @@ class TableCache:
         self._snapshots[service] = replace(snap, applied=applied)
 
 
-def _check(service: str, table: RouteTable | RegistryTable) -> float | None:
-    """Refuse a table that is not ``service``'s or whose policy does not validate.
-
-    Returns the route policy's timeout in seconds, if it has one.
-    """
+def _check(service: str, table: RouteTable | RegistryTable) -> None:
+    """Refuse a table that is not ``service``'s."""
     if table.service != service:
         raise ValueError(f"the table is for service {table.service!r}")
-    if not isinstance(table, RouteTable):
-        return None
-    policy: Any = table.policy
+
+
+def _policy(route: RouteTable) -> ServicePolicy:
     try:
-        # natsmesh._routes is younger than this module: until it exists, trust the dict.
-        policy_class = importlib.import_module("natsmesh._routes").ServicePolicy
-    except (ImportError, AttributeError):
-        pass
-    else:
-        try:
-            policy = policy_class.model_validate(table.policy)
-        except pydantic.ValidationError as exc:
-            raise ValueError(f"policy.{_reason(exc)}") from None
-    timeout = (
-        policy.get("timeout") if isinstance(policy, dict) else getattr(policy, "timeout", None)
-    )
-    return _seconds(timeout)
-
-
-def _seconds(value: object) -> float | None:
-    if isinstance(value, int | float) and not isinstance(value, bool) and 0 < value < 1e9:
-        return float(value)
-    return None
+        return ServicePolicy.model_validate(route.policy)
+    except pydantic.ValidationError as exc:
+        raise ValueError(f"policy.{_reason(exc)}") from None
 
 
 def _reason(exc: Exception) -> str:

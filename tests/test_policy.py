@@ -1,4 +1,4 @@
-"""Tests of natsmesh._policy: retry backoff and budget arithmetic."""
+"""Tests of natsmesh._policy: backoff and budget arithmetic."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from natsmesh._policy import NO_RETRY, Retry, budget, remaining
+from natsmesh._policy import backoff, budget, remaining
 
 
 class _Edge(random.Random):
@@ -26,68 +26,42 @@ class _Edge(random.Random):
 HIGH = _Edge(high=True)
 LOW = _Edge(high=False)
 
-retries = st.builds(
-    lambda backoff, extra, attempts: Retry(
-        attempts=attempts, backoff=backoff, max_backoff=backoff + extra
-    ),
-    backoff=st.floats(min_value=0, max_value=10),
-    extra=st.floats(min_value=0, max_value=10),
-    attempts=st.integers(min_value=1, max_value=100),
-)
-
-# -- Retry ----------------------------------------------------------------------------
-
-
-def test_defaults_and_no_retry() -> None:
-    retry = Retry()
-    assert retry.attempts >= 1
-    assert retry.on_no_responders
-    assert retry.on_overloaded
-    assert NO_RETRY.attempts == 1
+# -- backoff ----------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
-    "kwargs",
-    [
-        {"attempts": 0},
-        {"attempts": -1},
-        {"backoff": -0.1},
-        {"backoff": 1.0, "max_backoff": 0.5},
-    ],
+    ("base", "cap", "attempt", "high"),
+    [(0.1, 0.5, 1, 0.1), (0.1, 0.5, 2, 0.2), (0.1, 0.5, 3, 0.4), (0.1, 0.5, 4, 0.5), (0, 0, 5, 0)],
 )
-def test_retry_rejects_bad_settings(kwargs: dict[str, float]) -> None:
-    with pytest.raises(ValueError):  # noqa: PT011 -- the message is not the point
-        Retry(**kwargs)  # type: ignore[arg-type]
+def test_backoff_doubles_up_to_the_cap(base: float, cap: float, attempt: int, high: float) -> None:
+    assert backoff(base, cap, attempt, HIGH) == pytest.approx(high)
+    assert backoff(base, cap, attempt, LOW) == pytest.approx(high / 2)
 
 
-def test_delay_doubles_then_caps() -> None:
-    retry = Retry(backoff=0.1, max_backoff=0.5)
-    assert [retry.delay(n, HIGH) for n in range(1, 6)] == pytest.approx([0.1, 0.2, 0.4, 0.5, 0.5])
-    assert [retry.delay(n, LOW) for n in range(1, 6)] == pytest.approx([0.05, 0.1, 0.2, 0.25, 0.25])
+@pytest.mark.parametrize(("base", "cap"), [(-0.1, 1.0), (0.5, 0.1)])
+def test_backoff_rejects_bad_bounds(base: float, cap: float) -> None:
+    with pytest.raises(ValueError, match="base"):
+        backoff(base, cap, 1, HIGH)
 
 
-def test_zero_backoff_never_waits() -> None:
-    assert Retry(backoff=0, max_backoff=0).delay(5, random.Random(1)) == 0
+@given(
+    base=st.floats(min_value=0, max_value=10),
+    extra=st.floats(min_value=0, max_value=10),
+    attempt=st.integers(min_value=1, max_value=10_000),
+    seed=st.integers(),
+)
+def test_backoff_is_within_half_ceiling_and_ceiling(
+    base: float, extra: float, attempt: int, seed: int
+) -> None:
+    cap = base + extra
+    ceiling = min(cap, base * 2.0 ** min(attempt - 1, 64))
+    wait = backoff(base, cap, attempt, random.Random(seed))
+    assert ceiling / 2 <= wait <= ceiling
 
 
-@given(retry=retries, attempt=st.integers(min_value=1, max_value=10_000), seed=st.integers())
-def test_delay_is_within_half_ceiling_and_ceiling(retry: Retry, attempt: int, seed: int) -> None:
-    ceiling = retry.delay(attempt, HIGH)
-    assert ceiling <= retry.max_backoff
-    delay = retry.delay(attempt, random.Random(seed))
-    assert ceiling / 2 <= delay <= ceiling
-
-
-@given(retry=retries, attempt=st.integers(min_value=1, max_value=10_000))
-def test_the_ceiling_never_shrinks_as_attempts_grow(retry: Retry, attempt: int) -> None:
-    assert retry.delay(attempt + 1, HIGH) >= retry.delay(attempt, HIGH)
-    assert retry.delay(attempt + 1, LOW) >= retry.delay(attempt, LOW)
-
-
-def test_delay_stays_capped_for_very_many_attempts() -> None:
+def test_backoff_stays_capped_for_very_many_attempts() -> None:
     # 0.02 * 2 ** 1024 does not fit a float: the exponent must be capped before it is used.
-    retry = Retry(attempts=5000, backoff=0.02, max_backoff=0.5)
-    assert retry.delay(1100, HIGH) == 0.5
+    assert backoff(0.02, 0.5, 1100, HIGH) == 0.5
 
 
 # -- budget ----------------------------------------------------------------------------

@@ -1,0 +1,389 @@
+"""One call under its service's policy: the attempt loop of the Mesh client.
+
+    fault injection → subset (header match, else weights) → failover chain → mirror
+    → per attempt: target (the subset's queue group, or one instance by p2c or
+      hash among those not ejected) → send with per-try timeout =
+      min(per_try, remaining) → hedge after a delay (idempotent endpoints)
+    → no responders: the next subset at once; timeout, overloaded, unavailable:
+      try again elsewhere within the attempts and the retry budget
+    → record latency and outcome (peak EWMA, outlier ejection, hedge window)
+
+Only outcomes that prove the request was not processed (no responders,
+overloaded) are retried for every endpoint; timeouts and "unavailable" errors
+only for endpoints declared idempotent. A caller that retries marks its request
+(``Mesh-Retrying``), and the callee's own calls then do not retry, so retries do
+not multiply hop by hop. Decisions are pure functions of ``_balance`` and
+``_resilience``; this module does the sending.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+
+from natsmesh import _headers
+from natsmesh._balance import choose_subset, failover_chain, pick_hash, pick_p2c
+from natsmesh._codec import Codec
+from natsmesh._control import RegistryTable
+from natsmesh._errors import (
+    CallError,
+    DeadlineExceeded,
+    NoResponders,
+    Overloaded,
+    RemoteError,
+)
+from natsmesh._policy import backoff
+from natsmesh._routes import ServicePolicy
+from natsmesh._subjects import Subjects
+from natsmesh._traffic import ServiceTraffic
+from natsmesh._transport import NATS, Msg, NoReply, NoResponse, Requester
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    service: str
+    endpoint: str
+    subject: str
+    codec: Codec
+    discovered_at: float | None = None  # None: the natsmesh convention, no lookup needed
+
+    @property
+    def conventional(self) -> bool:
+        return self.discovered_at is None
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """Everything one call needs, decided before the first send."""
+
+    route: Route
+    body: bytes
+    deadline: float
+    headers: dict[str, str]  # the caller's own, checked
+    traceparent: str
+    upstream_retries: bool  # an upstream hop already retries this request
+    decode: Callable[[Route, Msg], Any]  # reply → result, or raises the error it carries
+
+
+@dataclass(frozen=True, slots=True)
+class _Target:
+    subject: str
+    instance: str | None
+    subset: str | None
+
+
+class _Failed(Exception):
+    """One send's outcome that may be tried again: carries the error to raise otherwise."""
+
+    def __init__(self, error: Exception, *, processed: bool, no_responders: bool = False) -> None:
+        super().__init__(str(error))
+        self.error = error
+        self.processed = processed  # the request may have been handled
+        self.no_responders = no_responders
+
+
+class Caller:
+    """Runs calls for one Mesh client."""
+
+    def __init__(
+        self, nc: NATS, requester: Requester, subjects: Subjects, *, name: str, rng: random.Random
+    ) -> None:
+        self._nc = nc
+        self._requester = requester
+        self._subjects = subjects
+        self._name = name
+        self._rng = rng
+        self.traffic: dict[str, ServiceTraffic] = {}
+
+    def traffic_for(self, service: str, policy: ServicePolicy) -> ServiceTraffic:
+        traffic = self.traffic.get(service)
+        if traffic is None:
+            traffic = self.traffic[service] = ServiceTraffic(policy)
+        else:
+            traffic.follow(policy)
+        return traffic
+
+    async def run(self, call: Call, policy: ServicePolicy, registry: RegistryTable | None) -> Any:
+        route = call.route
+        traffic = self.traffic_for(route.service, policy)
+        counters = traffic.counters
+        now = time.monotonic()
+        counters.requests += 1
+        traffic.retry_budget.request(now)
+        traffic.hedge_budget.request(now)
+        await self._inject_fault(policy, traffic, call)
+        idempotent = _idempotent(registry, route.endpoint)
+        retries = policy.retries
+        may_retry = not call.upstream_retries
+        attempts = retries.attempts if may_retry else 1
+        # A per-try timeout only helps where a timed-out try may be tried again.
+        per_try = retries.per_try_timeout if idempotent and attempts > 1 else None
+        subset = (
+            choose_subset(policy.subsets, policy.matches, call.headers, self._rng.random())
+            if route.conventional
+            else None
+        )
+        chain = failover_chain(subset, policy.failover)
+        if policy.mirror is not None and route.conventional:
+            await self._mirror(call, policy, traffic)
+        position, attempt, tried = 0, 0, set[str]()
+        while True:
+            attempt += 1
+            left = call.deadline - time.monotonic()
+            if left <= 0.0005:
+                raise _deadline(route)
+            target = self._target(route, policy, traffic, registry, chain[position], call, tried)
+            try_timeout = min(per_try, left) if per_try else left
+            headers = self._headers(call, left, attempt, retrying=attempts > 1)
+            try:
+                return await self._exchange(
+                    call,
+                    target,
+                    traffic,
+                    registry,
+                    headers,
+                    try_timeout,
+                    idempotent,
+                    chain[position],
+                )
+            except _Failed as failed:
+                if target.instance is not None:
+                    tried.add(target.instance)
+                if failed.no_responders and position + 1 < len(chain):
+                    position += 1  # nobody serves this subset: the next one, at once
+                    counters.failovers += 1
+                    attempt -= 1
+                    continue
+                kind = _retry_kind(failed)
+                allowed = kind in retries.retry_on and (not failed.processed or idempotent)
+                if not allowed or attempt >= attempts:
+                    raise failed.error from None
+                if not traffic.retry_budget.try_spend(time.monotonic()):
+                    raise failed.error from None
+                if kind == "timeout" and position + 1 < len(chain):
+                    position += 1  # a slow subset: fail over to the next target
+                    counters.failovers += 1
+                counters.retries += 1
+                pause = backoff(retries.backoff, retries.max_backoff, attempt, self._rng)
+                if time.monotonic() + pause >= call.deadline:
+                    raise failed.error from None
+                await anyio.sleep(pause)
+
+    # -- one try, perhaps hedged ------------------------------------------------------
+
+    async def _exchange(
+        self,
+        call: Call,
+        target: _Target,
+        traffic: ServiceTraffic,
+        registry: RegistryTable | None,
+        headers: dict[str, str],
+        try_timeout: float,
+        idempotent: bool,
+        subset: str | None,
+    ) -> Any:
+        delay = traffic.hedge_delay(call.route.endpoint) if idempotent else None
+        if delay is None or delay >= try_timeout:
+            return await self._send(call, target, traffic, registry, headers, try_timeout)
+        loop = asyncio.get_running_loop()
+        first = loop.create_task(self._send(call, target, traffic, registry, headers, try_timeout))
+        done, _ = await asyncio.wait((first,), timeout=delay)
+        if done or not traffic.hedge_budget.try_spend(time.monotonic()):
+            return await first
+        exclude = {target.instance} if target.instance else set()
+        second_target = self._target(
+            call.route, traffic.policy, traffic, registry, subset, call, exclude
+        )
+        traffic.counters.hedges += 1
+        second = loop.create_task(
+            self._send(call, second_target, traffic, registry, headers, try_timeout - delay)
+        )
+        pending = {first, second}
+        failure: BaseException | None = None
+        try:
+            while pending:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    if task.exception() is None:
+                        if task is second:
+                            traffic.counters.hedge_wins += 1
+                        return task.result()
+                    failure = failure or task.exception()
+            assert failure is not None
+            raise failure
+        finally:
+            # The loser is abandoned here; its service drops it when its budget ends.
+            for task in pending:
+                task.cancel()
+
+    async def _send(
+        self,
+        call: Call,
+        target: _Target,
+        traffic: ServiceTraffic,
+        registry: RegistryTable | None,
+        headers: dict[str, str],
+        timeout: float,
+    ) -> Any:
+        route = call.route
+        population = len(registry.instances) if registry is not None else 0
+        traffic.started(target.instance)
+        started = time.monotonic()
+        ok = False
+        try:
+            msg = await self._requester.request(
+                target.subject, call.body, timeout=timeout, headers=headers
+            )
+        except NoResponse:
+            raise _Failed(
+                NoResponders(
+                    f"no responders for {route.service}.{route.endpoint}",
+                    service=route.service,
+                    endpoint=route.endpoint,
+                    subject=target.subject,
+                ),
+                processed=False,
+                no_responders=True,
+            ) from None
+        except NoReply:
+            raise _Failed(_deadline(route), processed=True) from None
+        try:
+            result = call.decode(route, msg)
+        except Overloaded as exc:
+            raise _Failed(exc, processed=False) from None
+        except RemoteError as exc:
+            if exc.code in (502, 503):
+                raise _Failed(exc, processed=True) from None
+            ok = exc.code < 500
+            raise
+        else:
+            ok = True
+            traffic.window(route.endpoint).add(time.monotonic() - started)
+            return result
+        finally:
+            now = time.monotonic()
+            traffic.finished(target.instance, now - started, ok, now, population)
+
+    # -- choices -------------------------------------------------------------------------
+
+    def _target(
+        self,
+        route: Route,
+        policy: ServicePolicy,
+        traffic: ServiceTraffic,
+        registry: RegistryTable | None,
+        subset: str | None,
+        call: Call,
+        exclude: set[str],
+    ) -> _Target:
+        s = self._subjects
+        queue = s.subset(route.service, subset, route.endpoint) if subset else route.subject
+        if policy.load_balancer == "queue" or registry is None or not route.conventional:
+            return _Target(queue, None, subset)
+        candidates = [
+            i.id
+            for i in registry.instances
+            if i.mesh
+            and i.healthy
+            and (subset is None or i.subset == subset)
+            and any(e.name == route.endpoint for e in i.endpoints)
+        ]
+        fresh = [c for c in candidates if c not in exclude] or candidates
+        available = traffic.outliers.available(fresh, time.monotonic())
+        if not available:
+            return _Target(queue, None, subset)
+        key = call.headers.get(policy.hash_header or "") if policy.load_balancer == "hash" else None
+        if key is not None:
+            chosen = pick_hash(sorted(candidates), key)
+            if chosen in exclude or chosen not in available:
+                chosen = pick_p2c(available, traffic.load, self._rng)
+        else:
+            chosen = pick_p2c(available, traffic.load, self._rng)
+        return _Target(s.instance(route.service, chosen, route.endpoint), chosen, subset)
+
+    def _headers(self, call: Call, left: float, attempt: int, *, retrying: bool) -> dict[str, str]:
+        headers = {
+            _headers.BUDGET: _headers.format_budget(left),
+            _headers.TRACEPARENT: call.traceparent,
+            _headers.CALLER: self._name,
+        }
+        if attempt > 1:
+            headers[_headers.ATTEMPT] = str(attempt)
+        if retrying or call.upstream_retries:
+            headers[_headers.RETRYING] = "1"
+        if call.route.codec is Codec.JSON:
+            headers["Content-Type"] = "application/json"
+        if call.headers:
+            headers.update(call.headers)
+        return headers
+
+    async def _inject_fault(
+        self, policy: ServicePolicy, traffic: ServiceTraffic, call: Call
+    ) -> None:
+        fault = policy.fault
+        if fault is None:
+            return
+        if fault.delay and fault.delay_percent and self._rng.random() * 100 < fault.delay_percent:
+            traffic.counters.faults += 1
+            await anyio.sleep(min(fault.delay, max(0.0, call.deadline - time.monotonic())))
+        if (
+            fault.abort_code
+            and fault.abort_percent
+            and self._rng.random() * 100 < fault.abort_percent
+        ):
+            traffic.counters.faults += 1
+            route = call.route
+            raise RemoteError(
+                "fault injected",
+                code=fault.abort_code,
+                kind="fault",
+                service=route.service,
+                endpoint=route.endpoint,
+                subject=route.subject,
+            )
+
+    async def _mirror(self, call: Call, policy: ServicePolicy, traffic: ServiceTraffic) -> None:
+        mirror = policy.mirror
+        assert mirror is not None
+        if self._rng.random() * 100 >= mirror.percent:
+            return
+        route = call.route
+        subject = self._subjects.subset(route.service, mirror.subset, route.endpoint)
+        headers = self._headers(call, call.deadline - time.monotonic(), 1, retrying=False)
+        # No reply subject: the shadow's answer goes nowhere, and costs the caller nothing.
+        # Its own subject: a shadow never listens where the primary does, so "no
+        # responders" for the primary stays instant.
+        await self._nc.publish(subject, call.body, headers=headers)
+        traffic.counters.mirrored += 1
+
+
+def _idempotent(registry: RegistryTable | None, endpoint: str) -> bool:
+    if registry is None:
+        return False
+    flags = {e.idempotent for i in registry.instances for e in i.endpoints if e.name == endpoint}
+    return flags == {True}
+
+
+def _retry_kind(failed: _Failed) -> str:
+    if failed.no_responders:
+        return "no_responders"
+    if isinstance(failed.error, Overloaded):
+        return "overloaded"
+    if isinstance(failed.error, DeadlineExceeded):
+        return "timeout"
+    return "unavailable"
+
+
+def _deadline(route: Route) -> CallError:
+    return DeadlineExceeded(
+        f"deadline exceeded calling {route.service}.{route.endpoint}",
+        service=route.service,
+        endpoint=route.endpoint,
+        subject=route.subject,
+    )

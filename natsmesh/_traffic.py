@@ -1,0 +1,121 @@
+"""Per-service traffic state of one Mesh client, and its defaults.
+
+One :class:`ServiceTraffic` per service called: the retry and hedge budgets, the
+outlier detector, per-instance latency estimates (peak EWMA and requests in
+flight), per-endpoint latency windows for hedge delays, and the counters that
+make every decision visible. It follows the service's policy as it changes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from natsmesh._balance import PeakEwma
+from natsmesh._resilience import Budget, LatencyWindow, Outliers
+from natsmesh._routes import Retries, ServicePolicy
+
+#: The policy of a service with no route table: calls that prove nothing was
+#: processed (no responders, overloaded) are retried for every endpoint; a per-try
+#: timeout and retries on timeouts apply to endpoints declared idempotent only.
+DEFAULT_POLICY = ServicePolicy(
+    timeout=5.0,
+    retries=Retries(
+        attempts=3,
+        per_try_timeout=1.0,
+        retry_on=frozenset({"no_responders", "overloaded", "timeout", "unavailable"}),
+    ),
+)
+
+
+@dataclass(slots=True)
+class Counters:
+    requests: int = 0
+    retries: int = 0
+    hedges: int = 0
+    hedge_wins: int = 0
+    failovers: int = 0
+    ejections: int = 0
+    budget_exhausted: int = 0
+    mirrored: int = 0
+    faults: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+class ServiceTraffic:
+    """What one client remembers of one service between calls."""
+
+    def __init__(self, policy: ServicePolicy) -> None:
+        self.counters = Counters()
+        self.instances: dict[str, PeakEwma] = {}
+        self.latency: dict[str, LatencyWindow] = {}
+        self.policy = policy
+        self._configure(policy)
+
+    def follow(self, policy: ServicePolicy) -> None:
+        """Adopt a changed policy; budgets and outlier state restart only if their knobs moved."""
+        if policy is self.policy:
+            return
+        old, self.policy = self.policy, policy
+        if (old.retries, old.hedging, old.outlier) != (
+            policy.retries,
+            policy.hedging,
+            policy.outlier,
+        ):
+            self._configure(policy)
+
+    def _configure(self, policy: ServicePolicy) -> None:
+        retries, outlier = policy.retries, policy.outlier
+        self.retry_budget = Budget(
+            ratio=retries.budget_ratio, min_per_second=retries.budget_min_per_second
+        )
+        hedge_ratio = policy.hedging.max_ratio if policy.hedging else 0.0
+        self.hedge_budget = Budget(ratio=hedge_ratio, min_per_second=0.0)
+        self.outliers = Outliers(
+            consecutive_failures=outlier.consecutive_failures,
+            base_ejection=outlier.base_ejection,
+            max_percent=outlier.max_ejection_percent,
+        )
+
+    def load(self, instance: str) -> float:
+        stats = self.instances.get(instance)
+        return 0.0 if stats is None else stats.load()
+
+    def started(self, instance: str | None) -> None:
+        if instance is not None:
+            self.instances.setdefault(instance, PeakEwma()).outstanding += 1
+
+    def finished(
+        self, instance: str | None, seconds: float, ok: bool, now: float, population: int
+    ) -> None:
+        if instance is None:
+            return
+        stats = self.instances.setdefault(instance, PeakEwma())
+        stats.outstanding = max(0, stats.outstanding - 1)
+        stats.observe(seconds, now)
+        if ok:
+            self.outliers.success(instance)
+        elif self.outliers.failure(instance, now, population):
+            self.counters.ejections += 1
+
+    def window(self, endpoint: str) -> LatencyWindow:
+        window = self.latency.get(endpoint)
+        if window is None:
+            window = self.latency[endpoint] = LatencyWindow()
+        return window
+
+    def hedge_delay(self, endpoint: str) -> float | None:
+        hedging = self.policy.hedging
+        if hedging is None:
+            return None
+        if hedging.delay is not None:
+            return hedging.delay
+        assert hedging.percentile is not None
+        return self.window(endpoint).percentile(hedging.percentile)
+
+    def metrics(self) -> dict[str, int]:
+        counters = self.counters.as_dict()
+        counters["retry_budget_exhausted"] = self.retry_budget.exhausted
+        counters["hedge_budget_exhausted"] = self.hedge_budget.exhausted
+        return counters
