@@ -22,7 +22,7 @@ from natsmesh._errors import (
     SpecError,
     UnknownEndpoint,
 )
-from natsmesh._routes import Retries, RouteConfigError, ServicePolicy
+from natsmesh._routes import HttpRoute, Retries, RouteConfigError, ServicePolicy
 from natsmesh._runtime import ServiceRunner
 from natsmesh._serve import serve
 from natsmesh._spec import ServiceSpec, endpoint, service, spec_of
@@ -33,6 +33,7 @@ __all__ = [
     "Context",
     "DeadlineExceeded",
     "ErrorKind",
+    "HttpRoute",
     "InvalidName",
     "InvalidReply",
     "InvalidRequest",

@@ -72,9 +72,11 @@ class PeakEwma:
             self.estimate = self.estimate * weight + seconds * (1 - weight)
         self.stamp = now
 
-    def load(self) -> float:
-        # An instance never measured ranks as the fastest: it gets tried, then measured.
-        return self.estimate * (self.outstanding + 1)
+    def load(self, now: float) -> float:
+        # The estimate fades while nothing is observed, as Finagle's does: an instance
+        # once slow is tried again in time. One never measured ranks as the fastest.
+        fade = math.exp(-max(0.0, now - self.stamp) / self.tau)
+        return self.estimate * fade * (self.outstanding + 1)
 
 
 def pick_p2c(candidates: Sequence[str], load: Callable[[str], float], rng: random.Random) -> str:

@@ -112,6 +112,9 @@ class Caller:
     async def run(self, call: Call, policy: ServicePolicy, registry: RegistryTable | None) -> Any:
         route = call.route
         traffic = self.traffic_for(route.service, policy)
+        if registry is not None and registry is not traffic.registry:
+            traffic.registry = registry
+            traffic.follow_registry({i.id for i in registry.instances})
         counters = traffic.counters
         now = time.monotonic()
         counters.requests += 1
@@ -237,36 +240,39 @@ class Caller:
         started = time.monotonic()
         ok = False
         try:
-            msg = await self._requester.request(
-                target.subject, call.body, timeout=timeout, headers=headers
-            )
-        except NoResponse:
-            raise _Failed(
-                NoResponders(
-                    f"no responders for {route.service}.{route.endpoint}",
-                    service=route.service,
-                    endpoint=route.endpoint,
-                    subject=target.subject,
-                ),
-                processed=False,
-                no_responders=True,
-            ) from None
-        except NoReply:
-            raise _Failed(_deadline(route), processed=True) from None
-        try:
-            result = call.decode(route, msg)
-        except Overloaded as exc:
-            raise _Failed(exc, processed=False) from None
-        except RemoteError as exc:
-            if exc.code in (502, 503):
-                raise _Failed(exc, processed=True) from None
-            ok = exc.code < 500
-            raise
-        else:
+            try:
+                msg = await self._requester.request(
+                    target.subject, call.body, timeout=timeout, headers=headers
+                )
+            except NoResponse:
+                ok = True  # gone, not slow: no outlier evidence, and the registry will tell
+                raise _Failed(
+                    NoResponders(
+                        f"no responders for {route.service}.{route.endpoint}",
+                        service=route.service,
+                        endpoint=route.endpoint,
+                        subject=target.subject,
+                    ),
+                    processed=False,
+                    no_responders=True,
+                ) from None
+            except NoReply:
+                raise _Failed(_deadline(route), processed=True) from None
+            try:
+                result = call.decode(route, msg)
+            except Overloaded as exc:
+                raise _Failed(exc, processed=False) from None
+            except RemoteError as exc:
+                if exc.code in (502, 503):
+                    raise _Failed(exc, processed=True) from None
+                ok = exc.code < 500
+                raise
             ok = True
             traffic.window(route.endpoint).add(time.monotonic() - started)
             return result
         finally:
+            # Every try counts, timeouts first of all: they are what p2c and
+            # outlier ejection must learn from.
             now = time.monotonic()
             traffic.finished(target.instance, now - started, ok, now, population)
 

@@ -23,6 +23,7 @@ import pydantic_core
 from natsmesh import _codec, _discovery, _headers, _micro
 from natsmesh._caller import Call, Caller, Route
 from natsmesh._codec import Codec, DecodeError, Limits
+from natsmesh._control import HTTP_TABLE
 from natsmesh._errors import (
     CallError,
     DeadlineExceeded,
@@ -33,7 +34,7 @@ from natsmesh._errors import (
     remote_error_class,
 )
 from natsmesh._policy import budget
-from natsmesh._routes import ServicePolicy
+from natsmesh._routes import HttpRoute, ServicePolicy
 from natsmesh._subjects import Subjects, parse_target, validate_name, validate_token
 from natsmesh._tables import Snapshot, TableCache
 from natsmesh._traffic import DEFAULT_POLICY
@@ -285,6 +286,8 @@ class Mesh:
             return None
         for ep in info.endpoints:
             if ep.name == route.endpoint:
+                if info.is_mesh and route.conventional:
+                    return None  # the convention holds: the subset tried is simply down
                 codec = Codec.MSGPACK if info.is_mesh else Codec.JSON
                 found = Route(route.service, route.endpoint, ep.subject, codec, discovered_at=now)
                 self._routes[target] = found
@@ -322,6 +325,45 @@ class Mesh:
     async def services(self, name: str | None = None, *, timeout: float = 1.0) -> list[_micro.Info]:
         """INFO of every running service instance (natsmesh or not), optionally of one name."""
         return await _discovery.gather(self.nats, "INFO", _micro.Info, name=name, timeout=timeout)
+
+    # -- for front doors (the HTTP gateway) ---------------------------------------------
+
+    async def http_routes(self, *, wait: float = 0.25) -> tuple[HttpRoute, ...]:
+        """The HTTP routes of the control plane's ``http`` table, validated.
+
+        The first call loads the table and watches it, waiting at most ``wait``
+        seconds (the routes are empty until it is loaded); later calls answer at
+        once from the current snapshot. Empty without a controller, or with
+        ``tables=False``.
+        """
+        tables = self._tables
+        if tables is None:
+            return ()
+        if HTTP_TABLE not in tables:
+            await tables.ensure(HTTP_TABLE, wait=wait)
+        return tables.snapshot(HTTP_TABLE).http
+
+    async def route_timeout(self, service: str) -> float:
+        """The budget a call to ``service`` gets when it names none: its route's, else ours.
+
+        Loads ``service``'s tables as its first call would. Raises InvalidName.
+        """
+        validate_name("service", service)
+        tables = self._tables
+        if tables is None:
+            return self.timeout
+        if service not in tables:
+            await tables.ensure(service)
+        timeout = tables.timeout(service)
+        return self.timeout if timeout is None else timeout
+
+    @property
+    def ready(self) -> bool:
+        """Connected to NATS, and the first load of every table asked for is over."""
+        nc = self._nc
+        if nc is None or not nc.is_connected:
+            return False
+        return self._tables is None or self._tables.loaded
 
 
 _adapters: dict[Any, pydantic.TypeAdapter[Any]] = {}

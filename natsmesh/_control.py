@@ -34,6 +34,9 @@ from natsmesh._subjects import validate_name, validate_token
 BUCKET: Final = "natsmesh"
 LEADER_KEY: Final = "leader"
 HTTP_KEY: Final = "http"
+#: The name under which a client's table cache keeps, and reports, the ``http`` table:
+#: not a valid service name (those start with a letter), so it never meets a service's.
+HTTP_TABLE: Final = "(http)"
 MAX_CONTROL_MESSAGE: Final = 256 * 1024
 
 

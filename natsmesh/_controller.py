@@ -367,14 +367,15 @@ class Controller:
         rows = []
         for client, (report, _) in sorted(self._status.items()):
             for service, applied in sorted(report.services.items()):
-                latest = max(
-                    self._revision(routes_key(service)), self._revision(registry_key(service))
-                )
+                # A gateway reports the http table as HTTP_TABLE, its revision as "routes".
+                http = service == _control.HTTP_TABLE
+                routes_rev = self._revision(_control.HTTP_KEY if http else routes_key(service))
+                registry_rev = 0 if http else self._revision(registry_key(service))
+                latest = max(routes_rev, registry_rev)
                 current = max(applied.routes, applied.registry)
                 state = "REJECTED" if applied.rejected else "SYNCED"
                 if not applied.rejected and (
-                    applied.routes < self._revision(routes_key(service))
-                    or applied.registry < self._revision(registry_key(service))
+                    applied.routes < routes_rev or applied.registry < registry_rev
                 ):
                     state = "STALE"
                 rows.append(

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import bisect
 import collections
+import math
 from dataclasses import dataclass
 
 
@@ -22,8 +23,8 @@ class Budget:
     """Extra sends allowed as a share of recent requests, plus a floor per second."""
 
     def __init__(self, *, ratio: float, min_per_second: float, window: float = 10.0) -> None:
-        if not 0 <= ratio <= 1 or min_per_second < 0 or window <= 0:
-            raise ValueError("need 0 <= ratio <= 1, min_per_second >= 0, window > 0")
+        if not (0 <= ratio <= 1 and 0 <= min_per_second < math.inf and 0 < window < math.inf):
+            raise ValueError("need 0 <= ratio <= 1, min_per_second >= 0, window > 0, all finite")
         self.ratio = ratio
         self.min_per_second = min_per_second
         self.window = window
@@ -33,13 +34,17 @@ class Budget:
 
     def request(self, now: float) -> None:
         self._requests.append(now)
+        self._trim(now)
 
-    def try_spend(self, now: float) -> bool:
-        """Take one extra send from the budget; False (and counted) when it is empty."""
+    def _trim(self, now: float) -> None:
         cutoff = now - self.window
         for times in (self._requests, self._spent):
             while times and times[0] < cutoff:
                 times.popleft()
+
+    def try_spend(self, now: float) -> bool:
+        """Take one extra send from the budget; False (and counted) when it is empty."""
+        self._trim(now)
         allowed = self.ratio * len(self._requests) + self.min_per_second * self.window
         if len(self._spent) + 1 > allowed:
             self.exhausted += 1

@@ -9,6 +9,10 @@ readers on the call path never block (the grpc Picker style). Every applied or
 rejected change, and a keepalive every ``report_interval``, is published as a
 :class:`StatusReport` on ``<prefix>._ctl.status`` for the controller's status view.
 
+The gateway's ``http`` table rides on the same machinery under the name
+``HTTP_TABLE`` (which no service can have): ``ensure(HTTP_TABLE)`` loads and
+watches the one ``http`` key, and its snapshot carries the validated routes.
+
 Without a bucket (no JetStream, no controller yet) the mesh works without tables;
 opening is retried at most once per reconcile interval.
 """
@@ -26,7 +30,10 @@ import anyio
 import pydantic
 
 from natsmesh._control import (
+    HTTP_KEY,
+    HTTP_TABLE,
     Applied,
+    HttpTable,
     RegistryTable,
     RouteTable,
     StatusReport,
@@ -35,7 +42,7 @@ from natsmesh._control import (
     routes_key,
 )
 from natsmesh._kv import Entry, Tables, Unavailable
-from natsmesh._routes import ServicePolicy
+from natsmesh._routes import HttpRoute, RouteConfig, ServicePolicy
 from natsmesh._tasks import stop
 from natsmesh._transport import NATS
 
@@ -52,6 +59,7 @@ class Snapshot:
     registry: RegistryTable | None = None
     applied: Applied = field(default_factory=Applied)
     policy: ServicePolicy | None = None  # the route table's policy, validated
+    http: tuple[HttpRoute, ...] = ()  # HTTP_TABLE only: the gateway's routes, validated
 
     @property
     def timeout(self) -> float | None:
@@ -130,6 +138,11 @@ class TableCache:
     def registry(self, service: str) -> RegistryTable | None:
         return self._snapshots.get(service, _EMPTY).registry
 
+    @property
+    def loaded(self) -> bool:
+        """Whether no first load is in progress (every table asked for has been read)."""
+        return not self._loading
+
     def revisions(self, service: str) -> Applied:
         return self._snapshots.get(service, _EMPTY).applied
 
@@ -182,7 +195,7 @@ class TableCache:
 
     async def _read(self, bucket: Tables, service: str) -> bool:
         """Get both keys of ``service`` and apply what is newer; whether anything changed."""
-        keys = (routes_key(service), registry_key(service))
+        keys = _keys(service)
         before = [self._seen.get(key, 0) for key in keys]
         # Both gets first, then both applies: no reader sees half of a load.
         entries = [await bucket.get(key) for key in keys]
@@ -202,9 +215,10 @@ class TableCache:
     async def _watch(self, service: str, bucket: Tables) -> None:
         # One wildcard watch covers both keys: "*.<service>" matches routes.<service>
         # and registry.<service> (service names are single tokens) and nothing else we use.
+        pattern = HTTP_KEY if service == HTTP_TABLE else f"*.{service}"
         while not self._closed:
             try:
-                async with bucket.watch(f"*.{service}") as updates:
+                async with bucket.watch(pattern) as updates:
                     while not self._closed:
                         entry = await updates.get()
                         if self._apply(service, entry):
@@ -272,6 +286,10 @@ class TableCache:
                 _check(service, registry)
                 applied = snap.applied.model_copy(update={"registry": entry.revision})
                 snap = replace(snap, registry=registry, applied=applied)
+            elif entry.key == HTTP_KEY and service == HTTP_TABLE:
+                http = _http_routes(HttpTable.model_validate_json(entry.value))
+                applied = snap.applied.model_copy(update={"routes": entry.revision})
+                snap = replace(snap, http=http, applied=applied)
             else:
                 return False  # another table under the wildcard: not ours to read
         except (pydantic.ValidationError, ValueError) as exc:
@@ -289,6 +307,8 @@ class TableCache:
             snap = replace(snap, route=None, policy=None)
         elif key == registry_key(service) and snap.registry is not None:
             snap = replace(snap, registry=None)
+        elif key == HTTP_KEY and service == HTTP_TABLE and snap.http:
+            snap = replace(snap, http=())
         elif key not in self._rejected:
             return False
         self._rejected.pop(key, None)
@@ -296,13 +316,21 @@ class TableCache:
         return True
 
     def _publish(self, service: str, snap: Snapshot) -> None:
-        reasons = [
-            self._rejected[k]
-            for k in (routes_key(service), registry_key(service))
-            if k in self._rejected
-        ]
+        reasons = [self._rejected[k] for k in _keys(service) if k in self._rejected]
         applied = snap.applied.model_copy(update={"rejected": "; ".join(reasons)[:1024]})
         self._snapshots[service] = replace(snap, applied=applied)
+
+
+def _keys(service: str) -> tuple[str, ...]:
+    """The KV keys kept for ``service`` (or for HTTP_TABLE, the one ``http`` key)."""
+    if service == HTTP_TABLE:
+        return (HTTP_KEY,)
+    return (routes_key(service), registry_key(service))
+
+
+def _http_routes(table: HttpTable) -> tuple[HttpRoute, ...]:
+    # Validated as a whole config would be: each route, and no two of the same shape.
+    return tuple(RouteConfig.model_validate({"http": table.routes}).http)
 
 
 def _check(service: str, table: RouteTable | RegistryTable) -> None:

@@ -8,9 +8,11 @@ make every decision visible. It follows the service's policy as it changes.
 
 from __future__ import annotations
 
+import time
 from dataclasses import asdict, dataclass
 
 from natsmesh._balance import PeakEwma
+from natsmesh._control import RegistryTable
 from natsmesh._resilience import Budget, LatencyWindow, Outliers
 from natsmesh._routes import Retries, ServicePolicy
 
@@ -19,6 +21,9 @@ from natsmesh._routes import Retries, ServicePolicy
 #: timeout and retries on timeouts apply to endpoints declared idempotent only.
 DEFAULT_POLICY = ServicePolicy(
     timeout=5.0,
+    # p2c where the registry is known (a controller runs): a frozen or slow instance
+    # is avoided after its first slow replies; without a registry, the queue group.
+    load_balancer="p2c",
     retries=Retries(
         attempts=3,
         per_try_timeout=1.0,
@@ -35,7 +40,6 @@ class Counters:
     hedge_wins: int = 0
     failovers: int = 0
     ejections: int = 0
-    budget_exhausted: int = 0
     mirrored: int = 0
     faults: int = 0
 
@@ -51,6 +55,7 @@ class ServiceTraffic:
         self.instances: dict[str, PeakEwma] = {}
         self.latency: dict[str, LatencyWindow] = {}
         self.policy = policy
+        self.registry: RegistryTable | None = None  # the last one followed
         self._configure(policy)
 
     def follow(self, policy: ServicePolicy) -> None:
@@ -80,7 +85,13 @@ class ServiceTraffic:
 
     def load(self, instance: str) -> float:
         stats = self.instances.get(instance)
-        return 0.0 if stats is None else stats.load()
+        return 0.0 if stats is None else stats.load(time.monotonic())
+
+    def follow_registry(self, present: set[str]) -> None:
+        """Forget instances that left: one that comes back starts afresh."""
+        for gone in [i for i in self.instances if i not in present]:
+            del self.instances[gone]
+        self.outliers.forget(present)
 
     def started(self, instance: str | None) -> None:
         if instance is not None:

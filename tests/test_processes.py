@@ -11,7 +11,7 @@ import anyio.to_thread
 import pytest
 from procs import Proc
 
-from natsmesh import Mesh
+from natsmesh import Mesh, Retries, ServicePolicy
 
 pytestmark = pytest.mark.anyio
 
@@ -45,7 +45,8 @@ async def test_serve_instances_run_as_one_queue_group(nats_url: str) -> None:
 
 
 @pytest.mark.slow
-async def test_rolling_restart_loses_no_call(nats_url: str) -> None:
+@pytest.mark.parametrize("attempts", [1, 3], ids=["retries-off", "default-retries"])
+async def test_rolling_restart_loses_no_call(nats_url: str, attempts: int) -> None:
     procs = [Proc("serve", "services:Echo", nats_url=nats_url) for _ in range(3)]
     try:
         for p in procs:
@@ -53,7 +54,10 @@ async def test_rolling_restart_loses_no_call(nats_url: str) -> None:
         ok = failed = 0
         errors: list[str] = []
         stop = anyio.Event()
-        async with Mesh(nats_url) as mesh:
+        # With retries off only the drain protects the calls: in-flight requests finish
+        # and the queue group stops sending to an instance before it goes.
+        policy = ServicePolicy(retries=Retries(attempts=attempts))
+        async with Mesh(nats_url, policy=policy, tables=False) as mesh:
 
             async def load() -> None:
                 nonlocal ok, failed
@@ -82,3 +86,119 @@ async def test_rolling_restart_loses_no_call(nats_url: str) -> None:
     finally:
         for p in procs:
             p.close()
+
+
+class Load:
+    """Steady calls from several workers, each call's start, latency and outcome."""
+
+    def __init__(self, mesh: Mesh, workers: int = 8) -> None:
+        self.mesh = mesh
+        self.workers = workers
+        self.samples: list[tuple[float, float, str]] = []  # (start, seconds, pid or error)
+        self.stop = anyio.Event()
+
+    async def run(self, *, limit: float = 60.0) -> None:
+        deadline = time.monotonic() + limit  # bounded even if the test stalls
+
+        async def worker() -> None:
+            while not self.stop.is_set() and time.monotonic() < deadline:
+                started = time.monotonic()
+                try:
+                    out = await self.mesh.call("echo.slow", {"seconds": 0.005}, timeout=5)
+                    result = str(out["pid"])
+                except Exception as exc:
+                    result = f"error: {exc!r}"
+                self.samples.append((started, time.monotonic() - started, result))
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(self.workers):
+                tg.start_soon(worker)
+
+    def errors(self) -> list[str]:
+        return [r for _, _, r in self.samples if r.startswith("error")]
+
+    def p99(self, since: float = 0.0, until: float = float("inf")) -> float:
+        lat = sorted(s for t, s, _ in self.samples if since <= t < until)
+        return lat[min(len(lat) - 1, int(len(lat) * 0.99))]
+
+
+async def _fleet(nats_url: str, mesh: Mesh, n: int) -> list[Proc]:
+    from test_controller import eventually
+
+    procs = [Proc("serve", "services:Echo", nats_url=nats_url) for _ in range(n)]
+    for p in procs:
+        await anyio.to_thread.run_sync(p.wait_ready)
+    await mesh.call("echo.echo", {"id": 1, "name": "x"})
+    assert mesh.tables is not None
+
+    def registered() -> bool:
+        snap = mesh.tables.snapshot("echo")  # type: ignore[union-attr]
+        return snap.registry is not None and len(snap.registry.instances) == n
+
+    await eventually(registered)
+    return procs
+
+
+@pytest.mark.slow
+async def test_kill_9_of_one_of_three_loses_no_call(nats_url: str) -> None:
+    from natsmesh._controller import Controller
+    from natsmesh._traffic import DEFAULT_POLICY
+
+    per_try = DEFAULT_POLICY.retries.per_try_timeout
+    assert per_try is not None
+    async with Controller(nats_url) as _, Mesh(nats_url) as mesh:
+        procs = await _fleet(nats_url, mesh, 3)
+        try:
+            baseline = Load(mesh)
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(baseline.run)
+                await anyio.sleep(1.5)
+                baseline.stop.set()
+            load = Load(mesh)
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(load.run)
+                await anyio.sleep(1.0)
+                procs[0].signal(signal.SIGKILL)
+                await anyio.sleep(3.0)
+                load.stop.set()
+            assert load.errors() == []
+            assert len(load.samples) > 200
+            assert load.p99() <= per_try + baseline.p99()
+        finally:
+            for p in procs:
+                p.close()
+
+
+@pytest.mark.slow
+async def test_a_frozen_instance_is_avoided_and_serves_again_after_sigcont(
+    nats_url: str,
+) -> None:
+    from natsmesh._controller import Controller
+
+    async with Controller(nats_url) as _, Mesh(nats_url) as mesh:
+        procs = await _fleet(nats_url, mesh, 3)
+        frozen = procs[0]
+        try:
+            load = Load(mesh)
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(load.run)
+                await anyio.sleep(1.0)
+                stopped_at = time.monotonic()
+                frozen.signal(signal.SIGSTOP)
+                await anyio.sleep(10.0)
+                frozen.signal(signal.SIGCONT)
+                resumed_at = time.monotonic()
+                await anyio.sleep(4.0)
+                load.stop.set()
+            assert load.errors() == []
+            # Within 3 s the frozen instance gets no more requests: nothing waits out a try.
+            late = [s for t, s, _ in load.samples if stopped_at + 3 <= t < resumed_at]
+            assert late
+            assert max(late) < 0.5
+            # After SIGCONT it reconnects and takes its share again.
+            served_after = {r for t, _, r in load.samples if t > resumed_at + 2}
+            assert str(frozen.pid) in served_after
+        finally:
+            frozen.signal(signal.SIGCONT)
+            for p in procs:
+                p.close()
