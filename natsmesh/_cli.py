@@ -149,7 +149,7 @@ def _parser() -> argparse.ArgumentParser:
         _bench,
         "data: Mesh.call against hand-written nats-py; control: route convergence and scale",
     )
-    p.add_argument("which", nargs="?", choices=("data", "control"), default="data")
+    p.add_argument("which", nargs="?", choices=("data", "control", "traffic"), default="data")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument(
         "--seconds",
@@ -357,10 +357,13 @@ async def _nats(args: argparse.Namespace) -> int:
 
 
 async def _bench(args: argparse.Namespace) -> int:
-    from natsmesh import _bench, _bench_control
+    from natsmesh import _bench, _bench_control, _bench_traffic
 
     async with _maybe_embedded(_url(args), 0) as url:
-        if args.which == "control":
+        if args.which == "traffic":
+            result = await _bench_traffic.run(url, seconds=args.seconds or 4.0)
+            text = _bench_traffic.format_result(result)
+        elif args.which == "control":
             if not 1 <= args.instances <= 100_000:
                 raise ValueError("--instances must be within 1..100000")
             result = await _bench_control.run(

@@ -134,3 +134,13 @@ async def test_bench_control_reports_convergence_and_controller_cost(nats_url: s
     assert convergence["p99_ms"] >= convergence["p50_ms"] >= 0
     assert scale["registered"] == 50
     assert scale["controller_rss_mib"] > 0
+
+
+async def test_bench_traffic_compares_balancers_against_the_healthy_p99(nats_url: str) -> None:
+    done = await run("bench", "traffic", "--json", "--seconds", "0.5", "--nats", nats_url)
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    for mode in ("healthy", "queue", "p2c", "p2c+hedging"):
+        assert out[mode]["calls"] > 0
+        assert out[mode]["p99_ms"] >= out[mode]["p50_ms"] > 0
+    assert set(out["ratio_to_healthy_p99"]) == {"queue", "p2c", "p2c+hedging"}
