@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import pydantic
 import pydantic_core
 
 from natsmesh import _micro
@@ -309,8 +310,7 @@ async def _discover(args: argparse.Namespace, verb: str, model: Any) -> list[Any
 async def _ls(args: argparse.Namespace) -> int:
     infos: list[_micro.Info] = await _discover(args, "INFO", _micro.Info)
     if args.json:
-        print(json.dumps([i.model_dump() for i in infos], indent=2))
-        return 0
+        return _print_json(infos)
     rows = [("NAME", "VERSION", "ID", "SUBSET", "ENDPOINTS", "KIND")]
     for i in infos:
         kind = "natsmesh" if i.is_mesh else "micro"
@@ -322,11 +322,15 @@ async def _ls(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_json(answers: Sequence[pydantic.BaseModel]) -> int:
+    print(json.dumps([a.model_dump() for a in answers], indent=2))
+    return 0
+
+
 async def _info(args: argparse.Namespace) -> int:
     infos: list[_micro.Info] = await _discover(args, "INFO", _micro.Info)
     if args.json:
-        print(json.dumps([i.model_dump() for i in infos], indent=2))
-        return 0
+        return _print_json(infos)
     for i in infos:
         print(f"{i.name} {i.version} id={i.id} {i.description}")
         for e in i.endpoints:
@@ -338,8 +342,7 @@ async def _info(args: argparse.Namespace) -> int:
 async def _stats(args: argparse.Namespace) -> int:
     stats: list[_micro.Stats] = await _discover(args, "STATS", _micro.Stats)
     if args.json:
-        print(json.dumps([s.model_dump() for s in stats], indent=2))
-        return 0
+        return _print_json(stats)
     rows = [("ID", "ENDPOINT", "REQUESTS", "ERRORS", "AVG MS", "LAST ERROR")]
     for s in stats:
         for e in s.endpoints:
