@@ -78,6 +78,9 @@ class _Target:
     subset: str | None
 
 
+_PROCESSED = frozenset({"timeout", "unavailable"})  # retry_on kinds that may repeat work
+
+
 class _Failed(Exception):
     """One send's outcome that may be tried again: carries the error to raise otherwise."""
 
@@ -113,29 +116,35 @@ class Caller:
         route = call.route
         traffic = self.traffic_for(route.service, policy)
         if registry is not None and registry is not traffic.registry:
-            traffic.registry = registry
-            traffic.follow_registry({i.id for i in registry.instances})
+            traffic.follow_registry(registry)
         counters = traffic.counters
         now = time.monotonic()
         counters.requests += 1
         traffic.retry_budget.request(now)
-        traffic.hedge_budget.request(now)
-        await self._inject_fault(policy, traffic, call)
-        idempotent = _idempotent(registry, route.endpoint)
+        if policy.hedging is not None:
+            traffic.hedge_budget.request(now)
+        if policy.fault is not None:
+            await self._inject_fault(policy, traffic, call)
+        idempotent = traffic.idempotent.get(route.endpoint, False)
         retries = policy.retries
         may_retry = not call.upstream_retries
         attempts = retries.attempts if may_retry else 1
         # A per-try timeout only helps where a timed-out try may be tried again.
         per_try = retries.per_try_timeout if idempotent and attempts > 1 else None
-        subset = (
-            choose_subset(policy.subsets, policy.matches, call.headers, self._rng.random())
-            if route.conventional
-            else None
+        subset = None
+        if (policy.subsets or policy.matches) and route.conventional:
+            subset = choose_subset(policy.subsets, policy.matches, call.headers, self._rng.random())
+        chain = failover_chain(subset, policy.failover) if policy.failover else [subset]
+        # Only retries of requests that may have been processed multiply work down
+        # a call chain; only those make the callee's own calls stop retrying.
+        retries_processed = (
+            idempotent and attempts > 1 and not retries.retry_on.isdisjoint(_PROCESSED)
         )
-        chain = failover_chain(subset, policy.failover)
         if policy.mirror is not None and route.conventional:
             await self._mirror(call, policy, traffic)
-        position, attempt, tried = 0, 0, set[str]()
+        hedged = idempotent and policy.hedging is not None
+        position, attempt = 0, 0
+        tried: set[str] = set()
         while True:
             attempt += 1
             left = call.deadline - time.monotonic()
@@ -143,18 +152,13 @@ class Caller:
                 raise _deadline(route)
             target = self._target(route, policy, traffic, registry, chain[position], call, tried)
             try_timeout = min(per_try, left) if per_try else left
-            headers = self._headers(call, left, attempt, retrying=attempts > 1)
+            headers = self._headers(call, left, attempt, retrying=retries_processed)
             try:
-                return await self._exchange(
-                    call,
-                    target,
-                    traffic,
-                    registry,
-                    headers,
-                    try_timeout,
-                    idempotent,
-                    chain[position],
-                )
+                if hedged:
+                    return await self._exchange(
+                        call, target, traffic, registry, headers, try_timeout, chain[position]
+                    )
+                return await self._send(call, target, traffic, registry, headers, try_timeout)
             except _Failed as failed:
                 if target.instance is not None:
                     tried.add(target.instance)
@@ -188,10 +192,9 @@ class Caller:
         registry: RegistryTable | None,
         headers: dict[str, str],
         try_timeout: float,
-        idempotent: bool,
         subset: str | None,
     ) -> Any:
-        delay = traffic.hedge_delay(call.route.endpoint) if idempotent else None
+        delay = traffic.hedge_delay(call.route.endpoint)
         if delay is None or delay >= try_timeout:
             return await self._send(call, target, traffic, registry, headers, try_timeout)
         loop = asyncio.get_running_loop()
@@ -235,8 +238,9 @@ class Caller:
         timeout: float,
     ) -> Any:
         route = call.route
-        population = len(registry.instances) if registry is not None else 0
-        traffic.started(target.instance)
+        instance = target.instance
+        if instance is not None:
+            traffic.started(instance)
         started = time.monotonic()
         ok = False
         try:
@@ -268,13 +272,16 @@ class Caller:
                 ok = exc.code < 500
                 raise
             ok = True
-            traffic.window(route.endpoint).add(time.monotonic() - started)
+            if traffic.learns_latency:
+                traffic.window(route.endpoint).add(time.monotonic() - started)
             return result
         finally:
             # Every try counts, timeouts first of all: they are what p2c and
             # outlier ejection must learn from.
-            now = time.monotonic()
-            traffic.finished(target.instance, now - started, ok, now, population)
+            if instance is not None:
+                now = time.monotonic()
+                population = len(registry.instances) if registry is not None else 0
+                traffic.finished(instance, now - started, ok, now, population)
 
     # -- choices -------------------------------------------------------------------------
 
@@ -367,13 +374,6 @@ class Caller:
         # responders" for the primary stays instant.
         await self._nc.publish(subject, call.body, headers=headers)
         traffic.counters.mirrored += 1
-
-
-def _idempotent(registry: RegistryTable | None, endpoint: str) -> bool:
-    if registry is None:
-        return False
-    flags = {e.idempotent for i in registry.instances for e in i.endpoints if e.name == endpoint}
-    return flags == {True}
 
 
 def _retry_kind(failed: _Failed) -> str:

@@ -60,6 +60,9 @@ class EndpointEntry(_Wire):
     name: str = Field(max_length=64)
     subject: str = Field(max_length=256)
     idempotent: bool = False
+    # JSON Schemas as JSON text, as $SRV.INFO carries them ("" when unknown).
+    request_schema: str = Field(default="", max_length=64 * 1024)
+    response_schema: str = Field(default="", max_length=64 * 1024)
 
 
 class Announcement(_Wire):

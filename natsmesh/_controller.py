@@ -409,6 +409,8 @@ def from_info(info: _micro.Info) -> Announcement:
                 name=e.name[:64],
                 subject=e.subject[:256],
                 idempotent=e.metadata.get("natsmesh.idempotent") == "true",
+                request_schema=_schema(e.metadata.get("natsmesh.request_schema", "")),
+                response_schema=_schema(e.metadata.get("natsmesh.response_schema", "")),
             )
             for e in info.endpoints[:256]
         ),
@@ -416,3 +418,8 @@ def from_info(info: _micro.Info) -> Announcement:
         zone=info.metadata.get("natsmesh.zone", ""),
         mesh=info.is_mesh,
     )
+
+
+def _schema(text: str) -> str:
+    # Foreign services may send anything here: keep it only if it fits the table.
+    return text if len(text) <= 64 * 1024 else ""

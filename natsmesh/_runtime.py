@@ -72,6 +72,7 @@ class _Endpoint:
         "num_errors",
         "num_requests",
         "processing_ns",
+        "retried",
         "shed",
         "spec",
         "subject",
@@ -87,6 +88,7 @@ class _Endpoint:
         self.processing_ns = 0
         self.dropped = 0
         self.shed = 0
+        self.retried = 0
 
     def error(self, code: int, message: str) -> None:
         self.num_errors += 1
@@ -238,9 +240,14 @@ class ServiceRunner:
             subset=self.spec.subset,
             endpoints=tuple(
                 EndpointEntry(
-                    name=e.name, subject=s.endpoint(name, e.name), idempotent=e.idempotent
+                    name=e.name,
+                    subject=s.endpoint(name, e.name),
+                    idempotent=e.idempotent,
+                    request_schema=meta["natsmesh.request_schema"],
+                    response_schema=meta["natsmesh.response_schema"],
                 )
                 for e in self.spec.endpoints
+                for meta in (e.schema_metadata(),)
             ),
             metadata=dict(self.spec.metadata),
             zone=self._zone or "",
@@ -300,6 +307,8 @@ class ServiceRunner:
         if budget is not None and budget <= 0:
             ep.dropped += 1  # the caller has given up: any work would be wasted
             return
+        if _headers.ATTEMPT in headers:
+            ep.retried += 1  # a caller's second (or later) try
         codec = Codec.MSGPACK
         try:
             codec = _codec.codec_for(headers.get(_codec.CONTENT_TYPE))
@@ -512,6 +521,7 @@ class ServiceRunner:
                     data={
                         "dropped_expired": ep.dropped,
                         "shed_overloaded": ep.shed,
+                        "retries_received": ep.retried,
                         "in_flight": self._in_flight,
                     },
                 )

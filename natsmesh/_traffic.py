@@ -56,6 +56,7 @@ class ServiceTraffic:
         self.latency: dict[str, LatencyWindow] = {}
         self.policy = policy
         self.registry: RegistryTable | None = None  # the last one followed
+        self.idempotent: dict[str, bool] = {}
         self._configure(policy)
 
     def follow(self, policy: ServicePolicy) -> None:
@@ -76,6 +77,8 @@ class ServiceTraffic:
             ratio=retries.budget_ratio, min_per_second=retries.budget_min_per_second
         )
         hedge_ratio = policy.hedging.max_ratio if policy.hedging else 0.0
+        # Latency windows cost a little per call: kept only for a percentile hedge delay.
+        self.learns_latency = policy.hedging is not None and policy.hedging.percentile is not None
         self.hedge_budget = Budget(ratio=hedge_ratio, min_per_second=0.0)
         self.outliers = Outliers(
             consecutive_failures=outlier.consecutive_failures,
@@ -87,8 +90,16 @@ class ServiceTraffic:
         stats = self.instances.get(instance)
         return 0.0 if stats is None else stats.load(time.monotonic())
 
-    def follow_registry(self, present: set[str]) -> None:
-        """Forget instances that left: one that comes back starts afresh."""
+    def follow_registry(self, registry: RegistryTable) -> None:
+        """Adopt a new registry: which endpoints are idempotent; forget instances that left."""
+        self.registry = registry
+        flags: dict[str, set[bool]] = {}
+        for instance in registry.instances:
+            for e in instance.endpoints:
+                flags.setdefault(e.name, set()).add(e.idempotent)
+        # Idempotent only if every instance says so: a rolling upgrade may disagree.
+        self.idempotent = {name: seen == {True} for name, seen in flags.items()}
+        present = {i.id for i in registry.instances}
         for gone in [i for i in self.instances if i not in present]:
             del self.instances[gone]
         self.outliers.forget(present)

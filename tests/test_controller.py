@@ -70,6 +70,9 @@ async def test_instances_join_and_a_graceful_stop_leaves_at_once(nats_url: str) 
             assert one.subset == "v1"
             assert {e.name for e in one.endpoints} == {"echo", "slow", "whoami"}
             assert next(e for e in one.endpoints if e.name == "echo").idempotent
+            echo = next(e for e in one.endpoints if e.name == "echo")
+            assert json.loads(echo.request_schema)["title"] == "Item"
+            assert json.loads(echo.response_schema)["title"] == "Item"
         # expiry is 30 s: only the leave message can have removed them this fast
         await eventually(lambda: _eq(ids(nats_url, "echo"), set()), within=3)
 

@@ -250,7 +250,7 @@ async def test_a_failing_service_gets_no_more_than_the_retry_budget(
         """,
     )
     tally = Tally()
-    async with ServiceRunner(V1(tally), nats=nats_url), Mesh(nats_url) as mesh:
+    async with ServiceRunner(V1(tally), nats=nats_url) as runner, Mesh(nats_url) as mesh:
         await ready(mesh, 1)
         for _ in range(200):
             with pytest.raises(RemoteError):
@@ -258,6 +258,9 @@ async def test_a_failing_service_gets_no_more_than_the_retry_budget(
         # 200 calls; without a budget, 5 attempts each would make 1,000 requests.
         assert 200 <= tally.counts["broken"] <= 200 * 1.2 + 1
         assert mesh.metrics()["shop"]["retry_budget_exhausted"] > 0
+        (broken,) = [e for e in runner.stats().endpoints if e.name == "broken"]
+        assert broken.data is not None
+        assert broken.data["retries_received"] == tally.counts["broken"] - 200
 
 
 async def test_a_non_idempotent_endpoint_is_never_retried_once_processed(
