@@ -143,7 +143,7 @@ class Caller:
         if policy.mirror is not None and route.conventional:
             await self._mirror(call, policy, traffic)
         hedged = idempotent and policy.hedging is not None
-        position, attempt = 0, 0
+        position, attempt, gone = 0, 0, 0
         tried: set[str] = set()
         while True:
             attempt += 1
@@ -162,6 +162,12 @@ class Caller:
             except _Failed as failed:
                 if target.instance is not None:
                     tried.add(target.instance)
+                if failed.no_responders and target.instance is not None and gone < len(tried):
+                    # That instance is gone (the registry lags): another one, at once.
+                    gone += 1
+                    counters.failovers += 1
+                    attempt -= 1
+                    continue
                 if failed.no_responders and position + 1 < len(chain):
                     position += 1  # nobody serves this subset: the next one, at once
                     counters.failovers += 1
@@ -307,7 +313,11 @@ class Caller:
             and (subset is None or i.subset == subset)
             and any(e.name == route.endpoint for e in i.endpoints)
         ]
-        fresh = [c for c in candidates if c not in exclude] or candidates
+        fresh = [c for c in candidates if c not in exclude]
+        if not fresh:
+            # Every known instance was tried: perhaps new ones the registry does not
+            # show yet serve the queue group.
+            return _Target(queue, None, subset)
         available = traffic.outliers.available(fresh, time.monotonic())
         if not available:
             return _Target(queue, None, subset)
