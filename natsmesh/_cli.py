@@ -9,10 +9,12 @@ take ``--json``. Failures print one line on stderr and exit non-zero:
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
 import json
 import logging
 import os
+import socket
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
@@ -39,7 +41,7 @@ from natsmesh._errors import (
 from natsmesh._runtime import ServiceRunner
 from natsmesh._serve import load_target, serve, wait_for_signal
 from natsmesh._subjects import validate_token
-from natsmesh._transport import connect
+from natsmesh._transport import connect, nats_url
 
 EXIT_CODES: dict[type[BaseException], int] = {
     NoResponders: 3,
@@ -115,6 +117,18 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="a route file to apply at start (default: the shop's examples/routes.toml)",
     )
+    p.add_argument(
+        "--port",
+        type=_port,
+        default=None,
+        help="the HTTP gateway's port (default: 8080, else any free port)",
+    )
+
+    p = command("gateway", _gateway, "serve the HTTP gateway in front of the mesh (uvicorn)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
+    p.add_argument("--port", type=_port, default=8080, help="port to listen on (8080; 0: any)")
+    p.add_argument("--workers", type=_positive, default=1, help="worker processes (1)")
+    nats_option(p)
 
     p = command("serve", _serve_cmd, "run the @service classes named by MODULE:ATTR")
     p.add_argument("target", metavar="MODULE:ATTR")
@@ -150,7 +164,9 @@ def _parser() -> argparse.ArgumentParser:
         _bench,
         "data: Mesh.call against hand-written nats-py; control: route convergence and scale",
     )
-    p.add_argument("which", nargs="?", choices=("data", "control", "traffic"), default="data")
+    p.add_argument(
+        "which", nargs="?", choices=("data", "control", "traffic", "gateway"), default="data"
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument(
         "--seconds",
@@ -160,6 +176,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--clients", type=_positive, default=50, help="control: mesh clients")
     p.add_argument("--applies", type=_positive, default=20, help="control: route changes")
     p.add_argument("--instances", type=int, default=5000, help="control: simulated instances")
+    p.add_argument(
+        "--concurrency", type=_positive, default=64, help="gateway: connections of the load (64)"
+    )
     nats_option(p)
     return parser
 
@@ -206,19 +225,77 @@ async def _up(args: argparse.Namespace) -> int:
     if args.routes or await anyio.Path(_SHOP_ROUTES).exists():
         routes = await anyio.Path(routes_file).read_bytes()
     url = _url(args)
+    from gateway import GatewayLimits, create_app
+    from gateway import serve as serve_gateway
+
+    sock = _gateway_socket("127.0.0.1", args.port)
     async with _maybe_embedded(url, args.nats_port) as nats, Controller(nats) as controller:
         if routes is not None:
             await _apply_when_leader(controller, routes, str(routes_file))
+        async with (
+            Mesh(nats, name="gateway", kind="gateway") as mesh,
+            anyio.create_task_group() as tg,
+        ):
+            limits = GatewayLimits()
+            app = create_app(mesh, limits=limits)
 
-        def ready(runners: list[ServiceRunner]) -> None:
-            names = ", ".join(f"{r.spec.name}@{r.spec.version}" for r in runners)
-            print(
-                f"natsmesh up: nats {nats} | controller {controller.id} | services {names}"
-                " | Ctrl-C to stop",
-                flush=True,
-            )
+            async def ready(runners: list[ServiceRunner]) -> None:
+                # The gateway last: its first look at the services finds them all.
+                http = await tg.start(
+                    functools.partial(serve_gateway, app, limits=limits, freeze=True), sock
+                )
+                names = ", ".join(f"{r.spec.name}@{r.spec.version}" for r in runners)
+                print(
+                    f"natsmesh up: nats {nats} | controller {controller.id} | services {names}"
+                    f" | gateway {http} | Ctrl-C to stop",
+                    flush=True,
+                )
 
-        await serve(services, nats=nats, ready=ready)
+            await serve(services, nats=nats, ready=ready)
+            tg.cancel_scope.cancel()
+    return 0
+
+
+def _gateway_socket(host: str, port: int | None) -> socket.socket:
+    """The gateway's listening socket: ``port``, or 8080 and else any free port."""
+    from gateway import bind
+
+    if port is not None:
+        return bind(host, port)
+    try:
+        return bind(host, 8080)
+    except OSError:
+        return bind(host, 0)
+
+
+async def _gateway(args: argparse.Namespace) -> int:
+    from gateway import GatewayLimits, create_app, run_workers
+    from gateway import serve as serve_gateway
+
+    limits = GatewayLimits()
+    url = _url(args)
+    sock = _gateway_socket(args.host, args.port)
+    if args.workers > 1:
+
+        def announce(http: str) -> None:
+            print(f"natsmesh gateway: {http} | workers {args.workers} | Ctrl-C to stop", flush=True)
+
+        # uvicorn's supervisor blocks and owns the signals: this process only supervises.
+        run_workers(sock=sock, workers=args.workers, nats=url, limits=limits, ready=announce)
+        return 0
+    async with (
+        Mesh(url, name="gateway", kind="gateway") as mesh,
+        anyio.create_task_group() as tg,
+    ):
+        http = await tg.start(
+            functools.partial(
+                serve_gateway, create_app(mesh, limits=limits), limits=limits, freeze=True
+            ),
+            sock,
+        )
+        print(f"natsmesh gateway: {http} | nats {nats_url(url)} | Ctrl-C to stop", flush=True)
+        await wait_for_signal()
+        tg.cancel_scope.cancel()
     return 0
 
 
@@ -362,6 +439,15 @@ async def _nats(args: argparse.Namespace) -> int:
 async def _bench(args: argparse.Namespace) -> int:
     from natsmesh import _bench, _bench_control, _bench_traffic
 
+    if args.which == "gateway":
+        from natsmesh import _bench_gateway
+
+        async with _maybe_embedded(_url(args), 0) as url:
+            result = await _bench_gateway.run(
+                url, concurrency=args.concurrency, seconds=args.seconds or 10.0
+            )
+        print(json.dumps(result) if args.json else _bench_gateway.format_result(result))
+        return 0
     async with _maybe_embedded(_url(args), 0) as url:
         if args.which == "traffic":
             result = await _bench_traffic.run(url, seconds=args.seconds or 4.0)

@@ -56,7 +56,31 @@ def _package_modules() -> list[Path]:
     return [p for p in (ROOT / "natsmesh").glob("*.py") if p.name != "__init__.py"]
 
 
-def test_examples_use_only_the_public_api() -> None:
-    for path in (ROOT / "examples").rglob("*.py"):
+@pytest.mark.parametrize("package", ["examples", "gateway"])
+def test_examples_and_the_gateway_use_only_the_public_api(package: str) -> None:
+    paths = list((ROOT / package).rglob("*.py"))
+    assert paths
+    for path in paths:
         for name in _imports(path):
             assert not name.startswith("natsmesh._"), f"{path} imports {name}"
+
+
+GATEWAY_PURE = ["_paths", "_schemas", "_limits", "_docs"]
+
+
+@pytest.mark.parametrize("module", GATEWAY_PURE)
+def test_the_gateways_pure_modules_import_no_io(module: str) -> None:
+    imported = _imports(ROOT / "gateway" / f"{module}.py")
+    assert not {name.split(".")[0] for name in imported} & (IO_MODULES | {"uvicorn", "httptools"})
+
+
+def test_natsmesh_imports_the_gateway_only_when_a_command_needs_it() -> None:
+    for path in _package_modules():
+        top = ast.parse(path.read_text()).body
+        for node in top:
+            names: list[str] = []
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            assert not [n for n in names if n.split(".")[0] == "gateway"], path

@@ -16,10 +16,13 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from services import Echo
 
-from natsmesh import DeadlineExceeded, Mesh, ServiceRunner
+from natsmesh import DeadlineExceeded, HttpRoute, Mesh, ServiceRunner
 from natsmesh._control import (
+    HTTP_KEY,
+    HTTP_TABLE,
     Announcement,
     Applied,
+    HttpTable,
     RegistryTable,
     RouteTable,
     StatusReport,
@@ -27,6 +30,7 @@ from natsmesh._control import (
     registry_key,
     routes_key,
 )
+from natsmesh._controller import Controller
 from natsmesh._kv import Tables
 from natsmesh._tables import TableCache
 from natsmesh.testing import EmbeddedNats
@@ -274,3 +278,72 @@ async def test_the_route_timeout_is_the_default_budget(nats_url: str, bucket: Ta
         # An explicit timeout is the caller's word: it wins over the route's.
         reply = await mesh.call("echo.slow", {"seconds": 0.5}, timeout=2)
         assert reply["remaining"] > 1.0
+
+
+# -- the gateway's http table ----------------------------------------------------------------
+
+
+def _http(*routes: dict[str, object]) -> bytes:
+    return HttpTable(routes=routes).model_dump_json().encode()
+
+
+GET_PRODUCT = {"method": "GET", "path": "/products/{id}", "target": "catalog.get"}
+LIST = {"method": "GET", "path": "/products", "target": "catalog.list", "timeout": 2}
+
+
+async def test_the_http_table_is_loaded_watched_validated_and_reported(
+    nats_url: str, bucket: Tables, reports: Reports
+) -> None:
+    async def until(check: Callable[[tuple[HttpRoute, ...]], bool]) -> None:
+        with anyio.fail_after(5):
+            while True:
+                seen = len(reports.seen)
+                if check(await mesh.http_routes()):
+                    return
+                await reports.wait_for(lambda _, seen=seen: len(reports.seen) > seen)
+
+    first = await bucket.put(HTTP_KEY, _http(GET_PRODUCT))
+    async with (
+        Controller(nats_url) as controller,
+        Mesh(nats_url, name="gw", kind="gateway") as mesh,
+    ):
+        routes = await mesh.http_routes(wait=5)
+        assert routes == (HttpRoute.model_validate(GET_PRODUCT),)
+        assert await mesh.http_routes() is routes  # the same snapshot until a change
+        assert mesh.ready
+        await reports.wait_for(_applied(HTTP_TABLE, routes=first))
+
+        second = await bucket.put(HTTP_KEY, _http(GET_PRODUCT, LIST))
+        await reports.wait_for(_applied(HTTP_TABLE, routes=second))
+        assert [r.path for r in await mesh.http_routes()] == ["/products/{id}", "/products"]
+
+        # Two routes of one shape: refused as a whole, the last good table kept.
+        clash = {"method": "GET", "path": "/products/{key}", "target": "catalog.get"}
+        await bucket.put(HTTP_KEY, _http(GET_PRODUCT, clash))
+        report = await reports.wait_for(lambda r: bool(r.services[HTTP_TABLE].rejected))
+        assert "conflicts" in report.services[HTTP_TABLE].rejected
+        assert report.services[HTTP_TABLE].routes == second
+        assert len(await mesh.http_routes()) == 2
+
+        await bucket.delete(HTTP_KEY)
+        await until(lambda routes: routes == ())
+
+        reply = await controller.apply(b'[[http]]\nmethod = "GET"\npath = "/x"\ntarget = "a.b"\n')
+        assert reply.ok, reply
+        await until(lambda routes: [r.path for r in routes] == ["/x"])
+        # The controller's view compares the gateway's revision with the http key's.
+        with anyio.fail_after(5):
+            while True:
+                rows = [r for r in controller.status().rows if r.service == HTTP_TABLE]
+                if rows and rows[0].state == "SYNCED" and rows[0].applied == rows[0].latest:
+                    break
+                await anyio.sleep(0.05)
+        assert rows[0].kind == "gateway"
+        assert rows[0].latest == reply.revisions[HTTP_KEY]
+
+
+async def test_without_tables_there_are_no_http_routes(nats_url: str) -> None:
+    async with Mesh(nats_url, tables=False) as mesh:
+        assert await mesh.http_routes() == ()
+        assert mesh.ready
+        assert await mesh.route_timeout("echo") == mesh.timeout

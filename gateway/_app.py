@@ -1,0 +1,514 @@
+"""The ASGI application: take a request within limits, call the mesh, answer JSON.
+
+One request, in order: the gateway's own pages (``/healthz``, ``/readyz``,
+``/metrics``, ``/openapi.json``, ``/docs``) → the concurrency cap (a fast 503)
+→ one pass over the headers (count and size, Content-Length, Content-Type, the
+budget, ``traceparent``, the forwarded allow-list; everything else, the mesh's
+own ``Mesh-*`` and ``Nats-*`` headers included, is dropped) → the path's
+segments through the allow-list → the route → the body, read within its size
+limit (the time to receive a request is bounded below the app, by the server's
+protocol: :mod:`gateway._protocol`) → JSON, merged with the path and query parameters → one
+``Mesh.call`` (msgpack to natsmesh services) → the reply as JSON, or the error
+mapped by :mod:`gateway._errors`.
+
+The app is handed a :class:`natsmesh.Mesh`. With ``owns_mesh`` it enters and
+leaves it in the ASGI lifespan; otherwise its owner does, and the app works
+without a lifespan at all (as under httpx's ASGI transport).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+import time
+import urllib.parse
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from typing import Any, Final
+
+import pydantic_core
+
+from gateway import _docs, _errors, _openapi
+from gateway._directory import Directory, EndpointDoc
+from gateway._errors import GatewayError
+from gateway._limits import GatewayLimits
+from gateway._metrics import CONTENT_TYPE as METRICS_TYPE
+from gateway._metrics import Metrics
+from gateway._paths import BadPath, Match, Router, WrongMethod
+from gateway._schemas import coerce, coerce_all
+from natsmesh import Context, HttpRoute, Mesh
+
+log = logging.getLogger("natsmesh.gateway")
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+#: The budget header an HTTP client may send: whole milliseconds, capped by the route.
+BUDGET_HEADER: Final = "x-request-timeout-ms"
+#: Seconds between two looks at the HTTP routes (a dictionary read, but on every request).
+ROUTES_RECHECK: Final = 0.02
+#: Client headers passed on to services unless told otherwise.
+DEFAULT_FORWARD: Final = ("x-request-id", "x-canary")
+MAX_BUDGET_MS: Final = 3600 * 1000
+_MAX_FORWARDED_VALUE: Final = 1024
+_JSON: Final = b"application/json"
+# Header names no client may forward, whatever the allow-list says: the mesh's own
+# (budget, attempt, caller, retrying, errors), NATS's, and what the mesh sets itself.
+_NEVER_FORWARD: Final = ("mesh-", "nats-")
+_RESERVED: Final = frozenset({"traceparent", "tracestate", "content-type", "status"})
+
+
+def _json_headers(length: int, extra: Iterable[tuple[bytes, bytes]] = ()) -> list[Any]:
+    return [(b"content-type", _JSON), (b"content-length", str(length).encode()), *extra]
+
+
+class Gateway:
+    """The ASGI callable. Build it with :func:`gateway.create_app`."""
+
+    def __init__(
+        self,
+        mesh: Mesh,
+        *,
+        limits: GatewayLimits,
+        forward_headers: Iterable[str],
+        default_route: bool,
+        owns_mesh: bool,
+        title: str,
+    ) -> None:
+        self.mesh = mesh
+        self.limits = limits
+        self.forward = _allow_list(forward_headers)
+        self.owns_mesh = owns_mesh
+        self.title = title
+        self.directory = Directory(mesh)
+        self.in_flight = 0
+        self.metrics = Metrics(mesh.metrics, lambda: self.in_flight)
+        self.router = Router(default_route=default_route)
+        self._default_route = default_route
+        self._body_limit: int | None = None
+        self._routes_due = 0.0  # time.perf_counter() when to look at the HTTP routes again
+        self._warmup: asyncio.Task[None] | None = None
+        self._pages: dict[str, Callable[[], Awaitable[tuple[int, bytes, bytes]]]] = {
+            "/healthz": self._healthz,
+            "/readyz": self._readyz,
+            "/metrics": self._metrics,
+            "/openapi.json": self._openapi,
+            "/docs": self._docs,
+        }
+        self._spec = _openapi.SpecCache(self.directory, title=title)
+        self.freeze_gc = False  # freeze_gc() once started (a worker process, which is all ours)
+
+    # -- ASGI --------------------------------------------------------------------------
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            await self._http(scope, receive, send)
+        elif kind == "lifespan":
+            await self._lifespan(receive, send)
+        else:  # websocket: not served
+            await send({"type": "websocket.close", "code": 1003})
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await self.start()
+                except Exception as exc:
+                    log.exception("gateway startup failed")
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)[:500]})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.stop()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def start(self) -> None:
+        """Connect (when the gateway owns the Mesh), load the HTTP routes, scan the services."""
+        if self.owns_mesh:
+            await self.mesh.__aenter__()
+        await self._routes(wait=5.0)
+        self._limit()
+        # The first scan fills the directory; requests do not wait for it.
+        self._warmup = asyncio.get_running_loop().create_task(self._scan())
+        if self.freeze_gc:
+            freeze_gc()
+
+    async def stop(self) -> None:
+        if self._warmup is not None:
+            self._warmup.cancel()
+            await asyncio.gather(self._warmup, return_exceptions=True)
+        await self.directory.aclose()
+        if self.owns_mesh:
+            await self.mesh.__aexit__(None, None, None)
+
+    async def _scan(self) -> None:
+        try:
+            await self.directory.scan()
+        except Exception as exc:
+            log.info("first service scan failed: %s", exc)
+
+    # -- one request ------------------------------------------------------------------
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = time.perf_counter()
+        path: str = scope["path"]
+        page = self._pages.get(path)
+        if page is not None:
+            await self._page(scope, send, page)
+            return
+        # Filled in once the target is known to exist: label values never come from
+        # paths that lead nowhere.
+        labels = ["", ""]
+        self.in_flight += 1
+        try:
+            if self.in_flight > self.limits.max_concurrency:
+                raise _errors.overloaded("the gateway is at its concurrency limit, retry later")
+            body = await self._handle(scope, receive, path, labels, started)
+            await send(
+                {"type": "http.response.start", "status": 200, "headers": _json_headers(len(body))}
+            )
+            await send({"type": "http.response.body", "body": body})
+            status = 200
+        except _Disconnected:
+            status = 499  # nginx's name for it: the client went away first
+        except Exception as exc:
+            error = _errors.from_exception(exc)
+            if error.status == 500:
+                log.exception("%s %s failed", scope["method"], labels)
+            status = error.status
+            await self._error(send, error)
+        finally:
+            self.in_flight -= 1
+        self.metrics.observe(labels[0], labels[1], status, time.perf_counter() - started)
+
+    async def _handle(
+        self, scope: Scope, receive: Receive, path: str, labels: list[str], now: float
+    ) -> bytes:
+        request = _Head.read(scope["headers"], self)
+        raw_path = scope.get("raw_path") or b""
+        if b"%" in raw_path and b"%2f" in raw_path.lower():
+            # An encoded '/' would be a separator once decoded: one path, two readings.
+            raise GatewayError(400, "bad_path", "a path must not contain an encoded '/'")
+        router = self.router
+        if now >= self._routes_due:
+            router = await self._routes()
+            self._routes_due = now + ROUTES_RECHECK
+        found = router.resolve(scope["method"], path)
+        if isinstance(found, BadPath):
+            raise GatewayError(400, "bad_path", found.reason)
+        if found is None:
+            raise GatewayError(404, "unknown_route", "no route for this path")
+        if isinstance(found, WrongMethod):
+            raise GatewayError(
+                405,
+                "method_not_allowed",
+                "method not allowed",
+                headers=((b"allow", self._allowed(found, path)),),
+            )
+        doc = self.directory.get(found.service, found.endpoint)
+        if doc is None and found.by_default:
+            doc = await self._endpoint(found)
+        labels[0], labels[1] = found.service, found.endpoint
+        body = await _read_body(receive, self._limit(), request.content_length)
+        payload = _payload(body, request, found, doc, scope["query_string"], self.limits)
+        # Without a route timeout or a client budget, Mesh.call applies the service's.
+        timeout = found.timeout
+        if request.budget is not None:
+            timeout = min(timeout or await self.mesh.route_timeout(found.service), request.budget)
+        context = None
+        if request.traceparent is not None:
+            # The call is a nested call of this HTTP request: it continues the client's trace.
+            if timeout is None:
+                timeout = await self.mesh.route_timeout(found.service)
+            context = Context(
+                service="gateway",
+                endpoint=found.template or "default",
+                headers={"traceparent": request.traceparent},
+                deadline=time.monotonic() + timeout,
+                mesh=None,
+            )
+        result = await self.mesh.call(
+            found.target,
+            payload,
+            timeout=timeout,
+            headers=request.forwarded or None,
+            context=context,
+        )
+        return pydantic_core.to_json(result, inf_nan_mode="null", bytes_mode="base64")
+
+    def _allowed(self, found: WrongMethod, path: str) -> bytes:
+        allowed = found.allowed
+        if "POST" not in allowed and self.router.default_route:
+            # /orders/place: GET by the table's /orders/{id}, POST by the default route.
+            service, _, endpoint = path[1:].partition("/")
+            if self.directory.get(service, endpoint) is not None:
+                allowed = (*allowed, "POST")
+        return ", ".join(allowed).encode()
+
+    async def _endpoint(self, found: Match) -> EndpointDoc | None:
+        if not found.by_default:
+            return self.directory.get(found.service, found.endpoint)
+        doc = await self.directory.find(found.service, found.endpoint)
+        if doc is None:
+            # Never asked of the mesh: a random name must not cost a table load or a watch.
+            raise GatewayError(404, "unknown_route", "no such service or endpoint")
+        return doc
+
+    async def _routes(self, *, wait: float = 0.25) -> Router:
+        routes: tuple[HttpRoute, ...] = await self.mesh.http_routes(wait=wait)
+        if routes is not self.router.routes:
+            self.router = Router(routes, default_route=self._default_route)
+        return self.router
+
+    def _limit(self) -> int:
+        limit = self._body_limit
+        if limit is None:
+            try:
+                max_payload = self.mesh.nats.max_payload
+            except RuntimeError:  # not connected yet: the configured limit, for now
+                return self.limits.max_body
+            limit = self._body_limit = self.limits.body_limit(max_payload)
+        return limit
+
+    async def _error(self, send: Send, error: GatewayError) -> None:
+        body = error.body()
+        headers = _json_headers(len(body), error.headers)
+        if error.status in (408, 413, 431) or (error.status == 400 and error.kind == "malformed"):
+            # The rest of the request may still be on its way: do not read it as the next one.
+            headers.append((b"connection", b"close"))
+        await send({"type": "http.response.start", "status": error.status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    # -- the gateway's own pages -------------------------------------------------------
+
+    async def _page(
+        self,
+        scope: Scope,
+        send: Send,
+        page: Callable[[], Awaitable[tuple[int, bytes, bytes]]],
+    ) -> None:
+        if scope["method"] not in ("GET", "HEAD"):
+            await self._error(
+                send,
+                GatewayError(
+                    405, "method_not_allowed", "method not allowed", headers=((b"allow", b"GET"),)
+                ),
+            )
+            return
+        status, content_type, body = await page()
+        headers: list[Any] = [
+            (b"content-type", content_type),
+            (b"content-length", str(len(body)).encode()),
+            (b"cache-control", b"no-store"),
+            (b"x-content-type-options", b"nosniff"),
+        ]
+        if scope["path"] == "/docs":
+            headers.append((b"content-security-policy", _docs.CSP))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send(
+            {"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else body}
+        )
+
+    async def _healthz(self) -> tuple[int, bytes, bytes]:
+        return 200, _JSON, b'{"status":"ok"}'
+
+    async def _readyz(self) -> tuple[int, bytes, bytes]:
+        await self._routes(wait=1.0)
+        ready = self.mesh.ready
+        body = pydantic_core.to_json(
+            {"status": "ready" if ready else "not ready", "routes": len(self.router.routes)}
+        )
+        return (200 if ready else 503), _JSON, body
+
+    async def _metrics(self) -> tuple[int, bytes, bytes]:
+        return 200, METRICS_TYPE.encode(), self.metrics.render()
+
+    async def _openapi(self) -> tuple[int, bytes, bytes]:
+        router = await self._routes()
+        return 200, _JSON, await self._spec.get(router)
+
+    async def _docs(self) -> tuple[int, bytes, bytes]:
+        return 200, b"text/html; charset=utf-8", _docs.PAGE
+
+
+def freeze_gc() -> None:
+    """Keep what startup built out of the garbage collector's full passes.
+
+    A long-lived server holds hundreds of thousands of objects (modules, models,
+    schemas); every full collection walks them all, and under load that is a
+    pause of tens of milliseconds at the p99. Frozen, they are not walked again.
+    """
+    gc.collect()
+    gc.freeze()
+    # Most of what a request allocates dies with it: collecting the youngest generation
+    # less often leaves it to die uncollected instead of being walked (700 by default).
+    gc.set_threshold(20_000, 20, 20)
+
+
+class _Disconnected(Exception):
+    """The client went away before its request was read."""
+
+
+class _Head:
+    """What one pass over the request headers found."""
+
+    __slots__ = ("budget", "content_length", "content_type", "forwarded", "traceparent")
+
+    def __init__(self) -> None:
+        self.content_length: int | None = None
+        self.content_type: bytes | None = None
+        self.budget: float | None = None
+        self.traceparent: str | None = None
+        self.forwarded: dict[str, str] = {}
+
+    @classmethod
+    def read(cls, headers: Iterable[tuple[bytes, bytes]], app: Gateway) -> _Head:
+        head = cls()
+        count = size = 0
+        forward = app.forward
+        for name, value in headers:
+            count += 1
+            size += len(name) + len(value)
+            if name == b"content-length":
+                head.content_length = _content_length(value, head.content_length)
+            elif name == b"content-type":
+                head.content_type = value
+            elif name == b"traceparent":
+                head.traceparent = value.decode("latin-1")
+            elif name == b"x-request-timeout-ms":
+                head.budget = _budget(value)
+            elif name in forward:
+                if len(value) > _MAX_FORWARDED_VALUE or b"\0" in value:
+                    raise GatewayError(
+                        431, "headers_too_large", f"header {name.decode()} is too long or invalid"
+                    )
+                head.forwarded[forward[name]] = value.decode("latin-1")
+        limits = app.limits
+        if count > limits.max_headers or size > limits.max_header_bytes:
+            raise GatewayError(431, "headers_too_large", "too many or too large request headers")
+        return head
+
+
+def _content_length(value: bytes, seen: int | None) -> int:
+    if not value.isdigit() or len(value) > 15:
+        raise GatewayError(400, "malformed", "invalid Content-Length")
+    length = int(value)
+    if seen is not None and seen != length:
+        raise GatewayError(400, "malformed", "conflicting Content-Length headers")
+    return length
+
+
+def _budget(value: bytes) -> float:
+    if not value.isdigit() or len(value) > 10 or not 0 < int(value) <= MAX_BUDGET_MS:
+        raise GatewayError(
+            400, "malformed", f"{BUDGET_HEADER} must be whole milliseconds, 1 to {MAX_BUDGET_MS}"
+        )
+    return int(value) / 1000.0
+
+
+def _allow_list(names: Iterable[str]) -> dict[bytes, str]:
+    """The forwarded headers, by their lower-case wire name; refuses the mesh's own."""
+    allowed: dict[bytes, str] = {}
+    for name in names:
+        lowered = name.lower()
+        if (
+            not lowered
+            or len(lowered) > 128
+            or not all(c.isascii() and (c.isalnum() or c in "-_") for c in lowered)
+        ):
+            raise ValueError(f"invalid header name to forward: {name!r}")
+        if lowered.startswith(_NEVER_FORWARD) or lowered in _RESERVED or lowered == BUDGET_HEADER:
+            raise ValueError(f"header {name!r} is the mesh's own and is never forwarded")
+        allowed[lowered.encode()] = lowered
+    return allowed
+
+
+async def _read_body(receive: Receive, limit: int, declared: int | None) -> bytes:
+    """The whole body, refusing at once what is announced or grows beyond ``limit``.
+
+    No timer here: the server's protocol gives the whole request, head and body,
+    ``read_timeout`` (see :mod:`gateway._protocol`), and a client too slow for it
+    shows up as a disconnect.
+    """
+    if declared is not None and declared > limit:
+        raise GatewayError(413, "too_large", f"request body larger than {limit} bytes")
+    message = await receive()
+    body: bytes = message.get("body", b"")
+    if message.get("more_body") or message["type"] != "http.request" or len(body) > limit:
+        return await _read_more(receive, message, limit)
+    return body  # nearly always: the whole body in one message
+
+
+async def _read_more(receive: Receive, message: Message, limit: int) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        if message["type"] == "http.disconnect":
+            raise _Disconnected
+        chunk: bytes = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise GatewayError(413, "too_large", f"request body larger than {limit} bytes")
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+        message = await receive()
+
+
+def _is_json(content_type: bytes) -> bool:
+    if content_type == _JSON:
+        return True
+    media = content_type.split(b";", 1)[0].strip().lower()
+    return media == _JSON or media.endswith(b"+json")
+
+
+def _payload(
+    body: bytes,
+    head: _Head,
+    found: Match,
+    doc: EndpointDoc | None,
+    query_string: bytes,
+    limits: GatewayLimits,
+) -> Any:
+    """The request's JSON body, with the path and query parameters merged into it."""
+    payload: Any = None
+    if body:
+        if head.content_type is not None and not _is_json(head.content_type):
+            raise GatewayError(415, "unsupported_media_type", "send the body as application/json")
+        try:
+            payload = pydantic_core.from_json(body, allow_inf_nan=False)
+        except ValueError:
+            raise GatewayError(400, "malformed", "the body is not valid JSON") from None
+    if not found.params and not query_string:
+        return payload
+    if payload is None:
+        payload = {}
+    elif not isinstance(payload, dict):
+        raise GatewayError(
+            400, "malformed", "with path or query parameters, the body must be a JSON object"
+        )
+    props = doc.properties if doc is not None else {}
+    if query_string:
+        try:
+            pairs = urllib.parse.parse_qsl(
+                query_string.decode("latin-1"),
+                keep_blank_values=True,
+                max_num_fields=limits.max_query_params,
+            )
+        except ValueError:
+            raise GatewayError(
+                400, "malformed", f"more than {limits.max_query_params} query parameters"
+            ) from None
+        grouped: dict[str, list[str]] = {}
+        for name, value in pairs:
+            grouped.setdefault(name, []).append(value)
+        for name, values in grouped.items():
+            payload[name] = coerce_all(values, props.get(name))
+    for name, value in found.params.items():
+        payload[name] = coerce(value, props.get(name))
+    return payload

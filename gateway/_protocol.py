@@ -1,0 +1,117 @@
+"""uvicorn's HTTP/1.1 protocols with the gateway's limits on reading a request.
+
+The ASGI app sees a request only once its head (request line and headers) is
+complete, so what a slow or oversized request costs is bounded below it:
+
+- a deadline (slowloris): from the first byte of a request (or a new connection)
+  to the last byte of its body, at most ``read_timeout``; else 408 (unless an
+  answer has started) and the connection closes. One timer per connection, armed
+  only while a request is incomplete: a request that arrives whole costs none;
+- the head's size: h11 bounds it itself (``h11_max_incomplete_event_size``);
+  httptools does not, so :mod:`gateway._protocol_httptools` counts it.
+
+The app checks the complete head (field count and bytes) and the body's size.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+from typing import Any, ClassVar
+
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from gateway._errors import error_body
+from gateway._limits import GatewayLimits
+
+_REASONS = {408: b"Request Timeout", 414: b"URI Too Long", 431: b"Request Header Fields Too Large"}
+
+
+def raw_response(status: int, kind: str, message: str) -> bytes:
+    """A whole HTTP/1.1 error response that closes the connection."""
+    body = error_body(status, kind, message)
+    return (
+        b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
+        b"connection: close\r\n\r\n%s" % (status, _REASONS.get(status, b"Error"), len(body), body)
+    )
+
+
+class _HeadDeadline:
+    """The deadline of the request one connection is receiving."""
+
+    __slots__ = ("_cycle", "_timer", "_transport")
+
+    def __init__(self) -> None:
+        self._timer: asyncio.TimerHandle | None = None
+        self._transport: asyncio.Transport | None = None
+        self._cycle: Any = None
+
+    def arm(self, transport: asyncio.Transport, seconds: float, cycle: Any = None) -> None:
+        self._cycle = cycle
+        if self._timer is None:
+            self._transport = transport
+            self._timer = asyncio.get_running_loop().call_later(seconds, self._expire)
+
+    def disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _expire(self) -> None:
+        self._timer = None
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return
+        cycle = self._cycle
+        if cycle is None or cycle.response_complete or not cycle.response_started:
+            # The app, if it waits for the body, sees the client disconnect.
+            message = "the request was not received in time"
+            transport.write(raw_response(408, "request_timeout", message))
+        transport.close()
+
+
+class LimitedH11(H11Protocol):
+    """h11 with a deadline on every request head."""
+
+    limits: ClassVar[GatewayLimits] = GatewayLimits()
+
+    def connection_made(self, transport: Any) -> None:
+        super().connection_made(transport)
+        self._head = _HeadDeadline()
+        self._head.arm(transport, self.limits.read_timeout)
+
+    def data_received(self, data: bytes) -> None:
+        before = self.cycle
+        super().data_received(data)
+        _after_data(self, before)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._head.disarm()
+        super().connection_lost(exc)
+
+
+def _after_data(protocol: Any, before: Any) -> None:
+    """After bytes arrived: arm the deadline while a request is incomplete, else disarm it."""
+    head: _HeadDeadline = protocol._head
+    cycle = protocol.cycle
+    if cycle is not before and not cycle.more_body:
+        head.disarm()  # a whole request arrived
+    elif cycle is None or cycle.response_complete or cycle.more_body:
+        # A head, or a body, still on its way: read_timeout from its first byte.
+        head.arm(protocol.transport, protocol.limits.read_timeout, cycle)
+    else:
+        head.disarm()
+
+
+def protocol_class(limits: GatewayLimits, http: str = "auto") -> type[asyncio.Protocol]:
+    """The protocol for uvicorn's ``http=``: httptools where installed (and asked for), else h11."""
+    if http not in ("auto", "h11", "httptools"):
+        raise ValueError(f"unknown HTTP implementation {http!r}")
+    base: type[Any] = LimitedH11
+    if http != "h11" and importlib.util.find_spec("httptools") is not None:
+        from gateway._protocol_httptools import LimitedHttpTools
+
+        base = LimitedHttpTools
+    elif http == "httptools":
+        raise ValueError("httptools is not installed: pip install 'natsmesh[fast]'")
+    return type(base.__name__, (base,), {"limits": limits})
