@@ -457,8 +457,8 @@ async def test_openapi_is_served_live(shop: Shop, client: httpx.AsyncClient) -> 
         # Found by name through $SRV.INFO; discovery is eventually consistent, so a
         # first miss on a loaded machine is asked again on the next request.
         with anyio.fail_after(10):
-            while (reply := await client.post("/late/hello")).status_code == 404:
-                await anyio.sleep(0.1)  # noqa: ASYNC110  (polls the gateway over HTTP)
+            while (reply := await client.post("/late/hello")).status_code == 404:  # noqa: ASYNC110  (polls over HTTP)
+                await anyio.sleep(0.1)
         assert reply.json() == "hi"
         shop.app.directory.scan_ttl = 0  # do not wait for the next scan
         spec = (await client.get("/openapi.json")).json()
