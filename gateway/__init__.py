@@ -20,8 +20,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from gateway._app import BUDGET_HEADER, DEFAULT_FORWARD, Gateway
+from gateway._app import DEFAULT_FORWARD, Gateway
 from gateway._limits import GatewayLimits
+from gateway._request import BUDGET_HEADER
 from gateway._serve import bind, run_workers, serve
 from natsmesh import Mesh
 

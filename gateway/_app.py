@@ -22,8 +22,7 @@ import asyncio
 import gc
 import logging
 import time
-import urllib.parse
-from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Final
 
 import pydantic_core
@@ -35,33 +34,30 @@ from gateway._limits import GatewayLimits
 from gateway._metrics import CONTENT_TYPE as METRICS_TYPE
 from gateway._metrics import Metrics
 from gateway._paths import BadPath, Match, Router, WrongMethod
-from gateway._schemas import coerce, coerce_all
+from gateway._request import (
+    JSON,
+    Disconnected,
+    Head,
+    Receive,
+    Scope,
+    Send,
+    allow_list,
+    payload_of,
+    read_body,
+)
 from natsmesh import Context, HttpRoute, Mesh
 
 log = logging.getLogger("natsmesh.gateway")
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
 
-#: The budget header an HTTP client may send: whole milliseconds, capped by the route.
-BUDGET_HEADER: Final = "x-request-timeout-ms"
 #: Seconds between two looks at the HTTP routes (a dictionary read, but on every request).
 ROUTES_RECHECK: Final = 0.02
 #: Client headers passed on to services unless told otherwise.
 DEFAULT_FORWARD: Final = ("x-request-id", "x-canary")
-MAX_BUDGET_MS: Final = 3600 * 1000
-_MAX_FORWARDED_VALUE: Final = 1024
-_JSON: Final = b"application/json"
-# Header names no client may forward, whatever the allow-list says: the mesh's own
-# (budget, attempt, caller, retrying, errors), NATS's, and what the mesh sets itself.
-_NEVER_FORWARD: Final = ("mesh-", "nats-")
-_RESERVED: Final = frozenset({"traceparent", "tracestate", "content-type", "status"})
 
 
 def _json_headers(length: int, extra: Iterable[tuple[bytes, bytes]] = ()) -> list[Any]:
-    return [(b"content-type", _JSON), (b"content-length", str(length).encode()), *extra]
+    return [(b"content-type", JSON), (b"content-length", str(length).encode()), *extra]
 
 
 class Gateway:
@@ -79,7 +75,7 @@ class Gateway:
     ) -> None:
         self.mesh = mesh
         self.limits = limits
-        self.forward = _allow_list(forward_headers)
+        self.forward = allow_list(forward_headers)
         self.owns_mesh = owns_mesh
         self.title = title
         self.directory = Directory(mesh)
@@ -174,7 +170,7 @@ class Gateway:
             )
             await send({"type": "http.response.body", "body": body})
             status = 200
-        except _Disconnected:
+        except Disconnected:
             status = 499  # nginx's name for it: the client went away first
         except Exception as exc:
             error = _errors.from_exception(exc)
@@ -189,7 +185,7 @@ class Gateway:
     async def _handle(
         self, scope: Scope, receive: Receive, path: str, labels: list[str], now: float
     ) -> bytes:
-        request = _Head.read(scope["headers"], self)
+        request = Head.read(scope["headers"], self.forward, self.limits)
         raw_path = scope.get("raw_path") or b""
         if b"%" in raw_path and b"%2f" in raw_path.lower():
             # An encoded '/' would be a separator once decoded: one path, two readings.
@@ -214,8 +210,8 @@ class Gateway:
         if doc is None and found.by_default:
             doc = await self._endpoint(found)
         labels[0], labels[1] = found.service, found.endpoint
-        body = await _read_body(receive, self._limit(), request.content_length)
-        payload = _payload(body, request, found, doc, scope["query_string"], self.limits)
+        body = await read_body(receive, self._limit(), request.content_length)
+        payload = payload_of(body, request, found, doc, scope["query_string"], self.limits)
         # Without a route timeout or a client budget, Mesh.call applies the service's.
         timeout = found.timeout
         if request.budget is not None:
@@ -315,7 +311,7 @@ class Gateway:
         )
 
     async def _healthz(self) -> tuple[int, bytes, bytes]:
-        return 200, _JSON, b'{"status":"ok"}'
+        return 200, JSON, b'{"status":"ok"}'
 
     async def _readyz(self) -> tuple[int, bytes, bytes]:
         await self._routes(wait=1.0)
@@ -323,14 +319,14 @@ class Gateway:
         body = pydantic_core.to_json(
             {"status": "ready" if ready else "not ready", "routes": len(self.router.routes)}
         )
-        return (200 if ready else 503), _JSON, body
+        return (200 if ready else 503), JSON, body
 
     async def _metrics(self) -> tuple[int, bytes, bytes]:
         return 200, METRICS_TYPE.encode(), self.metrics.render()
 
     async def _openapi(self) -> tuple[int, bytes, bytes]:
         router = await self._routes()
-        return 200, _JSON, await self._spec.get(router)
+        return 200, JSON, await self._spec.get(router)
 
     async def _docs(self) -> tuple[int, bytes, bytes]:
         return 200, b"text/html; charset=utf-8", _docs.PAGE
@@ -348,167 +344,3 @@ def freeze_gc() -> None:
     # Most of what a request allocates dies with it: collecting the youngest generation
     # less often leaves it to die uncollected instead of being walked (700 by default).
     gc.set_threshold(20_000, 20, 20)
-
-
-class _Disconnected(Exception):
-    """The client went away before its request was read."""
-
-
-class _Head:
-    """What one pass over the request headers found."""
-
-    __slots__ = ("budget", "content_length", "content_type", "forwarded", "traceparent")
-
-    def __init__(self) -> None:
-        self.content_length: int | None = None
-        self.content_type: bytes | None = None
-        self.budget: float | None = None
-        self.traceparent: str | None = None
-        self.forwarded: dict[str, str] = {}
-
-    @classmethod
-    def read(cls, headers: Iterable[tuple[bytes, bytes]], app: Gateway) -> _Head:
-        head = cls()
-        count = size = 0
-        forward = app.forward
-        for name, value in headers:
-            count += 1
-            size += len(name) + len(value)
-            if name == b"content-length":
-                head.content_length = _content_length(value, head.content_length)
-            elif name == b"content-type":
-                head.content_type = value
-            elif name == b"traceparent":
-                head.traceparent = value.decode("latin-1")
-            elif name == b"x-request-timeout-ms":
-                head.budget = _budget(value)
-            elif name in forward:
-                if len(value) > _MAX_FORWARDED_VALUE or b"\0" in value:
-                    raise GatewayError(
-                        431, "headers_too_large", f"header {name.decode()} is too long or invalid"
-                    )
-                head.forwarded[forward[name]] = value.decode("latin-1")
-        limits = app.limits
-        if count > limits.max_headers or size > limits.max_header_bytes:
-            raise GatewayError(431, "headers_too_large", "too many or too large request headers")
-        return head
-
-
-def _content_length(value: bytes, seen: int | None) -> int:
-    if not value.isdigit() or len(value) > 15:
-        raise GatewayError(400, "malformed", "invalid Content-Length")
-    length = int(value)
-    if seen is not None and seen != length:
-        raise GatewayError(400, "malformed", "conflicting Content-Length headers")
-    return length
-
-
-def _budget(value: bytes) -> float:
-    if not value.isdigit() or len(value) > 10 or not 0 < int(value) <= MAX_BUDGET_MS:
-        raise GatewayError(
-            400, "malformed", f"{BUDGET_HEADER} must be whole milliseconds, 1 to {MAX_BUDGET_MS}"
-        )
-    return int(value) / 1000.0
-
-
-def _allow_list(names: Iterable[str]) -> dict[bytes, str]:
-    """The forwarded headers, by their lower-case wire name; refuses the mesh's own."""
-    allowed: dict[bytes, str] = {}
-    for name in names:
-        lowered = name.lower()
-        if (
-            not lowered
-            or len(lowered) > 128
-            or not all(c.isascii() and (c.isalnum() or c in "-_") for c in lowered)
-        ):
-            raise ValueError(f"invalid header name to forward: {name!r}")
-        if lowered.startswith(_NEVER_FORWARD) or lowered in _RESERVED or lowered == BUDGET_HEADER:
-            raise ValueError(f"header {name!r} is the mesh's own and is never forwarded")
-        allowed[lowered.encode()] = lowered
-    return allowed
-
-
-async def _read_body(receive: Receive, limit: int, declared: int | None) -> bytes:
-    """The whole body, refusing at once what is announced or grows beyond ``limit``.
-
-    No timer here: the server's protocol gives the whole request, head and body,
-    ``read_timeout`` (see :mod:`gateway._protocol`), and a client too slow for it
-    shows up as a disconnect.
-    """
-    if declared is not None and declared > limit:
-        raise GatewayError(413, "too_large", f"request body larger than {limit} bytes")
-    message = await receive()
-    body: bytes = message.get("body", b"")
-    if message.get("more_body") or message["type"] != "http.request" or len(body) > limit:
-        return await _read_more(receive, message, limit)
-    return body  # nearly always: the whole body in one message
-
-
-async def _read_more(receive: Receive, message: Message, limit: int) -> bytes:
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        if message["type"] == "http.disconnect":
-            raise _Disconnected
-        chunk: bytes = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise GatewayError(413, "too_large", f"request body larger than {limit} bytes")
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            return b"".join(chunks)
-        message = await receive()
-
-
-def _is_json(content_type: bytes) -> bool:
-    if content_type == _JSON:
-        return True
-    media = content_type.split(b";", 1)[0].strip().lower()
-    return media == _JSON or media.endswith(b"+json")
-
-
-def _payload(
-    body: bytes,
-    head: _Head,
-    found: Match,
-    doc: EndpointDoc | None,
-    query_string: bytes,
-    limits: GatewayLimits,
-) -> Any:
-    """The request's JSON body, with the path and query parameters merged into it."""
-    payload: Any = None
-    if body:
-        if head.content_type is not None and not _is_json(head.content_type):
-            raise GatewayError(415, "unsupported_media_type", "send the body as application/json")
-        try:
-            payload = pydantic_core.from_json(body, allow_inf_nan=False)
-        except ValueError:
-            raise GatewayError(400, "malformed", "the body is not valid JSON") from None
-    if not found.params and not query_string:
-        return payload
-    if payload is None:
-        payload = {}
-    elif not isinstance(payload, dict):
-        raise GatewayError(
-            400, "malformed", "with path or query parameters, the body must be a JSON object"
-        )
-    props = doc.properties if doc is not None else {}
-    if query_string:
-        try:
-            pairs = urllib.parse.parse_qsl(
-                query_string.decode("latin-1"),
-                keep_blank_values=True,
-                max_num_fields=limits.max_query_params,
-            )
-        except ValueError:
-            raise GatewayError(
-                400, "malformed", f"more than {limits.max_query_params} query parameters"
-            ) from None
-        grouped: dict[str, list[str]] = {}
-        for name, value in pairs:
-            grouped.setdefault(name, []).append(value)
-        for name, values in grouped.items():
-            payload[name] = coerce_all(values, props.get(name))
-    for name, value in found.params.items():
-        payload[name] = coerce(value, props.get(name))
-    return payload

@@ -47,8 +47,6 @@ log = logging.getLogger("natsmesh.client")
 T = TypeVar("T")
 
 DEFAULT_TIMEOUT: Final = 5.0
-# How long a route found through discovery is trusted before it is looked up again.
-_DISCOVERED_TTL: Final = 30.0
 
 
 _NO_TABLES = Snapshot()

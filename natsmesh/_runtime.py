@@ -35,8 +35,9 @@ from natsmesh import _codec, _headers, _micro
 from natsmesh._client import Mesh
 from natsmesh._codec import Codec, DecodeError, Limits
 from natsmesh._context import Context
-from natsmesh._control import Announcement, EndpointEntry, Heartbeat, Leave, control_subject
+from natsmesh._control import Announcement, Heartbeat, Leave, control_subject
 from natsmesh._deadlines import Deadlines
+from natsmesh._describe import EndpointState, Instance, announcement, info, ping, stats
 from natsmesh._errors import (
     KIND_CODES,
     CallError,
@@ -48,7 +49,6 @@ from natsmesh._spec import EndpointSpec, ServiceSpec, spec_of
 from natsmesh._subjects import Subjects, srv_subjects
 from natsmesh._tasks import stop
 from natsmesh._transport import NATS, Msg, connect, server_cluster
-from natsmesh._version import __version__
 
 log = logging.getLogger("natsmesh.service")
 
@@ -60,39 +60,6 @@ _REPLY_HEADERS: Final[dict[Codec, dict[str, str] | None]] = {
     Codec.MSGPACK: None,
     Codec.JSON: {_codec.CONTENT_TYPE: _codec.JSON_TYPE},
 }
-
-
-class _Endpoint:
-    """Live state of one endpoint: its spec, bound handler and ADR-32 counters."""
-
-    __slots__ = (
-        "dropped",
-        "handler",
-        "last_error",
-        "num_errors",
-        "num_requests",
-        "processing_ns",
-        "retried",
-        "shed",
-        "spec",
-        "subject",
-    )
-
-    def __init__(self, spec: EndpointSpec, handler: Callable[..., Any], subject: str) -> None:
-        self.spec = spec
-        self.handler = handler
-        self.subject = subject
-        self.num_requests = 0
-        self.num_errors = 0
-        self.last_error = ""
-        self.processing_ns = 0
-        self.dropped = 0
-        self.shed = 0
-        self.retried = 0
-
-    def error(self, code: int, message: str) -> None:
-        self.num_errors += 1
-        self.last_error = f"{code}: {message}"
 
 
 class ServiceRunner:
@@ -132,7 +99,7 @@ class ServiceRunner:
         self._zone = zone if zone is not None else os.environ.get("NATSMESH_ZONE")
         self._nc: NATS | None = None
         self._mesh: Mesh | None = None
-        self._endpoints: list[_Endpoint] = []
+        self._endpoints: list[EndpointState] = []
         self._request_subs: list[Subscription] = []
         self._stack = AsyncExitStack()
         # Requests being handled, by a per-runner number (cheaper to look up from
@@ -231,27 +198,18 @@ class ServiceRunner:
 
     # -- the control plane -------------------------------------------------------------
 
-    def announcement(self) -> Announcement:
-        s, name = self._subjects, self.spec.name
-        return Announcement(
-            service=name,
+    def _self(self) -> Instance:
+        return Instance(
+            spec=self.spec,
             id=self.id,
-            version=self.spec.version,
-            subset=self.spec.subset,
-            endpoints=tuple(
-                EndpointEntry(
-                    name=e.name,
-                    subject=s.endpoint(name, e.name),
-                    idempotent=e.idempotent,
-                    request_schema=meta["natsmesh.request_schema"],
-                    response_schema=meta["natsmesh.response_schema"],
-                )
-                for e in self.spec.endpoints
-                for meta in (e.schema_metadata(),)
-            ),
-            metadata=dict(self.spec.metadata),
+            subjects=self._subjects,
             zone=self._zone or "",
+            started=self.started,
         )
+
+    def announcement(self) -> Announcement:
+        """What this instance tells the controller about itself."""
+        return announcement(self._self())
 
     async def _heartbeats(self) -> None:
         beat = Heartbeat(service=self.spec.name, id=self.id)
@@ -272,7 +230,7 @@ class ServiceRunner:
         name, subset, s = self.spec.name, self.spec.subset, self._subjects
         for spec in self.spec.endpoints:
             handler = getattr(self._target, spec.attribute)
-            ep = _Endpoint(spec, handler, s.endpoint(name, spec.name))
+            ep = EndpointState(spec, handler, s.endpoint(name, spec.name))
             self._endpoints.append(ep)
             callback = functools.partial(self._on_request, ep)
             for subject, queue in (
@@ -299,7 +257,7 @@ class ServiceRunner:
 
     # -- the request path ------------------------------------------------------------
 
-    async def _on_request(self, ep: _Endpoint, msg: Msg) -> None:
+    async def _on_request(self, ep: EndpointState, msg: Msg) -> None:
         received = time.monotonic()
         ep.num_requests += 1
         headers = msg.headers or {}
@@ -354,7 +312,7 @@ class ServiceRunner:
         return request.adapter.validate_python(value)
 
     async def _handle(
-        self, rid: int, ep: _Endpoint, msg: Msg, codec: Codec, argument: Any, context: Context
+        self, rid: int, ep: EndpointState, msg: Msg, codec: Codec, argument: Any, context: Context
     ) -> None:
         start = time.perf_counter_ns()
         try:
@@ -394,7 +352,7 @@ class ServiceRunner:
             if self._draining and not self._in_flight:
                 self._idle.set()
 
-    async def _invoke(self, ep: _Endpoint, argument: Any, context: Context) -> Any:
+    async def _invoke(self, ep: EndpointState, argument: Any, context: Context) -> Any:
         spec = ep.spec
         kwargs: dict[str, Any] = {}
         if spec.request_param is not None:
@@ -429,7 +387,7 @@ class ServiceRunner:
     async def _reply_error(
         self,
         msg: Msg,
-        ep: _Endpoint,
+        ep: EndpointState,
         codec: Codec,
         kind: ErrorKind,
         message: str,
@@ -461,73 +419,17 @@ class ServiceRunner:
 
     # -- the NATS Services API ----------------------------------------------------------
 
-    def _identity(self) -> dict[str, Any]:
-        return {
-            "name": self.spec.name,
-            "id": self.id,
-            "version": self.spec.version,
-            "metadata": {
-                **self.spec.metadata,
-                _micro.MESH_KEY: __version__,
-                _micro.SUBSET_KEY: self.spec.subset,
-                _micro.PREFIX_KEY: self._subjects.prefix,
-                "natsmesh.zone": self._zone or "",
-            },
-        }
-
     def _ping(self) -> bytes:
-        return _micro.dump(_micro.Ping(**self._identity()))
+        return _micro.dump(ping(self._self()))
 
     def info(self) -> _micro.Info:
-        s, name = self._subjects, self.spec.name
-        return _micro.Info(
-            **self._identity(),
-            description=self.spec.description,
-            endpoints=[
-                _micro.EndpointInfo(
-                    name=ep.spec.name,
-                    subject=ep.subject,
-                    queue_group=s.queue_group(name),
-                    metadata={
-                        **ep.spec.schema_metadata(),
-                        "natsmesh.subset_subject": s.subset(name, self.spec.subset, ep.spec.name),
-                        "natsmesh.instance_subject": s.instance(name, self.id, ep.spec.name),
-                    },
-                )
-                for ep in self._endpoints
-            ],
-        )
+        return info(self._self(), self._endpoints)
 
     def _info(self) -> bytes:
         return _micro.dump(self.info())
 
     def stats(self) -> _micro.Stats:
-        name = self.spec.name
-        return _micro.Stats(
-            **self._identity(),
-            started=_micro.rfc3339(self.started),
-            endpoints=[
-                _micro.EndpointStats(
-                    name=ep.spec.name,
-                    subject=ep.subject,
-                    queue_group=self._subjects.queue_group(name),
-                    num_requests=ep.num_requests,
-                    num_errors=ep.num_errors,
-                    last_error=ep.last_error,
-                    processing_time=ep.processing_ns,
-                    average_processing_time=ep.processing_ns // ep.num_requests
-                    if ep.num_requests
-                    else 0,
-                    data={
-                        "dropped_expired": ep.dropped,
-                        "shed_overloaded": ep.shed,
-                        "retries_received": ep.retried,
-                        "in_flight": self._in_flight,
-                    },
-                )
-                for ep in self._endpoints
-            ],
-        )
+        return stats(self._self(), self._endpoints, in_flight=self._in_flight)
 
     def _stats(self) -> bytes:
         return _micro.dump(self.stats())

@@ -31,7 +31,6 @@ _ID = re.compile(r"[A-Za-z0-9_-]+")
 _PREFIX_TOKEN = re.compile(r"[A-Za-z][A-Za-z0-9_-]*")
 
 SRV_PREFIX: Final = "$SRV"
-SRV_VERBS: Final = ("PING", "INFO", "STATS")
 INSTANCE_TOKEN: Final = "_i"  # noqa: S105  (a subject token, not a password)
 DEFAULT_PREFIX: Final = "mesh"
 

@@ -22,6 +22,7 @@ PURE = [
     "_routes",
     "_control",
     "_registry",
+    "_describe",
 ]
 IO_MODULES = {"nats", "anyio", "asyncio", "socket", "subprocess", "uvloop"}
 
