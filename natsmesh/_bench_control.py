@@ -27,6 +27,7 @@ from natsmesh._control import (
     Heartbeat,
     StatusReport,
     control_subject,
+    instance_subject,
 )
 from natsmesh._runtime import ServiceRunner
 from natsmesh._spec import endpoint, service
@@ -168,16 +169,22 @@ async def scale(
                 endpoints=(EndpointEntry(name="get", subject=f"mesh.{name}.get"),),
             )
             await nc.publish(
-                control_subject(CTL, "announce"), announcement.model_dump_json().encode()
+                instance_subject(CTL, "announce", name), announcement.model_dump_json().encode()
             )
-        beats = [Heartbeat(service=s, id=i).model_dump_json().encode() for s, i in fleet]
+        beats = [
+            (
+                instance_subject(CTL, "heartbeat", s),
+                Heartbeat(service=s, id=i).model_dump_json().encode(),
+            )
+            for s, i in fleet
+        ]
         cpu0, t0 = _cpu_seconds(proc.pid), time.monotonic()
         peak = 0.0
         until = time.monotonic() + seconds
         while time.monotonic() < until:
             tick = time.monotonic()
-            for beat in beats:  # every instance heartbeats every 2 s
-                await nc.publish(control_subject(CTL, "heartbeat"), beat)
+            for subject, beat in beats:  # every instance heartbeats every 2 s
+                await nc.publish(subject, beat)
             await nc.flush()
             peak = max(peak, _rss_mib(proc.pid))
             await anyio.sleep(max(0.0, 2.0 - (time.monotonic() - tick)))

@@ -7,9 +7,9 @@ key per service and table, so a change to one service rewrites one key:
 ================================  ==================================================
 subject or key                    carries
 ================================  ==================================================
-``<prefix>._ctl.announce``        :class:`Announcement`, on start (full description)
-``<prefix>._ctl.heartbeat``       :class:`Heartbeat`, every interval (small)
-``<prefix>._ctl.leave``           :class:`Leave`, on a graceful stop
+``<prefix>._ctl.announce.<svc>``  :class:`Announcement`, on start (full description)
+``<prefix>._ctl.heartbeat.<svc>`` :class:`Heartbeat`, every interval (small)
+``<prefix>._ctl.leave.<svc>``     :class:`Leave`, on a graceful stop
 ``<prefix>._ctl.status``          :class:`StatusReport`, from every client on a change
 ``<prefix>._ctl.routes.apply``    request: a route file; reply: :class:`ApplyReply`
 ``<prefix>._ctl.routes.show``     request; reply: the tables as JSON
@@ -21,6 +21,9 @@ KV ``leader``                     :class:`Lease`
 ================================  ==================================================
 
 A table's revision is its KV revision: it only grows, across controller restarts too.
+An instance's messages carry its service's name in the subject as well as in the body:
+NATS permissions can then let each service speak for itself alone, and the controller
+drops a message whose body names another service than its subject.
 """
 
 from __future__ import annotations
@@ -50,6 +53,16 @@ def routes_key(service: str) -> str:
 
 def control_subject(prefix: str, name: str) -> str:
     return f"{prefix}._ctl.{name}"
+
+
+def instance_subject(prefix: str, kind: str, service: str) -> str:
+    """Where one service's instances announce, heartbeat (``kind``) and leave."""
+    return f"{prefix}._ctl.{kind}.{service}"
+
+
+def subject_service(subject: str) -> str:
+    """The service an instance subject speaks for: its last token."""
+    return subject.rpartition(".")[2]
 
 
 class _Wire(BaseModel):

@@ -43,8 +43,10 @@ from natsmesh._control import (
     StatusRow,
     StatusView,
     control_subject,
+    instance_subject,
     registry_key,
     routes_key,
+    subject_service,
 )
 from natsmesh._kv import Conflict, Entry, Tables, Unavailable
 from natsmesh._registry import Registry
@@ -103,13 +105,13 @@ class Controller:
         try:
             self._tables = await Tables.open(self._nc, create=True, replicas=self._replicas)
             await self._seed()
-            for name, handler in (
-                ("announce", self._on_announce),
-                ("heartbeat", self._on_heartbeat),
-                ("leave", self._on_leave),
-                ("status", self._on_status),
+            for subject, handler in (
+                (instance_subject(self._prefix, "announce", "*"), self._on_announce),
+                (instance_subject(self._prefix, "heartbeat", "*"), self._on_heartbeat),
+                (instance_subject(self._prefix, "leave", "*"), self._on_leave),
+                (control_subject(self._prefix, "status"), self._on_status),
             ):
-                await self._nc.subscribe(control_subject(self._prefix, name), cb=handler)
+                await self._nc.subscribe(subject, cb=handler)
             loop = asyncio.get_running_loop()
             for job in (self._watch, self._lease_loop, self._write_loop, self._expire_loop):
                 self._tasks.append(loop.create_task(job()))
@@ -153,12 +155,20 @@ class Controller:
             self._log_once(msg.subject, "message too large")
             return None
         try:
-            return model.model_validate_json(msg.data)
+            message = model.model_validate_json(msg.data)
         except pydantic.ValidationError as exc:
             first = exc.errors(include_input=False, include_url=False)[0]
             where = ".".join(str(p) for p in first["loc"]) or "message"
             self._log_once(msg.subject, f"{where}: {first['msg']}")
             return None
+        service = getattr(message, "service", None)
+        if isinstance(message, Announcement | Heartbeat | Leave) and service != subject_service(
+            msg.subject
+        ):
+            # Permissions bind a service's identity to its subjects, not to the body.
+            self._log_once(msg.subject, f"speaks for another service ({service})")
+            return None
+        return message
 
     def _log_once(self, subject: str, reason: str) -> None:
         key = f"{subject}: {reason}"

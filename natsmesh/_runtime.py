@@ -35,7 +35,7 @@ from natsmesh import _codec, _headers, _micro
 from natsmesh._client import Mesh
 from natsmesh._codec import Codec, DecodeError, Limits
 from natsmesh._context import Context
-from natsmesh._control import Announcement, Heartbeat, Leave, control_subject
+from natsmesh._control import Announcement, Heartbeat, Leave, instance_subject
 from natsmesh._deadlines import Deadlines
 from natsmesh._describe import EndpointState, Instance, announcement, info, ping, stats
 from natsmesh._errors import (
@@ -220,7 +220,7 @@ class ServiceRunner:
 
     async def _publish_control(self, name: str, message: pydantic.BaseModel) -> None:
         assert self._nc is not None
-        subject = control_subject(self._subjects.prefix, name)
+        subject = instance_subject(self._subjects.prefix, name, self.spec.name)
         await self._nc.publish(subject, message.model_dump_json().encode())
 
     # -- subscriptions ---------------------------------------------------------------

@@ -238,16 +238,19 @@ async def test_foreign_micro_services_join_through_discovery(nats_url: str) -> N
 @pytest.mark.parametrize(
     ("subject", "payload"),
     [
-        ("announce", b"\x00\xff garbage"),
-        ("announce", b'{"service": "a.b", "id": "x", "version": "1", "subset": "v1"}'),
-        ("announce", b'{"service": "ok", "id": "x*", "version": "1", "subset": "v1"}'),
-        ("announce", b'{"service": "ok", "id": "x", "version": "1", "subset": "v1", "evil": 1}'),
-        ("heartbeat", b"[]"),
-        ("leave", b'{"service": ">", "id": "x"}'),
+        ("announce.ok", b"\x00\xff garbage"),
+        ("announce.b", b'{"service": "a.b", "id": "x", "version": "1", "subset": "v1"}'),
+        ("announce.ok", b'{"service": "ok", "id": "x*", "version": "1", "subset": "v1"}'),
+        ("announce.ok", b'{"service": "ok", "id": "x", "version": "1", "subset": "v1", "evil": 1}'),
+        # A service speaking for another: the subject (what permissions bind) wins.
+        ("announce.mallory", b'{"service": "victim", "id": "x", "version": "1", "subset": "v1"}'),
+        ("leave.mallory", b'{"service": "echo", "id": "x"}'),
+        ("heartbeat.ok", b"[]"),
+        ("leave.x", b'{"service": ">", "id": "x"}'),
         ("status", b'{"client": "' + b"x" * 300 + b'"}'),
-        ("announce", b"{" * 100_000),
+        ("announce.ok", b"{" * 100_000),
         (
-            "announce",
+            "announce.big",
             b'{"service": "big", "id": "x", "version": "1", "subset": "v1", '
             b'"metadata": {' + b",".join(b'"k%d": "v"' % i for i in range(100)) + b"}}",
         ),
