@@ -13,7 +13,6 @@ import functools
 import importlib.util
 import json
 import logging
-import os
 import socket
 import sys
 from collections.abc import Awaitable, Callable, Sequence
@@ -26,9 +25,11 @@ import pydantic_core
 
 from natsmesh import _micro
 from natsmesh._cli_control import _table, add_commands
+from natsmesh._cli_nats import add_nats_options, apply_nats_options, server_of
 from natsmesh._client import Mesh
 from natsmesh._codec import Codec, DecodeError, decode
 from natsmesh._controller import Controller
+from natsmesh._credentials import CredentialsError
 from natsmesh._discovery import gather
 from natsmesh._embedded import EmbeddedNats
 from natsmesh._errors import (
@@ -62,12 +63,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     command: Callable[[argparse.Namespace], Awaitable[int]] = args.command
     try:
+        apply_nats_options(args)
         code = _run(command, args)
     except KeyboardInterrupt:
         code = 130
     except MeshError as exc:
         print(f"natsmesh: {exc}", file=sys.stderr)
         code = next((c for t, c in EXIT_CODES.items() if isinstance(exc, t)), 1)
+    except CredentialsError as exc:
+        print(f"natsmesh: {exc}", file=sys.stderr)
+        code = 2
     except (OSError, ValueError) as exc:
         print(f"natsmesh: {exc}", file=sys.stderr)
         code = 1
@@ -95,10 +100,7 @@ def _parser() -> argparse.ArgumentParser:
         p.set_defaults(command=func)
         return p
 
-    def nats_option(p: argparse.ArgumentParser) -> None:
-        p.add_argument(
-            "--nats", metavar="URL", help="NATS server URL (default: $NATS_URL, else embedded)"
-        )
+    nats_option = add_nats_options
 
     p = command(
         "up", _up, "start a working mesh: NATS (embedded unless given) and the example shop"
@@ -214,17 +216,13 @@ def _service_name(text: str) -> str:
 # -- commands ------------------------------------------------------------------------------
 
 
-def _url(args: argparse.Namespace) -> str | None:
-    return args.nats or os.environ.get("NATS_URL")
-
-
 async def _up(args: argparse.Namespace) -> int:
     services = load_target(args.services)
     routes_file = args.routes or _SHOP_ROUTES
     routes = None
     if args.routes or await anyio.Path(_SHOP_ROUTES).exists():
         routes = await anyio.Path(routes_file).read_bytes()
-    url = _url(args)
+    url = server_of(args)
     from gateway import GatewayLimits, create_app
     from gateway import serve as serve_gateway
 
@@ -273,7 +271,7 @@ async def _gateway(args: argparse.Namespace) -> int:
     from gateway import serve as serve_gateway
 
     limits = GatewayLimits()
-    url = _url(args)
+    url = server_of(args)
     sock = _gateway_socket(args.host, args.port)
     if args.workers > 1:
 
@@ -341,7 +339,7 @@ async def _serve_cmd(args: argparse.Namespace) -> int:
         ids = ", ".join(f"{r.spec.name}/{r.id}" for r in runners)
         print(f"natsmesh serve: {ids}", flush=True)
 
-    await serve(targets, nats=_url(args), instances=args.instances, ready=ready)
+    await serve(targets, nats=server_of(args), instances=args.instances, ready=ready)
     return 0
 
 
@@ -360,7 +358,7 @@ async def _call(args: argparse.Namespace) -> int:
         if not sep:
             raise ValueError(f"header {item!r}: expected KEY=VALUE")
         headers[key] = value
-    async with Mesh(_url(args), name="natsmesh-cli") as mesh:
+    async with Mesh(server_of(args), name="natsmesh-cli") as mesh:
         result = await mesh.call(args.target, payload, timeout=args.timeout, headers=headers)
     if isinstance(result, bytes):
         sys.stdout.buffer.write(result)
@@ -371,7 +369,7 @@ async def _call(args: argparse.Namespace) -> int:
 
 async def _discover(args: argparse.Namespace, verb: str, model: Any) -> list[Any]:
     """Every answer to ``$SRV.<verb>``; raises NoResponders when a named service has none."""
-    nc = await connect(_url(args), name="natsmesh-cli")
+    nc = await connect(server_of(args), name="natsmesh-cli")
     name = getattr(args, "service", None)
     try:
         answers = await gather(nc, verb, model, name=name, timeout=args.timeout)
@@ -442,13 +440,13 @@ async def _bench(args: argparse.Namespace) -> int:
     if args.which == "gateway":
         from natsmesh import _bench_gateway
 
-        async with _maybe_embedded(_url(args), 0) as url:
+        async with _maybe_embedded(server_of(args), 0) as url:
             result = await _bench_gateway.run(
                 url, concurrency=args.concurrency, seconds=args.seconds or 10.0
             )
         print(json.dumps(result) if args.json else _bench_gateway.format_result(result))
         return 0
-    async with _maybe_embedded(_url(args), 0) as url:
+    async with _maybe_embedded(server_of(args), 0) as url:
         if args.which == "traffic":
             result = await _bench_traffic.run(url, seconds=args.seconds or 4.0)
             text = _bench_traffic.format_result(result)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
@@ -13,6 +12,7 @@ from typing import Any
 import anyio
 import pydantic
 
+from natsmesh._cli_nats import server_of
 from natsmesh._control import (
     HTTP_KEY,
     ApplyReply,
@@ -50,12 +50,8 @@ def add_commands(
     nats_option(p)
 
 
-def _url(args: argparse.Namespace) -> str | None:
-    return args.nats or os.environ.get("NATS_URL")
-
-
 async def _controller(args: argparse.Namespace) -> int:
-    async with Controller(_url(args), replicas=args.replicas) as controller:
+    async with Controller(server_of(args), replicas=args.replicas) as controller:
         print(f"natsmesh controller {controller.id} running (Ctrl-C to stop)", flush=True)
         await wait_for_signal()
     return 0
@@ -70,7 +66,7 @@ async def _routes(args: argparse.Namespace) -> int:
 
 
 async def _ask(args: argparse.Namespace, name: str, payload: bytes) -> bytes:
-    nc = await connect(_url(args), name="natsmesh-cli")
+    nc = await connect(server_of(args), name="natsmesh-cli")
     try:
         msg = await request(nc, control_subject("mesh", name), payload, timeout=5, headers={})
     except (NoResponse, NoReply):
@@ -111,7 +107,7 @@ async def _apply(args: argparse.Namespace, path: Path) -> int:
 
 
 async def _show(args: argparse.Namespace, service: str | None) -> int:
-    nc = await connect(_url(args), name="natsmesh-cli")
+    nc = await connect(server_of(args), name="natsmesh-cli")
     try:
         tables = await Tables.open(nc)
         keys = [routes_key(service)] if service else await tables.keys("routes.")

@@ -32,7 +32,7 @@ import sys
 import sysconfig
 import tempfile
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Self
@@ -192,6 +192,10 @@ class EmbeddedNats:
     ``jetstream`` block in it replaces the generated one, temporary store
     included; it should then set its own ``store_dir`` (and ``store_dir`` here
     must stay None, as nats-server refuses two store directories).
+
+    ``cwd`` is the server's working directory, against which a config file's
+    relative paths (certificates, ``store_dir``) resolve; ``env`` is added to its
+    environment, for config files that read ``$VARIABLES``.
     """
 
     def __init__(
@@ -206,6 +210,8 @@ class EmbeddedNats:
         extra_args: Sequence[str] = (),
         binary: str | Path | None = None,
         ready_timeout: float = 10.0,
+        cwd: Path | None = None,
+        env: Mapping[str, str] | None = None,
     ) -> None:
         self.host = host
         self.jetstream = jetstream
@@ -215,6 +221,8 @@ class EmbeddedNats:
         self.extra_args = tuple(extra_args)
         self.binary = str(binary) if binary is not None else find_nats_server()
         self.ready_timeout = ready_timeout
+        self.cwd = cwd
+        self.env = dict(env) if env is not None else None
         self._requested_port = port
         self._port: int | None = port
         self._monitor_port: int | None = None
@@ -296,6 +304,8 @@ class EmbeddedNats:
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
+                cwd=self.cwd,
+                env=None if self.env is None else {**os.environ, **self.env},
                 text=True,
                 errors="replace",
                 # Its own session: Ctrl-C in a terminal signals the whole foreground

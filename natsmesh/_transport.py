@@ -22,6 +22,7 @@ from nats.aio.subscription import Subscription
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 
+from natsmesh._credentials import Credentials
 from natsmesh._deadlines import Deadlines
 
 log = logging.getLogger("natsmesh")
@@ -38,11 +39,15 @@ def nats_url(explicit: str | None = None) -> str:
     return explicit or os.environ.get("NATS_URL") or DEFAULT_URL
 
 
-async def connect(url: str | None = None, *, name: str) -> NATS:
+async def connect(
+    url: str | None = None, *, name: str, credentials: Credentials | None = None
+) -> NATS:
     """Connect with the options a long-lived mesh participant wants.
 
     Reconnects forever (a mesh outlives server restarts) and logs connection
     events instead of printing them. ``url`` may list several servers, comma-separated.
+    ``credentials`` default to the environment's (``NATS_USER``, ``NATS_CREDS``, ...);
+    bad ones raise :class:`~natsmesh._credentials.CredentialsError` before connecting.
     """
 
     async def on_error(exc: Exception) -> None:
@@ -55,6 +60,7 @@ async def connect(url: str | None = None, *, name: str) -> NATS:
         log.info("nats %s: reconnected", name)
 
     servers = [s.strip() for s in nats_url(url).split(",") if s.strip()]
+    secrets = (credentials or Credentials.from_env()).connect_options(servers)
     return await nats.connect(
         servers=servers,
         name=name,
@@ -66,6 +72,7 @@ async def connect(url: str | None = None, *, name: str) -> NATS:
         error_cb=on_error,
         disconnected_cb=on_disconnect,
         reconnected_cb=on_reconnect,
+        **secrets,
     )
 
 
