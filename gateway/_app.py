@@ -1,11 +1,15 @@
 """The ASGI application: take a request within limits, call the mesh, answer JSON.
 
 One request, in order: the gateway's own pages (``/healthz``, ``/readyz``,
-``/metrics``, ``/openapi.json``, ``/docs``) → the concurrency cap (a fast 503)
-→ one pass over the headers (count and size, Content-Length, Content-Type, the
-budget, ``traceparent``, the forwarded allow-list; everything else, the mesh's
-own ``Mesh-*`` and ``Nats-*`` headers included, is dropped) → the path's
-segments through the allow-list → the route → the body, read within its size
+``/metrics``, ``/openapi.json``, ``/docs``; with auth, the latter three behind
+their access) → the concurrency cap (a fast 503) → one pass over the headers
+(count and size, Content-Length, Content-Type, the budget, ``traceparent``, the
+credentials, the forwarded allow-list; everything else, the mesh's own
+``Mesh-*`` and ``Nats-*`` headers included, is dropped) → the path's segments
+through the allow-list → the route → with auth, the route's access rule and
+the credentials (:mod:`gateway._auth`: 401, 403; the verified identity becomes
+the call's caller), before anything asks the mesh whether a default route's
+service exists → the body, read within its size
 limit (the time to receive a request is bounded below the app, by the server's
 protocol: :mod:`gateway._protocol`) → JSON, merged with the path and query parameters → one
 ``Mesh.call`` (msgpack to natsmesh services) → the reply as JSON, or the error
@@ -28,6 +32,7 @@ from typing import Any, Final
 import pydantic_core
 
 from gateway import _docs, _errors, _openapi
+from gateway._auth import Denied, GatewayAuth, Policy, collect
 from gateway._directory import Directory, EndpointDoc
 from gateway._errors import GatewayError
 from gateway._limits import GatewayLimits
@@ -72,10 +77,13 @@ class Gateway:
         default_route: bool,
         owns_mesh: bool,
         title: str,
+        auth: GatewayAuth | None = None,
     ) -> None:
         self.mesh = mesh
         self.limits = limits
-        self.forward = allow_list(forward_headers)
+        self.auth = auth
+        self.forward = allow_list(forward_headers, secret=auth.never_forward if auth else ())
+        self._credentials = auth.header_names if auth else frozenset()
         self.owns_mesh = owns_mesh
         self.title = title
         self.directory = Directory(mesh)
@@ -155,6 +163,13 @@ class Gateway:
         path: str = scope["path"]
         page = self._pages.get(path)
         if page is not None:
+            policy = self._page_policy(path)
+            if policy is not None:
+                try:
+                    self._authenticate(policy, collect(scope["headers"], self._credentials))
+                except GatewayError as refused:
+                    await self._error(send, refused)
+                    return
             await self._page(scope, send, page)
             return
         # Filled in once the target is known to exist: label values never come from
@@ -185,7 +200,9 @@ class Gateway:
     async def _handle(
         self, scope: Scope, receive: Receive, path: str, labels: list[str], now: float
     ) -> bytes:
-        request = Head.read(scope["headers"], self.forward, self.limits)
+        request = Head.read(
+            scope["headers"], self.forward, self.limits, credentials=self._credentials
+        )
         raw_path = scope.get("raw_path") or b""
         if b"%" in raw_path and b"%2f" in raw_path.lower():
             # An encoded '/' would be a separator once decoded: one path, two readings.
@@ -206,6 +223,10 @@ class Gateway:
                 "method not allowed",
                 headers=((b"allow", self._allowed(found, path)),),
             )
+        caller = None
+        if self.auth is not None:
+            policy = self.auth.policy(scope["method"], path, found.target)
+            caller = self._authenticate(policy, request.credentials)
         doc = self.directory.get(found.service, found.endpoint)
         if doc is None and found.by_default:
             doc = await self._endpoint(found)
@@ -234,8 +255,32 @@ class Gateway:
             timeout=timeout,
             headers=request.forwarded or None,
             context=context,
+            caller=caller,
         )
         return pydantic_core.to_json(result, inf_nan_mode="null", bytes_mode="base64")
+
+    def _authenticate(self, policy: Policy, credentials: list[tuple[bytes, bytes]]) -> str | None:
+        """The caller to name in the call (None: the gateway's own); raises GatewayError."""
+        assert self.auth is not None
+        try:
+            who = self.auth.check(policy, credentials)
+        except Denied as exc:
+            self.metrics.auth_failure(exc.reason)
+            # The reason only: never the credential, which may be a live secret.
+            log.debug("request refused: %s %s", exc.status, exc.reason)
+            raise GatewayError(
+                exc.status,
+                "unauthorized" if exc.status == 401 else "forbidden",
+                exc.message,
+                headers=tuple((b"www-authenticate", c) for c in exc.challenges),
+            ) from None
+        return None if who is None else who.caller
+
+    def _page_policy(self, path: str) -> Policy | None:
+        """The access to a page; None for the probes, which are always open."""
+        if self.auth is None or path in ("/healthz", "/readyz"):
+            return None
+        return self.auth.metrics_policy if path == "/metrics" else self.auth.docs_policy
 
     def _allowed(self, found: WrongMethod, path: str) -> bytes:
         allowed = found.allowed

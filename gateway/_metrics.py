@@ -1,8 +1,9 @@
 """The gateway's Prometheus metrics, in a registry of its own (never the global one).
 
 Per service and endpoint: requests by status, and a latency histogram; requests
-in flight; and, read from the Mesh client when scraped, its traffic counters per
-service (retries, hedges, failovers, ejections, ...).
+in flight; requests refused by authentication, by reason; and, read from the
+Mesh client when scraped, its traffic counters per service (retries, hedges,
+failovers, ejections, ...).
 
 The request path only adds to plain integers and lists (one event loop, no
 locks needed); a prometheus_client collector turns them into metric families
@@ -72,6 +73,7 @@ class Metrics(Collector):
         self._in_flight = in_flight
         self._requests: dict[tuple[str, str, int], int] = {}
         self._latency: dict[tuple[str, str], _Latency] = {}
+        self._auth_failures: dict[str, int] = {}
         self.registry = CollectorRegistry(auto_describe=True)
         self.registry.register(self)
 
@@ -90,6 +92,13 @@ class Metrics(Collector):
                 pair = (OTHER, OTHER)
             latency = self._latency.setdefault(pair, _Latency())
         latency.observe(seconds)
+
+    def auth_failure(self, reason: str) -> None:
+        """Count one request refused by authentication (401) or access (403).
+
+        ``reason`` is one of :data:`gateway._auth.REASONS`, a fixed set.
+        """
+        self._auth_failures[reason] = self._auth_failures.get(reason, 0) + 1
 
     def render(self) -> bytes:
         """The text exposition format."""
@@ -118,6 +127,14 @@ class Metrics(Collector):
                 buckets.append((bound, float(cumulative)))
             latency.add_metric([service, endpoint], buckets, hist.total)
         yield latency
+        failures = CounterMetricFamily(
+            "natsmesh_gateway_auth_failures",
+            "Requests refused by authentication (401) or access rules (403), by reason",
+            labels=["reason"],
+        )
+        for reason, count in sorted(self._auth_failures.items()):
+            failures.add_metric([reason], float(count))
+        yield failures
         yield GaugeMetricFamily(
             "natsmesh_gateway_in_flight", "Requests being handled", value=self._in_flight()
         )

@@ -41,7 +41,14 @@ class Disconnected(Exception):
 class Head:
     """What one pass over the request headers found."""
 
-    __slots__ = ("budget", "content_length", "content_type", "forwarded", "traceparent")
+    __slots__ = (
+        "budget",
+        "content_length",
+        "content_type",
+        "credentials",
+        "forwarded",
+        "traceparent",
+    )
 
     def __init__(self) -> None:
         self.content_length: int | None = None
@@ -49,6 +56,7 @@ class Head:
         self.budget: float | None = None
         self.traceparent: str | None = None
         self.forwarded: dict[str, str] = {}
+        self.credentials: list[tuple[bytes, bytes]] = []
 
     @classmethod
     def read(
@@ -56,7 +64,15 @@ class Head:
         headers: Iterable[tuple[bytes, bytes]],
         forward: Mapping[bytes, str],
         limits: GatewayLimits,
+        *,
+        credentials: frozenset[bytes] = frozenset(),
     ) -> Head:
+        """One pass over the headers; ``credentials`` names the fields kept for the auth check.
+
+        Only what is read here goes on: the mesh's own headers (``Mesh-Caller``,
+        ``Mesh-Budget-Ms``, ``Mesh-Attempt``, ``Mesh-Retrying``, ``Nats-*``) and
+        anything else not allow-listed are dropped, whatever their case.
+        """
         head = cls()
         count = size = 0
         for name, value in headers:
@@ -70,6 +86,8 @@ class Head:
                 head.traceparent = value.decode("latin-1")
             elif name == b"x-request-timeout-ms":
                 head.budget = _budget(value)
+            elif name in credentials:
+                head.credentials.append((name, value))
             elif name in forward:
                 if len(value) > _MAX_FORWARDED_VALUE or b"\0" in value:
                     raise GatewayError(
@@ -98,8 +116,13 @@ def _budget(value: bytes) -> float:
     return int(value) / 1000.0
 
 
-def allow_list(names: Iterable[str]) -> dict[bytes, str]:
-    """The forwarded headers, by their lower-case wire name; refuses the mesh's own."""
+def allow_list(names: Iterable[str], *, secret: Iterable[bytes] = ()) -> dict[bytes, str]:
+    """The forwarded headers, by their lower-case wire name.
+
+    Refuses (ValueError) the mesh's own, and the ``secret`` ones: the headers that
+    carry credentials, which must not reach services.
+    """
+    never = frozenset(secret)
     allowed: dict[bytes, str] = {}
     for name in names:
         lowered = name.lower()
@@ -111,6 +134,8 @@ def allow_list(names: Iterable[str]) -> dict[bytes, str]:
             raise ValueError(f"invalid header name to forward: {name!r}")
         if lowered.startswith(_NEVER_FORWARD) or lowered in _RESERVED or lowered == BUDGET_HEADER:
             raise ValueError(f"header {name!r} is the mesh's own and is never forwarded")
+        if lowered.encode() in never:
+            raise ValueError(f"header {name!r} carries credentials and is never forwarded")
         allowed[lowered.encode()] = lowered
     return allowed
 

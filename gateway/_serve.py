@@ -36,6 +36,9 @@ from natsmesh import Mesh
 
 ENV_NATS: Final = "NATS_URL"
 ENV_LIMITS: Final = "NATSMESH_GATEWAY_LIMITS"  # JSON of GatewayLimits fields, for workers
+# The auth file's path, for workers: each loads it (and its keys) itself, since keys
+# are not passed through the environment and key objects cannot be pickled over.
+ENV_AUTH: Final = "NATSMESH_GATEWAY_AUTH"
 KEEP_ALIVE: Final = 5.0
 
 
@@ -152,11 +155,13 @@ async def serve(
 
 def factory() -> Any:
     """The app of one ``--workers`` process: its own Mesh from ``NATS_URL``, owned by the app."""
-    from gateway import create_app
+    from gateway import GatewayAuth, create_app
 
     limits = GatewayLimits(**_limits_from_env())
+    auth_file = os.environ.get(ENV_AUTH)
+    auth = GatewayAuth.load(auth_file) if auth_file else None
     mesh = Mesh(os.environ.get(ENV_NATS), name=f"gateway-{os.getpid()}", kind="gateway")
-    app = create_app(mesh, limits=limits, owns_mesh=True)
+    app = create_app(mesh, limits=limits, owns_mesh=True, auth=auth)
     app.freeze_gc = True  # a worker process serves this one app
     return app
 
@@ -194,10 +199,16 @@ def run_workers(
     nats: str | None,
     limits: GatewayLimits,
     ready: Callable[[str], None],
+    auth_file: str | None = None,
 ) -> None:
-    """Run ``workers`` gateway processes on ``sock`` until SIGINT or SIGTERM (blocks)."""
+    """Run ``workers`` gateway processes on ``sock`` until SIGINT or SIGTERM (blocks).
+
+    ``auth_file`` is loaded by each worker (load it here first to fail fast).
+    """
     if nats:
         os.environ[ENV_NATS] = nats
+    if auth_file:
+        os.environ[ENV_AUTH] = os.path.abspath(auth_file)
     os.environ[ENV_LIMITS] = json.dumps(dataclasses.asdict(limits))
     cfg = config(
         "gateway._serve:factory",

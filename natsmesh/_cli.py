@@ -125,11 +125,13 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="the HTTP gateway's port (default: 8080, else any free port)",
     )
+    _auth_option(p)
 
     p = command("gateway", _gateway, "serve the HTTP gateway in front of the mesh (uvicorn)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
     p.add_argument("--port", type=_port, default=8080, help="port to listen on (8080; 0: any)")
     p.add_argument("--workers", type=_positive, default=1, help="worker processes (1)")
+    _auth_option(p)
     nats_option(p)
 
     p = command("serve", _serve_cmd, "run the @service classes named by MODULE:ATTR")
@@ -185,6 +187,15 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _auth_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--auth",
+        metavar="FILE",
+        help="the gateway's auth file (TOML: API keys, JWT verifiers, per-route rules);"
+        " every route is then closed unless a rule opens it",
+    )
+
+
 # -- argument types (argparse turns ValueError into a usage error, exit 2) ----------------
 
 
@@ -226,6 +237,7 @@ async def _up(args: argparse.Namespace) -> int:
     from gateway import GatewayLimits, create_app
     from gateway import serve as serve_gateway
 
+    auth = _gateway_auth(args.auth)
     sock = _gateway_socket("127.0.0.1", args.port)
     async with _maybe_embedded(url, args.nats_port) as nats, Controller(nats) as controller:
         if routes is not None:
@@ -235,7 +247,7 @@ async def _up(args: argparse.Namespace) -> int:
             anyio.create_task_group() as tg,
         ):
             limits = GatewayLimits()
-            app = create_app(mesh, limits=limits)
+            app = create_app(mesh, limits=limits, auth=auth)
 
             async def ready(runners: list[ServiceRunner]) -> None:
                 # The gateway last: its first look at the services finds them all.
@@ -252,6 +264,20 @@ async def _up(args: argparse.Namespace) -> int:
             await serve(services, nats=nats, ready=ready)
             tg.cancel_scope.cancel()
     return 0
+
+
+def _gateway_auth(path: str | None) -> Any:
+    """The gateway's auth (a ``GatewayAuth``) from ``--auth FILE``; None without one.
+
+    Loaded before anything listens: a bad file is one error (AuthConfigError, a
+    ValueError: every ``path: reason``) and a non-zero exit, never a gateway that
+    starts open.
+    """
+    if path is None:
+        return None
+    from gateway import GatewayAuth
+
+    return GatewayAuth.load(path)
 
 
 def _gateway_socket(host: str, port: int | None) -> socket.socket:
@@ -272,6 +298,7 @@ async def _gateway(args: argparse.Namespace) -> int:
 
     limits = GatewayLimits()
     url = server_of(args)
+    auth = _gateway_auth(args.auth)
     sock = _gateway_socket(args.host, args.port)
     if args.workers > 1:
 
@@ -279,7 +306,14 @@ async def _gateway(args: argparse.Namespace) -> int:
             print(f"natsmesh gateway: {http} | workers {args.workers} | Ctrl-C to stop", flush=True)
 
         # uvicorn's supervisor blocks and owns the signals: this process only supervises.
-        run_workers(sock=sock, workers=args.workers, nats=url, limits=limits, ready=announce)
+        run_workers(
+            sock=sock,
+            workers=args.workers,
+            nats=url,
+            limits=limits,
+            ready=announce,
+            auth_file=args.auth,
+        )
         return 0
     async with (
         Mesh(url, name="gateway", kind="gateway") as mesh,
@@ -287,7 +321,10 @@ async def _gateway(args: argparse.Namespace) -> int:
     ):
         http = await tg.start(
             functools.partial(
-                serve_gateway, create_app(mesh, limits=limits), limits=limits, freeze=True
+                serve_gateway,
+                create_app(mesh, limits=limits, auth=auth),
+                limits=limits,
+                freeze=True,
             ),
             sock,
         )

@@ -154,6 +154,7 @@ class Mesh:
         timeout: float | None = None,
         headers: Mapping[str, str] | None = None,
         context: Context | None = None,
+        caller: str | None = None,
     ) -> T: ...
 
     @overload
@@ -166,6 +167,7 @@ class Mesh:
         timeout: float | None = None,
         headers: Mapping[str, str] | None = None,
         context: Context | None = None,
+        caller: str | None = None,
     ) -> Any: ...
 
     async def call(
@@ -177,6 +179,7 @@ class Mesh:
         timeout: float | None = None,
         headers: Mapping[str, str] | None = None,
         context: Context | None = None,
+        caller: str | None = None,
     ) -> Any:
         """Call ``"service.endpoint"`` and return its reply.
 
@@ -187,11 +190,16 @@ class Mesh:
         included, capped by ``context``'s remaining budget for a nested call;
         without either, the service's route timeout, else the client's.
 
+        ``caller`` names who this call is made for in the ``Mesh-Caller`` header
+        (``ctx.caller`` in the service) instead of the client's ``name``: a front
+        door such as the HTTP gateway passes the identity it verified. It is
+        printable ASCII, 1 to 256 characters, else ValueError.
+
         Raises NoResponders, DeadlineExceeded, RemoteError (InvalidRequest,
         UnknownEndpoint, Overloaded), InvalidReply, or InvalidName for a bad target.
         """
-        caller = self._caller
-        if caller is None:
+        runner = self._caller
+        if runner is None:
             raise RuntimeError("use 'async with Mesh(...)' before calling")
         context = context or self._context
         route = self._routes.get(target) or self._convention(target)
@@ -210,6 +218,11 @@ class Mesh:
             None if context is None else context.remaining,
         )
         extra = _headers.check_user_headers(headers) if headers else {}
+        if caller is not None:
+            # After the check, which refuses Mesh-Caller among the user's headers, so only
+            # this keyword can name the caller; the call's headers are laid over the
+            # defaults (the client's name) when the request is sent.
+            extra[_headers.CALLER] = _check_caller(caller)
         traceparent = (
             context.trace.child().header() if context is not None else _headers.new_traceparent()
         )
@@ -238,7 +251,7 @@ class Mesh:
                 decode=decode,
             )
             try:
-                return await caller.run(call, policy, snapshot.registry)
+                return await runner.run(call, policy, snapshot.registry)
             except NoResponders:
                 # Perhaps a micro service outside the natsmesh convention: ask $SRV once.
                 rerouted = await self._reroute(target, route)
@@ -426,3 +439,23 @@ def _reason(exc: Exception) -> str:
         first = exc.errors(include_input=False, include_url=False)[0]
         return f"{'.'.join(str(p) for p in first['loc']) or 'value'}: {first['msg']}"
     return str(exc)
+
+
+MAX_CALLER: Final = 256
+
+
+def _check_caller(caller: str) -> str:
+    # Printable ASCII: nats-py writes header values as UTF-8 but may read them back
+    # through an email parser; CR/LF would end the header, spaces at the ends are
+    # stripped. The value itself is not shown: it may come from a token.
+    if (
+        not isinstance(caller, str)
+        or not 0 < len(caller) <= MAX_CALLER
+        or not (caller.isascii() and caller.isprintable())
+        or caller != caller.strip()
+    ):
+        raise ValueError(
+            f"caller must be printable ASCII, 1 to {MAX_CALLER} characters,"
+            " without spaces at either end"
+        )
+    return caller

@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import anyio
-import nats
 import nkeys
 import pytest
 import trustme
+from nats.aio.client import Client as NATS
 from nats.errors import Error as NatsError
 from services import Echo, Item
 
@@ -91,13 +91,18 @@ def _with(base: Credentials, **values: str) -> Credentials:
 
 async def _refused(url: str, credentials: Credentials) -> str:
     options = credentials.connect_options([url])
+    nc = NATS()
     try:
-        nc = await nats.connect(
-            servers=[url], max_reconnect_attempts=0, allow_reconnect=False, **options
-        )
+        await nc.connect(servers=[url], max_reconnect_attempts=0, allow_reconnect=False, **options)
     except (NatsError, OSError, ssl.SSLError) as refused:
         return str(refused)
-    await nc.close()
+    finally:
+        if nc.is_connected:
+            await nc.close()
+        elif nc._transport is not None:
+            # nats-py leaves a refused connection's transport open (and its close()
+            # would wait forever for a connection it never had): close it here.
+            nc._transport.close()
     pytest.fail(f"{credentials!r} connected")
 
 
