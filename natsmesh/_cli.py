@@ -24,6 +24,7 @@ import pydantic
 import pydantic_core
 
 from natsmesh import _micro
+from natsmesh._cli_auth import register as register_auth
 from natsmesh._cli_control import _table, add_commands
 from natsmesh._cli_nats import add_nats_options, apply_nats_options, server_of
 from natsmesh._client import Mesh
@@ -159,6 +160,7 @@ def _parser() -> argparse.ArgumentParser:
         nats_option(p)
 
     add_commands(command, nats_option)
+    register_auth(sub)
 
     p = command("nats", _nats, "run an embedded nats-server in the foreground")
     p.add_argument("--port", type=_port, default=4222)

@@ -457,6 +457,17 @@ def parse_routes(
 
     With ``format=None`` the text is JSON if it starts with ``{``, else TOML.
     """
+    return validate_routes(decode_document(data, format=format))
+
+
+def decode_document(
+    data: bytes | str, *, format: Literal["toml", "json"] | None = None
+) -> dict[str, Any]:
+    """Decode a config file's text (bounded in size and depth) to a dict; raise RouteConfigError.
+
+    Shared by every declarative file natsmesh reads (route configs, access policies),
+    so they fail the same way: one ``<file>`` problem saying why.
+    """
     if len(data) > MAX_CONFIG_BYTES or (
         isinstance(data, str) and len(data.encode("utf-8", "surrogatepass")) > MAX_CONFIG_BYTES
     ):
@@ -472,11 +483,21 @@ def parse_routes(
     decoded = _decode(text, fmt)
     if not isinstance(decoded, dict):
         _file_problem("the top level must be a JSON object")
-    return validate_routes(decoded)
+    return decoded
 
 
 def load_routes(path: str | Path) -> RouteConfig:
     """Read and validate a route config file (``.toml``, ``.json``, else detected)."""
+    return validate_routes(read_document(path))
+
+
+def read_document(
+    path: str | Path, *, format: Literal["toml", "json"] | None = None
+) -> dict[str, Any]:
+    """Read and decode a config file (``format``, else by suffix, else by its text).
+
+    Raises RouteConfigError with one ``<file>`` problem.
+    """
     path = Path(path)
     try:
         with path.open("rb") as file:
@@ -489,8 +510,8 @@ def load_routes(path: str | Path) -> RouteConfig:
         reason = f"cannot read {path}: {exc.strerror or type(exc).__name__}"
     else:
         suffix = path.suffix.lower()
-        fmt: Literal["toml", "json"] | None = (
+        fmt: Literal["toml", "json"] | None = format or (
             "toml" if suffix == ".toml" else "json" if suffix == ".json" else None
         )
-        return parse_routes(data, format=fmt)
+        return decode_document(data, format=fmt)
     _file_problem(reason)

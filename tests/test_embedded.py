@@ -205,27 +205,6 @@ def test_user_config_is_included_and_wins(tmp_path: Path) -> None:
     assert not (tmp_path / "nats.log").exists()  # readiness needs the log on our pipe
 
 
-def test_repo_nats_conf_validates() -> None:
-    done = subprocess.run(
-        [REAL_BINARY, "-c", str(ROOT / "nats.conf"), "-t"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr + done.stdout
-    assert "valid" in done.stderr + done.stdout
-
-
-def test_repo_nats_conf_runs_embedded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.chdir(tmp_path)  # its relative store_dir lands here
-    with EmbeddedNats(config_file=ROOT / "nats.conf") as server:
-        v = varz(server)
-        assert v["ping_interval"] == 1_000_000_000
-        assert v["ping_max"] == 2
-        assert v["max_payload"] == 1024 * 1024
-        assert (tmp_path / v["jetstream"]["config"]["store_dir"]).is_dir()
-
-
 @pytest.mark.anyio
 async def test_lame_duck_moves_clients_off() -> None:
     async with EmbeddedNats() as server:

@@ -23,6 +23,7 @@ PURE = [
     "_control",
     "_registry",
     "_describe",
+    "_policy_auth",
 ]
 IO_MODULES = {"nats", "anyio", "asyncio", "socket", "subprocess", "uvloop"}
 

@@ -1,0 +1,57 @@
+"""The ``natsmesh auth`` commands: compile a mesh access policy into NATS authorization.
+
+``natsmesh auth compile POLICY --out DIR [--rotate]`` writes ``DIR/auth.conf`` and
+each identity's credentials (see :mod:`natsmesh._auth_files`). A policy or an output
+directory that cannot be used is reported as ``path: reason`` lines, exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from natsmesh._auth_files import AUTH_CONF, CompileError, compile_policy
+from natsmesh._policy_auth import PolicyError
+
+__all__ = ["register"]
+
+
+def register(subparsers: Any) -> None:
+    """Add ``auth`` and its subcommands to the ``natsmesh`` parser's subparsers."""
+    auth = subparsers.add_parser(
+        "auth", help="mesh access policy: compile it to NATS authorization and credentials"
+    )
+    commands = auth.add_subparsers(required=True, metavar="ACTION")
+    p = commands.add_parser(
+        "compile",
+        help="write DIR/auth.conf and each identity's credentials",
+        description=(
+            "Compile POLICY (TOML) to DIR/auth.conf (include it from nats.conf) and, per "
+            "identity, DIR/<identity>.nk or .password and DIR/<identity>.env. Existing "
+            "seeds and passwords are kept unless --rotate."
+        ),
+    )
+    p.add_argument("policy", metavar="POLICY")
+    p.add_argument("--out", required=True, metavar="DIR", help="directory to write to")
+    p.add_argument(
+        "--rotate", action="store_true", help="make new seeds and passwords for every identity"
+    )
+    p.set_defaults(command=_compile)
+
+
+async def _compile(args: argparse.Namespace) -> int:
+    try:
+        compiled = compile_policy(args.policy, args.out, rotate=args.rotate)
+    except PolicyError as exc:
+        for problem in exc.problems:
+            print(f"natsmesh: {args.policy}: {problem.path}: {problem.reason}", file=sys.stderr)
+        return 2
+    except CompileError as exc:
+        print(f"natsmesh: {exc}", file=sys.stderr)
+        return 2
+    out = compiled.files[0].parent
+    print(f"wrote {out / AUTH_CONF}; credentials of {', '.join(compiled.identities)} in {out}")
+    if compiled.new_secrets:
+        print(f"new secrets: {', '.join(compiled.new_secrets)}")
+    return 0
