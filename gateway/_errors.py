@@ -12,6 +12,8 @@ condition                              status  kind
 =====================================  ======  ===========================================
 a path segment fails the allow-list    400     ``bad_path``
 body is not JSON / bad header value    400     ``malformed``
+no, or a bad, credential (auth on)     401     ``unauthorized`` (``WWW-Authenticate``)
+an identity the route does not allow   403     ``forbidden``
 no route (or no such service)          404     ``unknown_route``
 the service has no such endpoint       404     ``unknown_endpoint``
 the path exists for other methods      405     ``method_not_allowed`` (with ``Allow``)

@@ -67,7 +67,7 @@ def test_examples_and_the_gateway_use_only_the_public_api(package: str) -> None:
             assert not name.startswith("natsmesh._"), f"{path} imports {name}"
 
 
-GATEWAY_PURE = ["_paths", "_schemas", "_limits", "_docs"]
+GATEWAY_PURE = ["_paths", "_schemas", "_limits", "_docs", "_auth", "_auth_config"]
 
 
 @pytest.mark.parametrize("module", GATEWAY_PURE)
