@@ -127,11 +127,13 @@ def _unpacker(limits: Limits) -> Callable[..., Any]:
 
 
 def _decode_msgpack(data: bytes, limits: Limits) -> Any:
+    # The default limits skip even the cache's lookup: hashing Limits costs as much.
+    unpack = _DEFAULT_UNPACKER if limits is DEFAULT_LIMITS else _unpacker(limits)
     try:
         if len(data) < _COUNT_FROM_BYTES:
-            return _unpacker(limits)(data)
+            return unpack(data)
         counter = _Counter(limits.max_containers)
-        return _unpacker(limits)(data, object_hook=counter, list_hook=counter)
+        return unpack(data, object_hook=counter, list_hook=counter)
     except DecodeError:
         raise
     except msgpack.StackError:
@@ -197,6 +199,7 @@ def _reject_ext(code: int, data: bytes) -> Any:
     raise DecodeError(ErrorKind.MALFORMED, "msgpack extension types are not accepted")
 
 
+_DEFAULT_UNPACKER: Final = _unpacker(DEFAULT_LIMITS)
 _packer = msgpack.Packer(use_bin_type=True, autoreset=True)
 
 

@@ -34,12 +34,14 @@ class Deadlines(Generic[K]):
         self._tick = tick
         self._due: dict[K, float] = {}
         self._wake = anyio.Event()
+        self._waiting = False  # the sweeper waits for a first key: add() must wake it
 
     def __len__(self) -> int:
         return len(self._due)
 
     def add(self, key: K, deadline: float) -> None:
-        if not self._due:
+        if self._waiting:
+            self._waiting = False
             self._wake.set()
         self._due[key] = deadline
 
@@ -60,6 +62,7 @@ class Deadlines(Generic[K]):
         while True:
             if not self._due:
                 self._wake = anyio.Event()
+                self._waiting = True
                 await self._wake.wait()
             await anyio.sleep(self._tick)
             self.expire(time.monotonic())

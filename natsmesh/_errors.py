@@ -117,6 +117,16 @@ class NoResponders(CallError):
     """No instance listens on the subject: the server said so at once."""
 
 
+class PermissionDenied(MeshError):
+    """The NATS server refused this client's publish to ``subject``: its permissions
+    (the mesh access policy) do not allow the call. Reported at once, never retried.
+    """
+
+    def __init__(self, subject: str) -> None:
+        super().__init__(f"not permitted to publish to {subject}")
+        self.subject = subject
+
+
 class DeadlineExceeded(CallError, TimeoutError):
     """The call's time budget ran out before a reply arrived."""
 

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import logging
 import os
+import re
 import time
+import weakref
 from collections.abc import Mapping
 from typing import Final, Self
 
@@ -24,6 +25,7 @@ from nats.errors import TimeoutError as NatsTimeoutError
 
 from natsmesh._credentials import Credentials
 from natsmesh._deadlines import Deadlines
+from natsmesh._errors import PermissionDenied
 
 log = logging.getLogger("natsmesh")
 
@@ -103,28 +105,89 @@ async def request(
         raise NoReply from None
 
 
+_REFUSED: Final = re.compile(r'permissions violation for publish to "([^"]+)"')
+_listeners: weakref.WeakKeyDictionary[NATS, set[Requester]] = weakref.WeakKeyDictionary()
+
+
+def _refusals(nc: NATS) -> set[Requester]:
+    """The requesters to tell when the server refuses one of ``nc``'s publishes.
+
+    The first call wraps the connection's error callback, once: nats-py reports
+    a permissions violation there and nowhere else, and drops the message.
+    """
+    listeners = _listeners.get(nc)
+    if listeners is None:
+        listeners = _listeners[nc] = set()
+        previous = nc._error_cb
+
+        async def on_error(exc: Exception) -> None:
+            refused = _REFUSED.search(str(exc))
+            if refused is not None:
+                for requester in list(listeners):
+                    requester._refused(refused.group(1))
+            await previous(exc)
+
+        nc._error_cb = on_error
+    return listeners
+
+
 class Requester:
     """Request/reply multiplexed over one wildcard inbox subscription.
 
     The mesh's hot path. It does what ``nc.request()`` does with less work per
-    call: reply tokens come from a counter rather than ``os.urandom``, and
-    timeouts are swept by one task (see ``_deadlines``) instead of a timer and a
-    ``wait_for`` per request. Use as an async context manager.
+    call: reply tokens are drawn from a pool filled by one ``os.urandom`` per 256
+    requests, and timeouts are swept by one task (see ``_deadlines``) instead of a
+    timer and a ``wait_for`` per request. Tokens are random, not counted: a
+    service sees its callers' reply subjects, and with NATS any publisher may
+    name any reply subject, so a guessable token would let it forge the answer to
+    a caller's other pending requests.
+
+    A publish the server refuses (the mesh access policy) fails the requests
+    waiting on that subject at once with :class:`PermissionDenied`, where it would
+    otherwise wait out its timeout: nats-py reports the refusal only to the
+    connection's error callback, which the requester listens to.
+
+    Use as an async context manager (only :meth:`publish` works without entering it).
+
+    While the connection is plainly connected, a message is written as the very
+    protocol frame nats-py's ``publish()`` would write, straight into its outgoing
+    buffer: ``publish()`` spends more on a few headers (a regular expression and
+    four buffer copies per header) than the rest of a call does. Anything else
+    (reconnecting, draining, a subject, name or value that needs nats-py's own
+    checks or rewriting, a nats-py without that buffer) goes through ``publish()``.
     """
+
+    # nats-py's rules: a header name is a token, and a subject holds no whitespace
+    # (CR/LF would start a new protocol line).
+    _HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+    _BAD_SUBJECT = re.compile(r"\s")
+    _BUFFER = ("_pending", "_pending_data_size", "_max_pending_size", "_flush_queue", "_status")
+    _CHECKED = 4096  # subjects and header names remembered as checked
 
     def __init__(self, nc: NATS, *, tick: float = 0.005) -> None:
         self._nc = nc
         self._prefix = ""
         self._pending: dict[str, asyncio.Future[Msg]] = {}
-        self._counter = itertools.count(1)
+        self._subject_of: dict[str, str] = {}
+        self._tokens: list[str] = []
         self._sub: Subscription | None = None
         self._deadlines: Deadlines[str] = Deadlines(self._expire, tick=tick)
         self._stack = contextlib.AsyncExitStack()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._direct = all(hasattr(nc, a) for a in self._BUFFER)
+        self._subjects: set[str] = set()
+        self._names: set[str] = set()
 
     async def __aenter__(self) -> Self:
+        # Kept: on 3.11 every get_running_loop() is a getpid() system call.
+        self._loop = asyncio.get_running_loop()
         self._prefix = f"{self._nc.new_inbox()}."
+        if self._BAD_SUBJECT.search(self._prefix):
+            self._direct = False  # reply subjects are written unchecked below
         self._sub = await self._nc.subscribe(f"{self._prefix}*", cb=self._on_reply)
         await self._stack.enter_async_context(self._deadlines.running())
+        _refusals(self._nc).add(self)
+        self._stack.callback(_refusals(self._nc).discard, self)
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -145,20 +208,99 @@ class Requester:
         if future is not None and not future.done():
             future.set_exception(NoReply())
 
+    def _refused(self, subject: str) -> None:
+        # nats-py lower-cases the server's error line, subject included.
+        for token, target in list(self._subject_of.items()):
+            future = self._pending.get(token)
+            if target.lower() == subject and future is not None and not future.done():
+                future.set_exception(PermissionDenied(target))
+
+    def _token(self) -> str:
+        tokens = self._tokens
+        if not tokens:
+            entropy = os.urandom(8 * 256).hex()
+            tokens.extend(entropy[i : i + 16] for i in range(0, len(entropy), 16))
+        return tokens.pop()
+
     async def request(
         self, subject: str, payload: bytes, *, timeout: float, headers: dict[str, str] | None
     ) -> Msg:
         """Send one request; raises NoResponse or NoReply (up to one tick after ``timeout``)."""
-        token = str(next(self._counter))
-        future: asyncio.Future[Msg] = asyncio.get_running_loop().create_future()
+        loop = self._loop
+        if loop is None:
+            raise RuntimeError("use 'async with Requester(...)' before requesting")
+        token = self._token()
+        reply = self._prefix + token
+        future: asyncio.Future[Msg] = loop.create_future()
         self._pending[token] = future
+        self._subject_of[token] = subject
         self._deadlines.add(token, time.monotonic() + timeout)
         try:
-            await self._nc.publish(subject, payload, reply=self._prefix + token, headers=headers)
+            await self._send(subject, reply, payload, headers)
             msg = await future
         finally:
             self._pending.pop(token, None)
+            del self._subject_of[token]
             self._deadlines.discard(token)
         if msg.data or not msg.headers or msg.headers.get(STATUS) != NO_RESPONDERS:
             return msg
         raise NoResponse
+
+    async def publish(
+        self, subject: str, payload: bytes, headers: dict[str, str] | None = None
+    ) -> None:
+        """Publish one message (a reply, say), as ``nc.publish()`` does; raises what it raises."""
+        await self._send(subject, "", payload, headers)
+
+    async def _send(
+        self, subject: str, reply: str, payload: bytes, headers: dict[str, str] | None
+    ) -> None:
+        # ``reply`` is written unchecked: it is empty or one of ours (the prefix is checked).
+        nc = self._nc
+        frame = self._frame(subject, reply, payload, headers) if self._direct else None
+        if frame is None:
+            await nc.publish(subject, payload, reply=reply, headers=headers)
+            return
+        # What publish() does once it has its frame: count, queue, wake the flusher.
+        nc.stats["out_msgs"] += 1
+        nc.stats["out_bytes"] += len(payload)
+        nc._pending.append(frame)
+        nc._pending_data_size += len(frame)
+        if 0 < nc._max_pending_size < nc._pending_data_size:
+            await nc._flush_pending(force_flush=True)
+        if nc._flush_queue is not None and nc._flush_queue.empty():
+            await nc._flush_pending()
+
+    def _frame(
+        self, subject: str, reply: str, payload: bytes, headers: dict[str, str] | None
+    ) -> bytes | None:
+        """The PUB or HPUB frame ``publish()`` would write; None where only it may write."""
+        nc = self._nc
+        if nc._status != NATS.CONNECTED or len(payload) > nc.max_payload:
+            return None
+        if subject not in self._subjects:
+            if not subject or self._BAD_SUBJECT.search(subject):
+                return None
+            if len(self._subjects) < self._CHECKED:
+                self._subjects.add(subject)
+        if headers is None:  # an empty dict still makes an HPUB, as in publish()
+            return b"%s%s\r\n" % (f"PUB {subject} {reply} {len(payload)}\r\n".encode(), payload)
+        lines = ["NATS/1.0\r\n"]
+        for name, value in headers.items():
+            if name not in self._names:
+                if not self._HEADER_NAME.fullmatch(name):
+                    return None
+                if len(self._names) < self._CHECKED:
+                    self._names.add(name)
+            # publish() strips a value and turns CR/LF into spaces: such values go there.
+            if value.strip() != value or "\r" in value or "\n" in value:
+                return None
+            lines.append(f"{name}: {value}\r\n")
+        lines.append("\r\n")
+        head = "".join(lines).encode()
+        size = len(head)
+        return b"%s%s%s\r\n" % (
+            f"HPUB {subject} {reply} {size} {size + len(payload)}\r\n".encode(),
+            head,
+            payload,
+        )

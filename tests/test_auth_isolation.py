@@ -23,6 +23,7 @@ import nats
 import nkeys
 import pytest
 from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.errors import Error as NatsError
 from nats.errors import NoRespondersError
@@ -31,12 +32,12 @@ from test_controller import eventually
 from examples.shop.catalog import Catalog
 from examples.shop.orders import Orders
 from examples.shop.pricing import PricingV1, PricingV2
-from natsmesh import Mesh, ServiceRunner, UnknownEndpoint
+from natsmesh import Mesh, PermissionDenied, ServiceRunner, UnknownEndpoint
 from natsmesh._auth_files import AUTH_CONF, compile_policy
 from natsmesh._controller import Controller
 from natsmesh._credentials import Credentials
 from natsmesh._kv import Tables
-from natsmesh._transport import connect
+from natsmesh._transport import Requester, connect
 from natsmesh.testing import EmbeddedNats
 
 pytestmark = pytest.mark.anyio
@@ -366,6 +367,72 @@ async def test_a_request_to_an_unknown_service_fails_fast(secured: Secured) -> N
             with pytest.raises(NoRespondersError):
                 await gateway.nc.request(subject, b"", timeout=30)
         assert not [e for conn in c for e in conn.errors]
+
+
+async def test_a_call_outside_the_grants_fails_fast_with_permission_denied(
+    secured: Secured,
+) -> None:
+    """NATS drops a refused publish; the mesh client fails it at once, not at its timeout."""
+    async with (
+        connected(secured, "orders", "catalog") as (orders, catalog),
+        ServiceRunner(Catalog(), nats=catalog.nc),
+        Mesh(orders.nc) as mesh,
+    ):
+        assert (await mesh.call("catalog.get", {"id": 1}))["id"] == 1  # granted
+        for target in ("catalog.list", "pricing.nosuch", "nosuch.get"):
+            with pytest.raises(PermissionDenied) as denied:
+                await mesh.call(target, {}, timeout=60)
+            assert denied.value.subject.startswith("mesh.")
+        # The connection and its other calls are unharmed.
+        assert (await mesh.call("catalog.get", {"id": 2}))["id"] == 2
+
+
+async def test_a_caller_cannot_aim_forged_replies_at_another_callers_requests(
+    secured: Secured,
+) -> None:
+    """NATS lets a requester name any reply subject, and a responder answers there.
+
+    pricing (the attacker) learns orders' reply subject from a request orders sent
+    it, then asks catalog (a bystander) to answer into orders' inbox under guessed
+    tokens. Were reply tokens guessable, orders would take catalog's answer as
+    pricing's. They are 64 random bits.
+    """
+    async with connected(secured, "orders", "catalog", "pricing") as (orders, catalog, pricing):
+        answered: list[str] = []
+
+        async def answer(msg: Msg) -> None:
+            answered.append(msg.reply)
+            await catalog.nc.publish(msg.reply, b"forged")
+
+        await catalog.nc.subscribe("mesh.catalog.get", queue="catalog", cb=answer)
+        quotes = await pricing.nc.subscribe("mesh.pricing.quote", queue="pricing")
+        await catalog.nc.flush()
+        await pricing.nc.flush()
+        outcome: list[object] = []
+
+        async def quote(requester: Requester) -> None:
+            outcome.append(
+                await requester.request("mesh.pricing.quote", b"", timeout=60, headers=None)
+            )
+
+        async with Requester(orders.nc) as requester, anyio.create_task_group() as tg:
+            tg.start_soon(quote, requester)
+            seen = (await quotes.next_msg(timeout=5)).reply
+            prefix, _, token = seen.rpartition(".")
+            # The tokens a counter would have used, and the seen token's neighbours.
+            guesses = {str(n) for n in range(100)}
+            guesses |= {format(int(token, 16) + d, "x") for d in (-2, -1, 1, 2)}
+            for guess in guesses:
+                await pricing.nc.publish("mesh.catalog.get", b"", reply=f"{prefix}.{guess}")
+            await pricing.nc.flush()
+            await eventually(lambda: len(answered) == len(guesses))
+            await catalog.nc.flush()
+            await orders.nc.flush()  # the forged answers have reached orders by now
+            assert outcome == []  # none was taken for pricing's answer
+            await pricing.nc.publish(seen, b"the real quote")
+            await eventually(lambda: outcome)
+        assert [m.data for m in outcome] == [b"the real quote"]  # type: ignore[attr-defined]
+        assert len(token) == 16
 
 
 # -- authentication ----------------------------------------------------------------------

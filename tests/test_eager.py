@@ -1,0 +1,137 @@
+"""natsmesh._eager: a coroutine's first step runs at once; only one that waits gets a task."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+from typing import Any
+
+import anyio
+import anyio.to_thread
+import pytest
+
+from natsmesh._eager import start
+
+pytestmark = pytest.mark.anyio
+
+seen: contextvars.ContextVar[str] = contextvars.ContextVar("seen", default="unset")
+
+
+async def test_a_coroutine_that_never_waits_needs_no_task() -> None:
+    loop = asyncio.get_running_loop()
+    caller = asyncio.current_task()
+    tasks = len(asyncio.all_tasks())
+    steps: list[object] = []
+
+    async def quick() -> None:
+        seen.set("quick")  # in a context of its own, as a task's would be
+        steps.append(asyncio.current_task())
+
+    assert start(quick(), loop) is None
+    assert len(steps) == 1  # done before start() returned
+    assert steps[0] is not caller
+    assert asyncio.current_task() is caller
+    assert len(asyncio.all_tasks()) == tasks
+    assert seen.get() == "unset"
+
+
+async def test_a_coroutine_that_waits_continues_in_the_task_it_started_in() -> None:
+    loop = asyncio.get_running_loop()
+    tasks: list[object] = []
+
+    async def waits() -> str:
+        seen.set("waits")
+        tasks.append(asyncio.current_task())
+        await asyncio.sleep(0.001)
+        tasks.append(asyncio.current_task())
+        await asyncio.sleep(0)  # a bare yield
+        return seen.get()
+
+    task = start(waits(), loop)
+    assert task is not None
+    assert len(tasks) == 1  # the first step ran inside start()
+    assert await task == "waits"
+    assert tasks == [task, task]
+    assert "Task" in repr(task)
+
+
+async def test_scopes_entered_before_the_first_wait_are_left_after_it() -> None:
+    loop = asyncio.get_running_loop()
+    out: list[Any] = []
+
+    async def scoped() -> None:
+        with anyio.move_on_after(0.01) as scope:
+            await anyio.sleep(5)
+        out.append(scope.cancelled_caught)
+        async with asyncio.timeout(5):
+            await asyncio.sleep(0)
+        out.append(await anyio.to_thread.run_sync(lambda: 42))
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(anyio.sleep, 0)
+        out.append(anyio.get_current_task().name is not None)
+
+    task = start(scoped(), loop)
+    assert task is not None
+    with anyio.fail_after(5):
+        await task
+    assert out == [True, 42, True]
+
+
+async def test_a_scope_cancelled_within_the_first_step() -> None:
+    loop = asyncio.get_running_loop()
+
+    async def cancels_itself() -> bool:
+        with anyio.CancelScope() as scope:
+            scope.cancel()
+            await anyio.sleep(5)
+        return scope.cancelled_caught
+
+    task = start(cancels_itself(), loop)
+    assert task is not None
+    with anyio.fail_after(5):
+        assert await task is True
+
+
+async def test_an_exception_in_the_first_step_reaches_the_caller() -> None:
+    async def fails() -> None:
+        raise ValueError("boom")
+
+    with pytest.raises(ValueError, match="boom"):
+        start(fails(), asyncio.get_running_loop())
+
+
+async def test_a_task_cancelled_before_its_first_step_is_cancelled_where_it_waits() -> None:
+    loop = asyncio.get_running_loop()
+    cleaned = anyio.Event()
+
+    async def waits() -> None:
+        try:
+            await asyncio.sleep(5)
+        finally:
+            cleaned.set()
+
+    task = start(waits(), loop)
+    assert task is not None
+    task.cancel()  # before the task has run at all
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert task.cancelled()
+    assert cleaned.is_set()
+
+
+async def test_a_task_cancelled_while_it_waits() -> None:
+    loop = asyncio.get_running_loop()
+
+    async def waits() -> str:
+        try:
+            await asyncio.sleep(5)
+        except asyncio.CancelledError:
+            asyncio.current_task().uncancel()  # type: ignore[union-attr]
+            return "cancelled"
+        return "slept"
+
+    task = start(waits(), loop)
+    assert task is not None
+    await asyncio.sleep(0.01)
+    task.cancel()
+    assert await task == "cancelled"
