@@ -11,12 +11,16 @@ A child process serves, on one connection to the same nats-server:
 - ``bare``: a subscriber that echoes bytes, called with ``nc.request()`` and no
   model at all: the floor of nats-py request/reply, reported for reference.
 
-The caller measures each at every concurrency in alternating rounds, so drift on
-a shared machine hits all alike, and reports rps, p50, p99 and mesh/raw ratios.
+The caller measures each at every concurrency in alternating rounds (raw and
+mesh swap places every round), so drift on a shared machine hits all alike. It
+reports rps, p50 and p99 over all rounds, and each mesh/raw ratio as the median
+of the rounds' own ratios: a burst of load from a neighbour spoils one round's
+pair, not the figure.
 """
 
 from __future__ import annotations
 
+import statistics
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -115,7 +119,7 @@ def _figures(concurrency: int, runs: list[tuple[int, float, list[float]]]) -> Fi
 
 
 async def run_bench(
-    url: str, *, concurrencies: tuple[int, ...] = (1, 128), seconds: float = 2.0, rounds: int = 3
+    url: str, *, concurrencies: tuple[int, ...] = (1, 128), seconds: float = 2.0, rounds: int = 7
 ) -> dict[str, Any]:
     """Run the benchmark against the server at ``url``; returns the figures as a dict."""
     async with await anyio.open_process(
@@ -164,19 +168,22 @@ async def _compare(
             await _measure(warm, 16, 0.3)
         for c in concurrencies:
             runs: dict[str, list[tuple[int, float, list[float]]]] = {k: [] for k in KINDS}
-            for _ in range(rounds):
-                for kind, call in calls.items():
-                    runs[kind].append(await _measure(call, c, seconds / rounds))
-            figures = {kind: _figures(c, runs[kind]) for kind in KINDS}
+            for i in range(rounds):
+                order = KINDS if i % 2 == 0 else ("mesh", "raw", "bare")
+                for kind in order:
+                    runs[kind].append(await _measure(calls[kind], c, seconds / rounds))
             for kind in KINDS:
-                results[kind].append(asdict(figures[kind]))
-            r, m = figures["raw"], figures["mesh"]
+                results[kind].append(asdict(_figures(c, runs[kind])))
+            pairs = [
+                (_figures(c, [r]), _figures(c, [m]))
+                for r, m in zip(runs["raw"], runs["mesh"], strict=True)
+            ]
             results["ratio"].append(
                 {
                     "concurrency": c,
-                    "throughput": m.rps / r.rps,
-                    "p50": m.p50_ms / r.p50_ms,
-                    "p99": m.p99_ms / r.p99_ms,
+                    "throughput": statistics.median(m.rps / r.rps for r, m in pairs),
+                    "p50": statistics.median(m.p50_ms / r.p50_ms for r, m in pairs),
+                    "p99": statistics.median(m.p99_ms / r.p99_ms for r, m in pairs),
                 }
             )
     return results
