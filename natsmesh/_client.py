@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import os
 import random
 import time
 from collections.abc import Mapping
@@ -38,7 +39,7 @@ from natsmesh._routes import HttpRoute, ServicePolicy
 from natsmesh._subjects import Subjects, parse_target, validate_name, validate_token
 from natsmesh._tables import Snapshot, TableCache
 from natsmesh._traffic import DEFAULT_POLICY
-from natsmesh._transport import NATS, Msg, Requester, connect
+from natsmesh._transport import NATS, Msg, Requester, connect, server_cluster
 
 if TYPE_CHECKING:
     from natsmesh._context import Context
@@ -62,6 +63,10 @@ class Mesh:
     With ``tables`` (the default) the client loads the control plane's tables
     of each service it calls, on the first call, and keeps them current; without
     a controller it works the same, by convention.
+
+    ``zone`` is where this client runs (default ``NATSMESH_ZONE``, else its NATS
+    server's cluster name): p2c and hash prefer instances in it, then the route's
+    ``zones`` in order, then any other.
     """
 
     def __init__(
@@ -75,6 +80,7 @@ class Mesh:
         limits: Limits = _codec.DEFAULT_LIMITS,
         tables: bool = True,
         kind: Literal["client", "gateway", "service"] = "client",
+        zone: str | None = None,
     ) -> None:
         if timeout <= 0:
             raise ValueError("timeout must be positive")
@@ -93,6 +99,9 @@ class Mesh:
         self._context: Context | None = None
         self._use_tables = tables
         self._kind = kind
+        # Instances in this zone are preferred (p2c, hash); default: NATSMESH_ZONE, else
+        # the NATS cluster name of the server this client is connected to.
+        self.zone = zone if zone is not None else os.environ.get("NATSMESH_ZONE")
         self._tables: TableCache | None = None
 
     async def __aenter__(self) -> Self:
@@ -105,6 +114,7 @@ class Mesh:
         self._caller = Caller(
             self._nc, self._requester, self._subjects, name=self.name, rng=self._rng
         )
+        self._caller.zone = self.zone if self.zone is not None else server_cluster(self._nc)
         if self._use_tables:
             cache = TableCache(
                 self._nc, client_name=self.name, kind=self._kind, prefix=self._subjects.prefix
@@ -223,9 +233,9 @@ class Mesh:
             # this keyword can name the caller; the call's headers are laid over the
             # defaults (the client's name) when the request is sent.
             extra[_headers.CALLER] = _check_caller(caller)
-        traceparent = (
-            context.trace.child().header() if context is not None else _headers.new_traceparent()
-        )
+        # A call outside any trace sends no traceparent: the callee starts the trace
+        # (see _headers), and a sampled traceparent costs nats-server a header parse.
+        traceparent = context.trace.child().header() if context is not None else None
         upstream_retries = context is not None and context.headers.get(_headers.RETRYING) == "1"
 
         def decode(route: Route, msg: Msg) -> Any:

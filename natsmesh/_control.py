@@ -11,6 +11,8 @@ subject or key                    carries
 ``<prefix>._ctl.heartbeat.<svc>`` :class:`Heartbeat`, every interval (small)
 ``<prefix>._ctl.leave.<svc>``     :class:`Leave`, on a graceful stop
 ``<prefix>._ctl.status``          :class:`StatusReport`, from every client on a change
+``<prefix>._ctl.outlier.<svc>``   :class:`OutlierReport`, from a caller in queue mode
+``<prefix>._ctl.eject.<svc>.<id>`` :class:`EjectCommand`, controller to one instance
 ``<prefix>._ctl.routes.apply``    request: a route file; reply: :class:`ApplyReply`
 ``<prefix>._ctl.routes.show``     request; reply: the tables as JSON
 ``<prefix>._ctl.status.show``     request; reply: :class:`StatusView`
@@ -58,6 +60,11 @@ def control_subject(prefix: str, name: str) -> str:
 def instance_subject(prefix: str, kind: str, service: str) -> str:
     """Where one service's instances announce, heartbeat (``kind``) and leave."""
     return f"{prefix}._ctl.{kind}.{service}"
+
+
+def eject_subject(prefix: str, service: str, instance: str) -> str:
+    """Where the controller tells one instance to leave its queue groups for a while."""
+    return f"{prefix}._ctl.eject.{service}.{instance}"
 
 
 def subject_service(subject: str) -> str:
@@ -108,6 +115,36 @@ class Heartbeat(_Wire):
 class Leave(_Wire):
     service: str
     id: str
+
+    _service = field_validator("service")(lambda v: validate_token("service", v))
+    _id = field_validator("id")(lambda v: validate_token("instance id", v))
+
+
+class OutlierReport(_Wire):
+    """A caller's evidence that one instance, reached through a queue group, fails.
+
+    The instance is named by its own error replies; ``failures`` of the ``calls``
+    the caller made to the service within ``window`` seconds came from it.
+    """
+
+    service: str
+    instance: str
+    caller: str = Field(min_length=1, max_length=256)
+    failures: int = Field(ge=1, le=10_000_000)
+    calls: int = Field(ge=0, le=10_000_000)
+    window: float = Field(gt=0, le=3600)
+
+    _service = field_validator("service")(lambda v: validate_token("service", v))
+    _instance = field_validator("instance")(lambda v: validate_token("instance id", v))
+
+
+class EjectCommand(_Wire):
+    """The controller to one instance: leave your queue groups for ``seconds``."""
+
+    service: str
+    id: str
+    seconds: float = Field(gt=0, le=3600)
+    ejection: int = Field(default=1, ge=1, le=1_000_000)  # the instance's how-manieth
 
     _service = field_validator("service")(lambda v: validate_token("service", v))
     _id = field_validator("id")(lambda v: validate_token("instance id", v))

@@ -12,6 +12,10 @@ Loops, each a task owned by the controller:
 - write: every few milliseconds, rewrite the registry keys of services that changed;
 - expire: drop instances whose heartbeats stopped;
 - scan: ``$SRV.INFO`` scatter-gather, so micro services in other languages join.
+
+The leader also hears queue-mode outlier reports from callers and, once enough
+callers agree, tells an instance to leave its queue groups for a while (see
+``_ejector`` for the quorum and the cap).
 """
 
 from __future__ import annotations
@@ -37,17 +41,20 @@ from natsmesh._control import (
     HttpTable,
     Lease,
     Leave,
+    OutlierReport,
     RegistryTable,
     RouteTable,
     StatusReport,
     StatusRow,
     StatusView,
     control_subject,
+    eject_subject,
     instance_subject,
     registry_key,
     routes_key,
     subject_service,
 )
+from natsmesh._ejector import Ejector
 from natsmesh._kv import Conflict, Entry, Tables, Unavailable
 from natsmesh._registry import Registry
 from natsmesh._subjects import default_subset
@@ -80,6 +87,7 @@ class Controller:
         self._status_ttl = status_ttl
         self._replicas = replicas
         self.registry = Registry(expiry=expiry, foreign_expiry=2.5 * scan_interval)
+        self.ejector = Ejector()
         self._nc: NATS | None = None
         self._owns_nc = False
         self._tables: Tables | None = None
@@ -109,6 +117,7 @@ class Controller:
                 (instance_subject(self._prefix, "announce", "*"), self._on_announce),
                 (instance_subject(self._prefix, "heartbeat", "*"), self._on_heartbeat),
                 (instance_subject(self._prefix, "leave", "*"), self._on_leave),
+                (instance_subject(self._prefix, "outlier", "*"), self._on_outlier),
                 (control_subject(self._prefix, "status"), self._on_status),
             ):
                 await self._nc.subscribe(subject, cb=handler)
@@ -162,9 +171,9 @@ class Controller:
             self._log_once(msg.subject, f"{where}: {first['msg']}")
             return None
         service = getattr(message, "service", None)
-        if isinstance(message, Announcement | Heartbeat | Leave) and service != subject_service(
-            msg.subject
-        ):
+        if isinstance(
+            message, Announcement | Heartbeat | Leave | OutlierReport
+        ) and service != subject_service(msg.subject):
             # Permissions bind a service's identity to its subjects, not to the body.
             self._log_once(msg.subject, f"speaks for another service ({service})")
             return None
@@ -207,6 +216,40 @@ class Controller:
         leave = self._parse(Leave, msg)
         if leave is not None:
             self._dirty |= self.registry.leave(leave)
+
+    async def _on_outlier(self, msg: Msg) -> None:
+        report = self._parse(OutlierReport, msg)
+        if report is None:
+            return
+        if not self.is_leader:
+            self.ejector.counters.ignored += 1  # the leader alone decides, so none twice
+            return
+        from natsmesh._routes import Outlier, ServicePolicy
+
+        policy = Outlier()
+        entry = self._entries.get(routes_key(report.service))
+        if entry is not None and entry.value is not None:
+            with contextlib.suppress(pydantic.ValidationError):
+                table = RouteTable.model_validate_json(entry.value)
+                policy = ServicePolicy.model_validate(table.policy).outlier
+        members = self.registry.instances(report.service)
+        population = [m.id for m in members if m.mesh]
+        self.ejector.forget(report.service, population)
+        command = self.ejector.report(
+            report, time.monotonic(), population=population, policy=policy
+        )
+        if command is None:
+            return
+        assert self._nc is not None
+        log.warning(
+            "%s/%s: reported by callers, out of its queue groups for %.1f s",
+            command.service,
+            command.id,
+            command.seconds,
+        )
+        self._dirty |= self.registry.mark_unhealthy(command.service, command.id)
+        subject = eject_subject(self._prefix, command.service, command.id)
+        await self._nc.publish(subject, command.model_dump_json().encode())
 
     async def _on_status(self, msg: Msg) -> None:
         report = self._parse(StatusReport, msg)

@@ -7,7 +7,7 @@ plane's announcement, from one :class:`Instance` and the live
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -103,8 +103,13 @@ def info(instance: Instance, endpoints: Sequence[EndpointState]) -> _micro.Info:
 
 
 def stats(
-    instance: Instance, endpoints: Sequence[EndpointState], *, in_flight: int
+    instance: Instance,
+    endpoints: Sequence[EndpointState],
+    *,
+    in_flight: int,
+    queue: Mapping[str, int] | None = None,
 ) -> _micro.Stats:
+    """ADR-32 STATS; ``queue``: the instance's queue-group ejection counters, per endpoint."""
     queue_group = instance.subjects.queue_group(instance.spec.name)
     return _micro.Stats(
         **_identity(instance),
@@ -126,6 +131,7 @@ def stats(
                     "shed_overloaded": ep.shed,
                     "retries_received": ep.retried,
                     "in_flight": in_flight,
+                    **(queue or {}),
                 },
             )
             for ep in endpoints

@@ -4,6 +4,16 @@ Request headers: the remaining time budget in whole milliseconds (relative, so
 clocks need not agree; each hop measures from when it received the request),
 the W3C ``traceparent``, the attempt number and the caller's identity. Error
 replies carry the NATS micro headers plus ``Mesh-Error-Kind``.
+
+A header that would carry its default is not sent (every header costs a parse in
+the callee, and in nats-server for ``traceparent``):
+
+- no ``Mesh-Attempt``: the first attempt (1);
+- no ``traceparent``: the call continues no trace, and the callee starts one, as
+  W3C Trace Context asks of a request without one (a nested call, or the gateway
+  given a client's ``traceparent``, always sends it);
+- no ``Mesh-Budget-Ms`` (a request from outside the mesh): the service's default budget;
+- no ``Mesh-Retrying``: no upstream hop retries this request.
 """
 
 from __future__ import annotations
@@ -21,6 +31,9 @@ TRACEPARENT: Final = "traceparent"
 ERROR: Final = "Nats-Service-Error"
 ERROR_CODE: Final = "Nats-Service-Error-Code"
 ERROR_KIND: Final = "Mesh-Error-Kind"
+# On error replies only (successes stay lean): which instance answered, so a caller
+# in queue mode can report an outlier it did not choose.
+INSTANCE: Final = "Mesh-Instance"
 STATUS: Final = "Status"  # set by the server on "no responders" (503)
 # Set by a caller that retries: the callee's own calls then do not retry, so
 # retries do not multiply hop by hop down a call chain.
@@ -38,6 +51,7 @@ RESERVED: Final = frozenset(
         ERROR,
         ERROR_CODE,
         ERROR_KIND,
+        INSTANCE,
         STATUS,
         "Content-Type",  # the mesh picks the codec; a caller's label could contradict the body
     )
@@ -98,11 +112,6 @@ def parse_traceparent(value: str | None) -> Trace | None:
 
 def new_trace() -> Trace:
     return Trace(f"{random.getrandbits(128):032x}", _span_id())
-
-
-def new_traceparent() -> str:
-    """A ``traceparent`` header value that starts a new trace (sampled)."""
-    return f"00-{random.getrandbits(128) or 1:032x}-{random.getrandbits(64) or 1:016x}-01"
 
 
 def _span_id() -> str:

@@ -29,12 +29,17 @@ only decides who may do what. What each kind gets, and why:
   only inside its own queue groups (``mesh.<svc>.* <svc>``,
   ``mesh.<svc>.*.* <svc>.*``), plus its instance subjects and its own ``$SRV``
   subjects; it replies through ``allow_responses`` (one reply per request it
-  received); it may announce, heartbeat and leave under its own name only;
+  received); it may announce, heartbeat and leave under its own name only, and
+  hears eject commands (``_ctl.eject.<svc>.<id>``) for its own instances only;
+- a caller listing ``calls`` may report queue-mode outliers of exactly those
+  services (``_ctl.outlier.<svc>``); a ``*`` caller reports none (the control
+  plane deny below covers it), and its calls rely on retries and hedging;
 - the gateway publishes requests (and ``$SRV`` discovery) and nothing on the
   control plane but its status reports;
 - the controller alone may use the JetStream API (it creates and writes the
-  ``natsmesh`` KV bucket); it hears announcements, heartbeats, leaves and
-  status reports, and answers the operators' control requests;
+  ``natsmesh`` KV bucket); it hears announcements, heartbeats, leaves, outlier
+  reports and status reports, answers the operators' control requests, and is
+  the only one that may publish eject commands (``_ctl.eject.>``);
 - operators may show routes and status; an ``admin`` may also apply routes;
 - every reader of the tables gets the few JetStream subjects a KV get and an
   ordered watch of the ``natsmesh`` bucket need (:data:`KV_READ`), no ``$JS.>``.
@@ -63,7 +68,7 @@ from pydantic import (
     model_validator,
 )
 
-from natsmesh._control import BUCKET, control_subject, instance_subject
+from natsmesh._control import BUCKET, control_subject, eject_subject, instance_subject
 from natsmesh._errors import InvalidName
 from natsmesh._routes import (
     Loc,
@@ -278,6 +283,12 @@ def _calls(subjects: Subjects, calls: Iterable[str]) -> list[str]:
     return grants
 
 
+def _reports(prefix: str, calls: Iterable[str]) -> list[str]:
+    """Outlier report grants: one per service called by name (never for ``*``)."""
+    services = dict.fromkeys(c.partition(".")[0] for c in calls if c != ANY)
+    return [instance_subject(prefix, "outlier", service) for service in services]
+
+
 def _srv_requests() -> list[str]:
     """Discovery requests to any service: ``$SRV.<verb>[.<name>[.<id>]]``."""
     return [s for verb in _SRV_VERBS for s in srv_subjects(verb, _WILDCARD, _WILDCARD)]
@@ -307,6 +318,7 @@ def _service(prefix: str, identity: Identity) -> Permissions:
         publish=_unique(
             [
                 *_calls(subjects, identity.calls),
+                *_reports(prefix, identity.calls),
                 *_srv_requests(),
                 *own,
                 control_subject(prefix, "status"),
@@ -322,6 +334,7 @@ def _service(prefix: str, identity: Identity) -> Permissions:
                 f"{Subjects.queue_group(name, _WILDCARD)}",
                 subjects.instance(name, _WILDCARD, _WILDCARD),
                 *_srv_own(name),
+                eject_subject(prefix, name, _WILDCARD),
                 f"{inbox_prefix(identity.name)}.>",
             ]
         ),
@@ -330,11 +343,17 @@ def _service(prefix: str, identity: Identity) -> Permissions:
 
 
 def _controller(prefix: str, identity: Identity) -> Permissions:
-    hears = [instance_subject(prefix, kind, _WILDCARD) for kind in _INSTANCE_MESSAGES]
+    hears = [instance_subject(prefix, kind, _WILDCARD) for kind in (*_INSTANCE_MESSAGES, "outlier")]
     answers = ("routes.apply", "routes.show", "status.show")
     return Permissions(
         publish=_unique(
-            ["$JS.API.>", f"$KV.{BUCKET}.>", f"$JS.FC.{_KV_STREAM}.>", *_srv_requests()]
+            [
+                "$JS.API.>",
+                f"$KV.{BUCKET}.>",
+                f"$JS.FC.{_KV_STREAM}.>",
+                *_srv_requests(),
+                control_subject(prefix, "eject.>"),
+            ]
         ),
         subscribe=_unique(
             [
@@ -361,9 +380,17 @@ def _caller(prefix: str, identity: Identity) -> Permissions:
         # announce.<svc>, ...): deny them, as deny wins over any allow in nats-server.
         deny = [control_subject(prefix, "*.*"), control_subject(prefix, "*.*.*")]
     calls = _calls(Subjects(prefix), identity.calls)
+    reports = _reports(prefix, identity.calls)
     return Permissions(
         publish=_unique(
-            [*calls, *_srv_requests(), control_subject(prefix, "status"), *control, *KV_READ]
+            [
+                *calls,
+                *reports,
+                *_srv_requests(),
+                control_subject(prefix, "status"),
+                *control,
+                *KV_READ,
+            ]
         ),
         subscribe=(f"{inbox_prefix(identity.name)}.>",),
         publish_deny=tuple(deny),

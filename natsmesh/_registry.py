@@ -78,6 +78,17 @@ class Registry:
     def services(self) -> list[str]:
         return sorted(self._services)
 
+    def instances(self, service: str) -> list[Announcement]:
+        return [m.announcement for m in self._services.get(service, {}).values()]
+
+    def mark_unhealthy(self, service: str, instance_id: str) -> set[str]:
+        """Record at once what the instance's next heartbeat will say (an ejection)."""
+        member = self._services.get(service, {}).get(instance_id)
+        if member is None or not member.announcement.healthy:
+            return set()
+        member.announcement = member.announcement.model_copy(update={"healthy": False})
+        return {service}
+
     def instance_count(self) -> int:
         return sum(len(m) for m in self._services.values())
 

@@ -5,6 +5,8 @@
   is not hit by a retry storm.
 - :class:`Outliers`: consecutive failures eject an instance for a period that
   grows with each ejection, never more than a share of the instances at once.
+- :class:`QueueOutliers`: in queue mode, instances that fail far more than their
+  share of recent calls, to report to the controller;
 - :class:`LatencyWindow`: recent latencies of an endpoint, for a hedge delay at
   a percentile.
 
@@ -41,6 +43,11 @@ class Budget:
         for times in (self._requests, self._spent):
             while times and times[0] < cutoff:
                 times.popleft()
+
+    def recent(self, now: float) -> int:
+        """Requests counted in the last ``window`` seconds."""
+        self._trim(now)
+        return len(self._requests)
 
     def try_spend(self, now: float) -> bool:
         """Take one extra send from the budget; False (and counted) when it is empty."""
@@ -93,6 +100,10 @@ class Outliers:
         self.ejected_total += 1
         return True
 
+    def ejected(self, instance: str, now: float) -> bool:
+        health = self._health.get(instance)
+        return health is not None and health.until > now
+
     def available(self, candidates: list[str], now: float) -> list[str]:
         """The candidates not ejected; all of them if every one is (better than none)."""
         if not self._health:
@@ -104,6 +115,65 @@ class Outliers:
         """Drop the state of instances that left the registry."""
         for instance in [i for i in self._health if i not in keep]:
             del self._health[instance]
+
+
+class QueueOutliers:
+    """Which instances reached through a queue group fail far beyond their share.
+
+    In queue mode NATS picks the instance, and only error replies name it (a
+    success carries no instance id, to keep that path lean), so "consecutive
+    failures" cannot be counted: an instance failing 1 % of its calls would
+    collect any number of failures in a row, seen from here. Instead an instance
+    is an outlier when, within ``window`` seconds, it failed at least
+    ``min_failures`` times *and* at least ``share`` of the calls it would get
+    with an even split (``calls / population``). Timeouts name no instance and
+    count for none. Each outlier is reported at most once per ``interval``.
+    """
+
+    def __init__(
+        self, *, min_failures: int, window: float = 10.0, share: float = 0.5, interval: float = 1.0
+    ) -> None:
+        self.min_failures = min_failures
+        self.window = window
+        self.share = share
+        self.interval = interval
+        self._failures: dict[str, collections.deque[float]] = {}
+        self._reported: dict[str, float] = {}
+
+    def failure(self, instance: str, now: float, *, calls: int, population: int) -> bool:
+        """Count a failure of ``instance``; True when it should be reported now.
+
+        ``calls`` is the number of calls to the service in the last ``window``
+        seconds, ``population`` the number of instances that share them.
+        """
+        if instance not in self._failures and len(self._failures) >= 1024:
+            self._forget_quiet(now)
+            if len(self._failures) >= 1024:
+                return False  # ids come from replies: bounded, whatever a service sends
+        times = self._failures.setdefault(instance, collections.deque())
+        times.append(now)
+        cutoff = now - self.window
+        while times and times[0] < cutoff:
+            times.popleft()
+        failed = len(times)
+        if failed < self.min_failures:
+            return False
+        if failed * max(population, 1) < self.share * calls:
+            return False
+        if now - self._reported.get(instance, -math.inf) < self.interval:
+            return False
+        self._reported[instance] = now
+        return True
+
+    def recent(self, instance: str) -> int:
+        """Failures of ``instance`` counted in its window, as of its last failure."""
+        return len(self._failures.get(instance, ()))
+
+    def _forget_quiet(self, now: float) -> None:
+        cutoff = now - self.window
+        for instance in [i for i, t in self._failures.items() if not t or t[-1] < cutoff]:
+            del self._failures[instance]
+            self._reported.pop(instance, None)
 
 
 class LatencyWindow:

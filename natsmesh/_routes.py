@@ -49,6 +49,10 @@ _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _LITERAL_SEGMENT = re.compile(r"[A-Za-z0-9_-]+")
 _PARAM_SEGMENT = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _BARE_LOC = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
+# A zone is a NATS cluster name (or NATSMESH_ZONE): never a subject token, so a
+# little wider than a service name, but no spaces, wildcards or control characters.
+_ZONE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")
+MAX_ZONES: Final = 32
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +103,15 @@ def _header_name(value: str) -> str:
     return value.lower()
 
 
+def _zone(value: str) -> str:
+    if _ZONE.fullmatch(value) is None:
+        raise ValueError(
+            "invalid zone name: 1 to 64 letters, digits, '_', '-', '.' or ':',"
+            " starting with a letter or digit"
+        )
+    return value
+
+
 def _header_value(value: str) -> str:
     if any(c in value for c in "\r\n\0"):
         raise ValueError("a header value must not contain CR, LF or NUL")
@@ -114,6 +127,7 @@ ServiceName = Annotated[StrictStr, _named("service")]
 SubsetName = Annotated[StrictStr, _named("subset")]
 HeaderName = Annotated[StrictStr, AfterValidator(_header_name)]
 HeaderValue = Annotated[StrictStr, AfterValidator(_header_value)]
+ZoneName = Annotated[StrictStr, AfterValidator(_zone)]
 RetryOn = Literal["no_responders", "overloaded", "timeout", "unavailable"]
 LoadBalancer = Literal["queue", "p2c", "hash"]
 Method = Literal["GET", "POST", "PUT", "PATCH", "DELETE"]
@@ -231,10 +245,13 @@ class ServicePolicy(_Model):
     mirror: Mirror | None = None
     fault: Fault | None = None
     outlier: Outlier = Field(default_factory=Outlier)
+    # Zone failover for p2c and hash: the caller's own zone first, then these in
+    # order, then any other (zones are NATS cluster names, or NATSMESH_ZONE).
+    zones: Annotated[list[ZoneName], Field(max_length=MAX_ZONES)] = []
 
     @model_validator(mode="after")
     def _check(self) -> ServicePolicy:
-        problems = self._balancer_problems() + self._subset_problems()
+        problems = self._balancer_problems() + self._subset_problems() + self._zone_problems()
         problems += _cycles(self.failover)
         if problems:
             raise _Checks(problems)
@@ -246,6 +263,21 @@ class ServicePolicy(_Model):
         if self.load_balancer != "hash" and self.hash_header is not None:
             return [(("hash_header",), "only used when load_balancer is 'hash'")]
         return []
+
+    def _zone_problems(self) -> list[tuple[Loc, str]]:
+        problems: list[tuple[Loc, str]] = []
+        if self.zones and self.load_balancer == "queue":
+            # NATS itself prefers queue subscribers in the local cluster of a supercluster.
+            why = "only used when load_balancer is 'p2c' or 'hash'"
+            why += " (queue groups prefer the local cluster)"
+            problems.append((("zones",), why))
+        first: dict[str, int] = {}
+        for i, zone in enumerate(self.zones):
+            if zone in first:
+                why = f"duplicate zone {zone!r} (also zones[{first[zone]}])"
+                problems.append((("zones", i), why))
+            first.setdefault(zone, i)
+        return problems
 
     def _subset_problems(self) -> list[tuple[Loc, str]]:
         problems: list[tuple[Loc, str]] = []

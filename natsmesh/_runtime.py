@@ -1,9 +1,10 @@
 """Run one instance of a ``@service``: subscribe, decode, validate, dispatch, reply, drain.
 
-The request path, in the subscription callback and then one task per request::
+The request path, all in the subscription callback; a handler that waits (on
+I/O, a nested call, a worker thread) continues in a task of its own::
 
     budget spent? → drop (counted)          in-flight at the limit? → 503 overloaded
-    decode (bounded) → validate → handler under the budget's cancel scope → encode → reply
+    decode (bounded) → validate → handler (abandoned when the budget ends) → encode → reply
 
 Every endpoint listens on three subjects (see ``_subjects``): the service's
 queue group, its subset's queue group, and a plain per-instance subject. The
@@ -31,7 +32,7 @@ import pydantic
 from nats.aio.subscription import Subscription
 from nats.nuid import NUID
 
-from natsmesh import _codec, _headers, _micro
+from natsmesh import _codec, _eager, _headers, _micro
 from natsmesh._client import Mesh
 from natsmesh._codec import Codec, DecodeError, Limits
 from natsmesh._context import Context
@@ -45,10 +46,11 @@ from natsmesh._errors import (
     ErrorKind,
     ServiceError,
 )
+from natsmesh._membership import QueueMembership
 from natsmesh._spec import EndpointSpec, ServiceSpec, spec_of
 from natsmesh._subjects import Subjects, srv_subjects
 from natsmesh._tasks import stop
-from natsmesh._transport import NATS, Msg, connect, server_cluster
+from natsmesh._transport import NATS, Msg, Requester, connect, server_cluster
 
 log = logging.getLogger("natsmesh.service")
 
@@ -56,10 +58,8 @@ log = logging.getLogger("natsmesh.service")
 DEFAULT_BUDGET: Final = 60.0
 # Successful msgpack replies carry no headers at all: the caller knows its codec,
 # and a header block costs a parse on every reply.
-_REPLY_HEADERS: Final[dict[Codec, dict[str, str] | None]] = {
-    Codec.MSGPACK: None,
-    Codec.JSON: {_codec.CONTENT_TYPE: _codec.JSON_TYPE},
-}
+_JSON_REPLY_HEADERS: Final = {_codec.CONTENT_TYPE: _codec.JSON_TYPE}
+_NO_HEADERS: Final[dict[str, str]] = {}
 
 
 class ServiceRunner:
@@ -98,9 +98,15 @@ class ServiceRunner:
         self._heartbeat = heartbeat
         self._zone = zone if zone is not None else os.environ.get("NATSMESH_ZONE")
         self._nc: NATS | None = None
+        # Set on entry. The loop is looked up once: on 3.11 get_running_loop() is a
+        # getpid() system call. Replies go out through a Requester's publish(), which
+        # writes the frame nats-py would, for a fraction of its cost.
+        self._loop: asyncio.AbstractEventLoop
+        self._replies: Requester
         self._mesh: Mesh | None = None
         self._endpoints: list[EndpointState] = []
-        self._request_subs: list[Subscription] = []
+        self._request_subs: list[Subscription] = []  # the per-instance ones
+        self._queues: QueueMembership | None = None  # the queue-group ones, set on entry
         self._stack = AsyncExitStack()
         # Requests being handled, by a per-runner number (cheaper to look up from
         # inside the task than asyncio.current_task()).
@@ -119,18 +125,28 @@ class ServiceRunner:
 
     async def __aenter__(self) -> Self:
         stack = self._stack
+        self._loop = asyncio.get_running_loop()
         try:
             if isinstance(self._nats, NATS):
                 self._nc = self._nats
             else:
                 self._nc = await connect(self._nats, name=f"{self.spec.name}/{self.id}")
                 stack.push_async_callback(_close, self._nc)
+            self._replies = Requester(self._nc)
+            self._queues = QueueMembership(
+                self._nc,
+                prefix=self._subjects.prefix,
+                service=self.spec.name,
+                instance_id=self.id,
+                on_change=self._beat,
+            )
             self._mesh = await stack.enter_async_context(
                 Mesh(
                     self._nc,
                     name=f"{self.spec.name}/{self.id}",
                     prefix=self._subjects.prefix,
                     kind="service",
+                    zone=self._zone,
                 )
             )
             if hasattr(self._target, "__aenter__"):
@@ -141,6 +157,7 @@ class ServiceRunner:
                 self._zone = server_cluster(self._nc)
             await self._subscribe_srv()
             await self._subscribe_endpoints()
+            await self._queues.listen()
             # The subscriptions are only live once the server has processed them.
             await self._nc.flush()
             await self._publish_control("announce", self.announcement())
@@ -168,6 +185,8 @@ class ServiceRunner:
             return
         self._draining = True
         log.info("%s/%s: draining", self.spec.name, self.id)
+        # No ejection ends, and none starts, once draining: the queue groups are left for good.
+        queued = await self._queues.close() if self._queues is not None else []
         nc = self._nc
         if nc is not None and nc.is_connected:
             # Leave the registry first: callers that pick instances stop picking this one.
@@ -176,7 +195,7 @@ class ServiceRunner:
             # drain() unsubscribes, then waits until the messages already delivered
             # to this client have been dispatched, so none is lost in the switch.
             with anyio.move_on_after(self._drain_timeout):
-                for sub in self._request_subs:
+                for sub in [*queued, *self._request_subs]:
                     await sub.drain()  # type: ignore[no-untyped-call]
         with anyio.move_on_after(self._drain_timeout) as scope:
             if self._in_flight:
@@ -212,11 +231,16 @@ class ServiceRunner:
         return announcement(self._self())
 
     async def _heartbeats(self) -> None:
-        beat = Heartbeat(service=self.spec.name, id=self.id)
         while True:
             await anyio.sleep(self._heartbeat)
             with contextlib.suppress(Exception):  # a reconnecting client buffers or drops
-                await self._publish_control("heartbeat", beat)
+                await self._beat()
+
+    async def _beat(self) -> None:
+        # Unhealthy while out of the queue groups: callers that pick instances skip it too.
+        healthy = self._queues is None or self._queues.healthy
+        beat = Heartbeat(service=self.spec.name, id=self.id, healthy=healthy)
+        await self._publish_control("heartbeat", beat)
 
     async def _publish_control(self, name: str, message: pydantic.BaseModel) -> None:
         assert self._nc is not None
@@ -233,12 +257,12 @@ class ServiceRunner:
             ep = EndpointState(spec, handler, s.endpoint(name, spec.name))
             self._endpoints.append(ep)
             callback = functools.partial(self._on_request, ep)
-            for subject, queue in (
-                (ep.subject, s.queue_group(name)),
-                (s.subset(name, subset, spec.name), s.queue_group(name, subset)),
-                (s.instance(name, self.id, spec.name), ""),
-            ):
-                self._request_subs.append(await self._nc.subscribe(subject, queue, cb=callback))
+            assert self._queues is not None
+            await self._queues.join(ep.subject, s.queue_group(name), callback)
+            subset_subject = s.subset(name, subset, spec.name)
+            await self._queues.join(subset_subject, s.queue_group(name, subset), callback)
+            own = s.instance(name, self.id, spec.name)
+            self._request_subs.append(await self._nc.subscribe(own, cb=callback))
 
     async def _subscribe_srv(self) -> None:
         assert self._nc is not None
@@ -260,16 +284,22 @@ class ServiceRunner:
     async def _on_request(self, ep: EndpointState, msg: Msg) -> None:
         received = time.monotonic()
         ep.num_requests += 1
-        headers = msg.headers or {}
-        budget = _headers.parse_budget(headers.get(_headers.BUDGET))
-        if budget is not None and budget <= 0:
-            ep.dropped += 1  # the caller has given up: any work would be wasted
-            return
-        if _headers.ATTEMPT in headers:
-            ep.retried += 1  # a caller's second (or later) try
+        headers = msg.headers
+        budget = None
         codec = Codec.MSGPACK
         try:
-            codec = _codec.codec_for(headers.get(_codec.CONTENT_TYPE))
+            if headers is None:
+                headers = _NO_HEADERS
+            else:
+                budget = _headers.parse_budget(headers.get(_headers.BUDGET))
+                if budget is not None and budget <= 0:
+                    ep.dropped += 1  # the caller has given up: any work would be wasted
+                    return
+                if _headers.ATTEMPT in headers:
+                    ep.retried += 1  # a caller's second (or later) try
+                content_type = headers.get(_codec.CONTENT_TYPE)
+                if content_type is not None:
+                    codec = _codec.codec_for(content_type)
             if self._in_flight >= self._max_concurrency:
                 ep.shed += 1
                 await self._reply_error(msg, ep, codec, ErrorKind.OVERLOADED, "overloaded, retry")
@@ -283,22 +313,30 @@ class ServiceRunner:
                 msg, ep, codec, ErrorKind.VALIDATION, "request failed validation", _details(exc)
             )
             return
-        context = Context(
-            service=self.spec.name,
-            endpoint=ep.spec.name,
-            headers=headers,
-            deadline=received + (DEFAULT_BUDGET if budget is None else budget),
-            mesh=self._mesh,
-        )
+        deadline = received + (DEFAULT_BUDGET if budget is None else budget)
+        context = None
+        if ep.spec.context_param is not None:
+            context = Context(
+                service=self.spec.name,
+                endpoint=ep.spec.name,
+                headers=headers,
+                deadline=deadline,
+                mesh=self._mesh,
+            )
         self._in_flight += 1
-        # A plain asyncio task, owned by this runner (tracked in _running and
-        # awaited or cancelled by drain): anyio's task group costs several times
-        # more per request, and this is the hottest line of the service.
         rid = next(self._request_ids)
-        self._running[rid] = asyncio.get_running_loop().create_task(
-            self._handle(rid, ep, msg, codec, argument, context)
-        )
-        self._deadlines.add(rid, context.deadline)
+        # The handler runs here and now, as the raw subscriber's code would; only one
+        # that waits becomes a task (see _eager), owned by this runner: tracked in
+        # _running, cancelled when its budget ends, awaited or cancelled by drain.
+        try:
+            task = _eager.start(
+                self._handle(rid, ep, msg, codec, argument, deadline, context), self._loop
+            )
+        except asyncio.CancelledError:
+            return  # the handler cancelled itself: as for a task, no reply
+        if task is not None:
+            self._running[rid] = task
+            self._deadlines.add(rid, deadline)
 
     def _decode(self, spec: EndpointSpec, data: bytes, codec: Codec) -> Any:
         request = spec.request
@@ -309,15 +347,32 @@ class ServiceRunner:
         value = _codec.decode(data, codec, self._limits)
         if request.adapter is None:
             return None
-        return request.adapter.validate_python(value)
+        # The adapter's own validator: TypeAdapter.validate_python only adds defaults.
+        return request.adapter.validator.validate_python(value)
 
     async def _handle(
-        self, rid: int, ep: EndpointState, msg: Msg, codec: Codec, argument: Any, context: Context
+        self,
+        rid: int,
+        ep: EndpointState,
+        msg: Msg,
+        codec: Codec,
+        argument: Any,
+        deadline: float,
+        context: Context | None,  # only for a handler that asks for it
     ) -> None:
         start = time.perf_counter_ns()
+        spec = ep.spec
         try:
             try:
-                result = await self._invoke(ep, argument, context)
+                kwargs: dict[str, Any] = {}
+                if spec.request_param is not None:
+                    kwargs[spec.request_param] = argument
+                if spec.context_param is not None:
+                    kwargs[spec.context_param] = context
+                if spec.is_async:
+                    result = await ep.handler(**kwargs)
+                else:
+                    result = await anyio.to_thread.run_sync(functools.partial(ep.handler, **kwargs))
             except asyncio.CancelledError:
                 if rid not in self._expired:
                     raise
@@ -325,11 +380,11 @@ class ServiceRunner:
                 self._running[rid].uncancel()
                 ep.error(504, "deadline exceeded")  # no reply: the caller has stopped waiting
                 return
-            payload = self._encode(ep.spec, result, codec)
+            payload = self._encode(spec, result, codec)
         except ServiceError as exc:
             await self._reply_error(msg, ep, codec, ErrorKind.SERVICE, exc.message, code=exc.code)
         except DeadlineExceeded:
-            if context.remaining <= 0:
+            if time.monotonic() >= deadline:
                 ep.error(504, "deadline exceeded")  # as above: nobody is waiting any more
             else:
                 await self._reply_error(msg, ep, codec, ErrorKind.DEADLINE, "deadline exceeded")
@@ -342,26 +397,16 @@ class ServiceRunner:
             await self._reply_error(msg, ep, codec, ErrorKind.INTERNAL, "internal error")
         else:
             if msg.reply:
-                await self._nc_publish(msg.reply, payload, _REPLY_HEADERS[codec])
+                headers = None if codec is Codec.MSGPACK else _JSON_REPLY_HEADERS
+                await self._replies.publish(msg.reply, payload, headers)
         finally:
             ep.processing_ns += time.perf_counter_ns() - start
-            self._expired.discard(rid)
-            del self._running[rid]
-            self._deadlines.discard(rid)
+            if self._running.pop(rid, None) is not None:
+                self._expired.discard(rid)
+                self._deadlines.discard(rid)
             self._in_flight -= 1
             if self._draining and not self._in_flight:
                 self._idle.set()
-
-    async def _invoke(self, ep: EndpointState, argument: Any, context: Context) -> Any:
-        spec = ep.spec
-        kwargs: dict[str, Any] = {}
-        if spec.request_param is not None:
-            kwargs[spec.request_param] = argument
-        if spec.context_param is not None:
-            kwargs[spec.context_param] = context
-        if spec.is_async:
-            return await ep.handler(**kwargs)
-        return await anyio.to_thread.run_sync(functools.partial(ep.handler, **kwargs))
 
     @staticmethod
     def _encode(spec: EndpointSpec, result: Any, codec: Codec) -> bytes:
@@ -406,16 +451,11 @@ class ServiceRunner:
             _headers.ERROR: message,
             _headers.ERROR_CODE: str(code),
             _headers.ERROR_KIND: kind.value,
+            _headers.INSTANCE: self.id,
         }
         if codec is Codec.JSON:
             headers[_codec.CONTENT_TYPE] = _codec.JSON_TYPE
-        await self._nc_publish(msg.reply, _codec.encode({"error": body}, codec), headers)
-
-    async def _nc_publish(
-        self, subject: str, payload: bytes, headers: dict[str, str] | None
-    ) -> None:
-        assert self._nc is not None
-        await self._nc.publish(subject, payload, headers=headers)
+        await self._replies.publish(msg.reply, _codec.encode({"error": body}, codec), headers)
 
     # -- the NATS Services API ----------------------------------------------------------
 
@@ -429,7 +469,8 @@ class ServiceRunner:
         return _micro.dump(self.info())
 
     def stats(self) -> _micro.Stats:
-        return stats(self._self(), self._endpoints, in_flight=self._in_flight)
+        queues = self._queues.stats() if self._queues is not None else None
+        return stats(self._self(), self._endpoints, in_flight=self._in_flight, queue=queues)
 
     def _stats(self) -> bytes:
         return _micro.dump(self.stats())

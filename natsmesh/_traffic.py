@@ -39,7 +39,9 @@ class Counters:
     hedges: int = 0
     hedge_wins: int = 0
     failovers: int = 0
+    zone_failovers: int = 0  # tries sent past an exhausted zone (see _zones)
     ejections: int = 0
+    outlier_reports: int = 0  # queue-mode outliers reported to the controller
     mirrored: int = 0
     faults: int = 0
 
@@ -57,6 +59,7 @@ class ServiceTraffic:
         self.policy = policy
         self.registry: RegistryTable | None = None  # the last one followed
         self.idempotent: dict[str, bool] = {}
+        self.plain = _plain(policy)
         self._configure(policy)
 
     def follow(self, policy: ServicePolicy) -> None:
@@ -64,6 +67,7 @@ class ServiceTraffic:
         if policy is self.policy:
             return
         old, self.policy = self.policy, policy
+        self.plain = _plain(policy)
         if (old.retries, old.hedging, old.outlier) != (
             policy.retries,
             policy.hedging,
@@ -141,3 +145,15 @@ class ServiceTraffic:
         counters["retry_budget_exhausted"] = self.retry_budget.exhausted
         counters["hedge_budget_exhausted"] = self.hedge_budget.exhausted
         return counters
+
+
+def _plain(policy: ServicePolicy) -> bool:
+    """Whether calls under ``policy`` skip every choice but the target: the common case."""
+    return (
+        policy.hedging is None
+        and policy.fault is None
+        and policy.mirror is None
+        and not policy.subsets
+        and not policy.matches
+        and not policy.failover
+    )

@@ -86,6 +86,7 @@ def test_example_policy_compiles_to_the_documented_grants() -> None:
         "$SRV.PING.orders.*",
         "$SRV.INFO.orders.*",
         "$SRV.STATS.orders.*",
+        "mesh._ctl.eject.orders.*",
         "_INBOX_orders.>",
     }
     assert {
@@ -118,6 +119,32 @@ def test_each_kind_gets_its_own_control_plane_grants() -> None:
     assert allowed(ops, "mesh._ctl.routes.show")
     assert not allowed(ops, "mesh._ctl.routes.apply")
     assert ops_sub == ["_INBOX_ops.>"]
+
+
+def test_only_the_controller_ejects_and_only_callers_report_outliers() -> None:
+    policy = load_policy(EXAMPLE)
+    orders_pub, orders_sub = grants_of(policy, "orders")
+    controller_pub, controller_sub = grants_of(policy, "controller")
+    gateway_pub, _ = grants_of(policy, "gateway")
+    # An instance hears eject commands for its own service's instances only.
+    assert allowed(orders_sub, "mesh._ctl.eject.orders.abc123")
+    assert not allowed(orders_sub, "mesh._ctl.eject.pricing.abc123")
+    # Only the controller may publish them.
+    assert allowed(controller_pub, "mesh._ctl.eject.orders.abc123")
+    for name in ("orders", "pricing", "catalog", "gateway", "admin"):
+        pub, _ = grants_of(policy, name)
+        assert not allowed(pub, "mesh._ctl.eject.orders.abc123"), name
+    # A caller reports outliers of the services it calls, and of no other.
+    assert allowed(orders_pub, "mesh._ctl.outlier.pricing")
+    assert allowed(orders_pub, "mesh._ctl.outlier.catalog")
+    assert not allowed(orders_pub, "mesh._ctl.outlier.orders")
+    assert allowed(controller_sub, "mesh._ctl.outlier.pricing")
+    edge = parse_policy('[[identity]]\nname = "edge"\nkind = "gateway"\ncalls = ["*"]\n')
+    grants = permissions(edge, edge.identity[0])
+    # '*' grants no report subject, and the control-plane deny covers it anyway.
+    assert allowed(list(grants.publish_deny), "mesh._ctl.outlier.pricing")
+    assert not any("outlier" in p for p in grants.publish)
+    assert gateway_pub  # the example gateway lists its calls
 
 
 def test_a_call_to_every_service_excludes_the_control_plane() -> None:

@@ -8,6 +8,7 @@ import time
 from typing import Any
 
 import anyio
+import msgpack
 import nats
 import pydantic
 import pytest
@@ -266,3 +267,89 @@ async def test_zone_is_configured_or_the_nats_cluster_name(tmp_path: Any) -> Non
             assert runner.info().metadata["natsmesh.zone"] == "east"
         async with ServiceRunner(Echo, nats=server.url, zone="eu-west-1a") as runner:
             assert runner.announcement().zone == "eu-west-1a"
+
+
+@service("steps", version="1.0.0", max_concurrency=64)
+class Steps:
+    """Handlers that finish at once, wait first, fail at once or fail after waiting."""
+
+    @endpoint
+    async def at_once(self, n: int) -> int:
+        return n + 1
+
+    @endpoint
+    async def waits(self, n: int) -> int:
+        with anyio.fail_after(5):  # entered in the handler's first step, left in its task
+            await anyio.sleep(0.01)
+        return n + 2
+
+    @endpoint
+    async def fails(self, n: int) -> int:
+        raise RuntimeError("at once")
+
+    @endpoint
+    async def waits_then_fails(self, n: int) -> int:
+        await anyio.sleep(0.01)
+        raise RuntimeError("later")
+
+    @endpoint
+    async def whoami(self, ctx: Context) -> dict[str, Any]:
+        return {
+            "attempt": ctx.attempt,
+            "trace": ctx.trace.trace_id,
+            "traceparent": ctx.headers.get("traceparent"),
+            "caller": ctx.caller,
+        }
+
+
+async def test_handlers_reply_whether_they_finish_at_once_or_wait(nats_url: str) -> None:
+    async with ServiceRunner(Steps, nats=nats_url) as runner, Mesh(nats_url) as mesh:
+        async with anyio.create_task_group() as tg:
+            results: dict[str, Any] = {}
+
+            async def call(endpoint: str, n: int) -> None:
+                try:
+                    results[f"{endpoint}{n}"] = await mesh.call(f"steps.{endpoint}", n)
+                except Exception as exc:
+                    results[f"{endpoint}{n}"] = type(exc).__name__
+
+            for n in range(20):
+                for name in ("at_once", "waits", "fails", "waits_then_fails"):
+                    tg.start_soon(call, name, n)
+        for n in range(20):
+            assert results[f"at_once{n}"] == n + 1
+            assert results[f"waits{n}"] == n + 2
+            assert results[f"fails{n}"] == "RemoteError"  # a 500, nothing of the exception
+            assert results[f"waits_then_fails{n}"] == "RemoteError"
+        stats = {e.name: e for e in runner.stats().endpoints}
+        assert stats["fails"].num_errors == stats["waits_then_fails"].num_errors == 20
+        assert stats["waits"].num_requests == 20
+
+
+async def test_absent_headers_carry_their_defaults(nats_url: str) -> None:
+    async with ServiceRunner(Steps, nats=nats_url) as runner, Mesh(nats_url, name="me") as mesh:
+        # Mesh.call's first try sends no Mesh-Attempt (absent means 1) and, outside
+        # any trace, no traceparent: the service starts the trace.
+        first = await mesh.call("steps.whoami")
+        assert first["attempt"] == 1
+        assert first["traceparent"] is None
+        assert len(first["trace"]) == 32
+        assert set(first["trace"]) != {"0"}
+        assert first["caller"] == "me"
+        nc = await nats.connect(nats_url)
+        try:
+            subject = "mesh.steps.whoami"
+            bare = await nc.request(subject, b"", timeout=5)  # no headers at all: msgpack
+            assert msgpack.unpackb(bare.data)["attempt"] == 1
+            assert msgpack.unpackb(bare.data)["traceparent"] is None
+            third = await nc.request(
+                subject,
+                b"",
+                timeout=5,
+                headers={"Mesh-Attempt": "3", "Content-Type": "application/json"},
+            )
+            assert json.loads(third.data)["attempt"] == 3
+        finally:
+            await nc.close()
+        stats = {e.name: e for e in runner.stats().endpoints}
+        assert stats["whoami"].data["retries_received"] == 1  # only the explicit attempt 3
