@@ -48,7 +48,6 @@ repeats a value from the file, which might be a secret.
 
 from __future__ import annotations
 
-import json
 import re
 import tomllib
 from collections.abc import Iterable, Mapping
@@ -68,6 +67,7 @@ from pydantic import (
 )
 
 from gateway._auth_keys import Verifier, hs256_secret, read_file, rsa_public_key
+from natsmesh.config import Checks, loc_path, problems_of
 
 MAX_FILE: Final = 256 * 1024
 KEY_SCHEME: Final = "key"  # the scheme part of an API key's identity, "key:<name>"
@@ -78,7 +78,6 @@ _DIGEST = re.compile(r"[0-9a-f]{64}")
 _SEGMENT = re.compile(r"[A-Za-z0-9_-]{1,64}|\*|\{[A-Za-z_][A-Za-z0-9_]*\}")
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]{1,64}")  # an HTTP token (header name, realm)
 _VISIBLE = re.compile(r"[\x21-\x7e]{1,256}")  # printable ASCII without spaces
-_BARE_LOC = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
 # Never a credential header: the mesh's own, what the gateway reads itself, hop-by-hop ones.
 _NOT_FOR_KEYS: Final = frozenset(
     {"authorization", "content-type", "content-length", "host", "traceparent", "tracestate"}
@@ -92,14 +91,6 @@ class AuthConfigError(ValueError):
         self.problems = tuple(problems)
         prefix = f"{source}: " if source else ""
         super().__init__("\n".join(f"{prefix}{path}: {why}" for path, why in self.problems[:50]))
-
-
-class _Checks(ValueError):
-    """Raised by a model validator with problems at paths relative to the model."""
-
-    def __init__(self, problems: list[tuple[tuple[str | int, ...], str]]) -> None:
-        super().__init__("; ".join(reason for _, reason in problems))
-        self.problems = problems
 
 
 def _matching(pattern: re.Pattern[str], why: str) -> AfterValidator:
@@ -203,7 +194,7 @@ class JwtVerifier(_Model):
                 if getattr(self, name) is not None:
                     problems.append(((name,), "HS256 only"))
         if problems:
-            raise _Checks(problems)
+            raise Checks(problems)
         return self
 
 
@@ -216,7 +207,7 @@ class Access(_Model):
     @model_validator(mode="after")
     def _check(self) -> Access:
         if self.public and self.allow:
-            raise _Checks([(("allow",), "a public route takes no allow list")])
+            raise Checks([(("allow",), "a public route takes no allow list")])
         return self
 
 
@@ -230,7 +221,7 @@ class Rule(Access):
     @model_validator(mode="after")
     def _covers(self) -> Rule:
         if not self.paths and not self.targets:
-            raise _Checks([((), "give paths or targets (or both)")])
+            raise Checks([((), "give paths or targets (or both)")])
         return self
 
 
@@ -269,7 +260,7 @@ class AuthConfig(_Model):
                 if why:
                     problems.append(((*loc, "allow", n), why))
         if problems:
-            raise _Checks(problems)
+            raise Checks(problems)
         return self
 
     def _unknown(self, pattern: str) -> str:
@@ -314,7 +305,7 @@ def _verifiers(
                     environ=environ,
                 )
         except ValueError as exc:
-            problems.append((_loc_path(("jwt", name, where)), str(exc)))
+            problems.append((loc_path(("jwt", name, where)), str(exc)))
             continue
         verifiers[name] = Verifier(
             name, v.algorithm, key, v.issuer, v.audience, v.leeway, v.identity_claim
@@ -323,38 +314,6 @@ def _verifiers(
 
 
 # -- loading ------------------------------------------------------------------------------------
-
-
-def _loc_path(loc: Iterable[str | int]) -> str:
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        elif _BARE_LOC.fullmatch(part):
-            out += f".{part}" if out else part
-        else:
-            shown = part if len(part) <= 64 else part[:61] + "..."
-            out += f"[{json.dumps(shown)}]"
-    return out or "<config>"
-
-
-_REASONS: Final = {"extra_forbidden": "unknown field", "missing": "missing required field"}
-
-
-def _problems(exc: ValidationError) -> list[tuple[str, str]]:
-    problems: list[tuple[str, str]] = []
-    for error in exc.errors(include_input=False, include_url=False):
-        loc = tuple(error["loc"])
-        if loc and loc[-1] == "[key]":
-            loc = loc[:-1]
-        cause = error.get("ctx", {}).get("error")
-        if isinstance(cause, _Checks):
-            problems += [(_loc_path(loc + rel), reason) for rel, reason in cause.problems]
-        elif isinstance(cause, ValueError):
-            problems.append((_loc_path(loc), str(cause)))
-        else:
-            problems.append((_loc_path(loc), _REASONS.get(error["type"], error["msg"])))
-    return problems
 
 
 def parse(
@@ -380,7 +339,7 @@ def parse(
     try:
         config = AuthConfig.model_validate(data)
     except ValidationError as exc:
-        raise AuthConfigError(_problems(exc), source) from None
+        raise AuthConfigError([(p.path, p.reason) for p in problems_of(exc)], source) from None
     verifiers, problems = _verifiers(config, base, environ)
     if problems:
         raise AuthConfigError(problems, source)

@@ -25,8 +25,17 @@ import pydantic_core
 
 from natsmesh import _micro
 from natsmesh._cli_auth import register as register_auth
+from natsmesh._cli_bench import add_bench
 from natsmesh._cli_control import _table, add_commands
-from natsmesh._cli_nats import add_nats_options, apply_nats_options, server_of
+from natsmesh._cli_nats import (
+    add_nats_options,
+    apply_nats_options,
+    maybe_embedded,
+    port_number,
+    positive,
+    seconds,
+    server_of,
+)
 from natsmesh._client import Mesh
 from natsmesh._codec import Codec, DecodeError, decode
 from natsmesh._controller import Controller
@@ -107,7 +116,9 @@ def _parser() -> argparse.ArgumentParser:
         "up", _up, "start a working mesh: NATS (embedded unless given) and the example shop"
     )
     nats_option(p)
-    p.add_argument("--nats-port", type=_port, default=4222, help="port of the embedded server")
+    p.add_argument(
+        "--nats-port", type=port_number, default=4222, help="port of the embedded server"
+    )
     p.add_argument(
         "--services",
         metavar="MODULE:ATTR",
@@ -122,7 +133,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--port",
-        type=_port,
+        type=port_number,
         default=None,
         help="the HTTP gateway's port (default: 8080, else any free port)",
     )
@@ -130,20 +141,22 @@ def _parser() -> argparse.ArgumentParser:
 
     p = command("gateway", _gateway, "serve the HTTP gateway in front of the mesh (uvicorn)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
-    p.add_argument("--port", type=_port, default=8080, help="port to listen on (8080; 0: any)")
-    p.add_argument("--workers", type=_positive, default=1, help="worker processes (1)")
+    p.add_argument(
+        "--port", type=port_number, default=8080, help="port to listen on (8080; 0: any)"
+    )
+    p.add_argument("--workers", type=positive, default=1, help="worker processes (1)")
     _auth_option(p)
     nats_option(p)
 
     p = command("serve", _serve_cmd, "run the @service classes named by MODULE:ATTR")
     p.add_argument("target", metavar="MODULE:ATTR")
-    p.add_argument("--instances", type=_positive, default=1, help="instances of each service")
+    p.add_argument("--instances", type=positive, default=1, help="instances of each service")
     nats_option(p)
 
     p = command("call", _call, "call SERVICE.ENDPOINT and print the reply as JSON")
     p.add_argument("target", metavar="SERVICE.ENDPOINT")
     p.add_argument("payload", nargs="?", metavar="JSON", help="request payload as JSON")
-    p.add_argument("--timeout", type=_seconds, default=5.0, metavar="SECONDS")
+    p.add_argument("--timeout", type=seconds, default=5.0, metavar="SECONDS")
     p.add_argument("-H", "--header", action="append", default=[], metavar="KEY=VALUE")
     nats_option(p)
 
@@ -156,36 +169,16 @@ def _parser() -> argparse.ArgumentParser:
         if name != "ls":
             p.add_argument("service", type=_service_name)
         p.add_argument("--json", action="store_true", help="print JSON")
-        p.add_argument("--timeout", type=_seconds, default=1.0, metavar="SECONDS")
+        p.add_argument("--timeout", type=seconds, default=1.0, metavar="SECONDS")
         nats_option(p)
 
     add_commands(command, nats_option)
     register_auth(sub)
+    add_bench(command, nats_option)
 
     p = command("nats", _nats, "run an embedded nats-server in the foreground")
-    p.add_argument("--port", type=_port, default=4222)
+    p.add_argument("--port", type=port_number, default=4222)
 
-    p = command(
-        "bench",
-        _bench,
-        "data: Mesh.call against hand-written nats-py; control: route convergence and scale",
-    )
-    p.add_argument(
-        "which", nargs="?", choices=("data", "control", "traffic", "gateway"), default="data"
-    )
-    p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument(
-        "--seconds",
-        type=_seconds,
-        help="data: measuring time per level (3); control: heartbeat window (10)",
-    )
-    p.add_argument("--clients", type=_positive, default=50, help="control: mesh clients")
-    p.add_argument("--applies", type=_positive, default=20, help="control: route changes")
-    p.add_argument("--instances", type=int, default=5000, help="control: simulated instances")
-    p.add_argument(
-        "--concurrency", type=_positive, default=64, help="gateway: connections of the load (64)"
-    )
-    nats_option(p)
     return parser
 
 
@@ -199,27 +192,6 @@ def _auth_option(p: argparse.ArgumentParser) -> None:
 
 
 # -- argument types (argparse turns ValueError into a usage error, exit 2) ----------------
-
-
-def _port(text: str) -> int:
-    port = int(text)
-    if not 0 <= port <= 65535:
-        raise ValueError(text)
-    return port
-
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if not 1 <= value <= 1024:
-        raise ValueError(text)
-    return value
-
-
-def _seconds(text: str) -> float:
-    value = float(text)
-    if not 0 < value <= 3600:
-        raise ValueError(text)
-    return value
 
 
 def _service_name(text: str) -> str:
@@ -241,7 +213,7 @@ async def _up(args: argparse.Namespace) -> int:
 
     auth = _gateway_auth(args.auth)
     sock = _gateway_socket("127.0.0.1", args.port)
-    async with _maybe_embedded(url, args.nats_port) as nats, Controller(nats) as controller:
+    async with maybe_embedded(url, args.nats_port) as nats, Controller(nats) as controller:
         if routes is not None:
             await _apply_when_leader(controller, routes, str(routes_file))
         async with (
@@ -346,31 +318,6 @@ async def _apply_when_leader(controller: Controller, routes: bytes, name: str) -
         raise ValueError(f"{name}: {details or reply.error}")
 
 
-class _maybe_embedded:
-    """The given URL, or an embedded server for the duration of the block."""
-
-    def __init__(self, url: str | None, port: int) -> None:
-        self._url = url
-        self._port = port
-        self._server: EmbeddedNats | None = None
-
-    async def __aenter__(self) -> str:
-        if self._url:
-            return self._url
-        self._server = EmbeddedNats(port=self._port or None)
-        try:
-            await self._server.__aenter__()
-        except MeshError:
-            # The usual port is taken (another mesh?): any free port will do.
-            self._server = EmbeddedNats()
-            await self._server.__aenter__()
-        return self._server.url
-
-    async def __aexit__(self, *exc: object) -> None:
-        if self._server is not None:
-            await self._server.__aexit__(None, None, None)
-
-
 async def _serve_cmd(args: argparse.Namespace) -> int:
     targets = load_target(args.target)
 
@@ -470,38 +417,4 @@ async def _nats(args: argparse.Namespace) -> int:
     async with EmbeddedNats(port=args.port or None) as server:
         print(f"nats-server {server.version} at {server.url} (Ctrl-C to stop)", flush=True)
         await wait_for_signal()
-    return 0
-
-
-async def _bench(args: argparse.Namespace) -> int:
-    from natsmesh import _bench, _bench_control, _bench_traffic
-
-    if args.which == "gateway":
-        from natsmesh import _bench_gateway
-
-        async with _maybe_embedded(server_of(args), 0) as url:
-            result = await _bench_gateway.run(
-                url, concurrency=args.concurrency, seconds=args.seconds or 10.0
-            )
-        print(json.dumps(result) if args.json else _bench_gateway.format_result(result))
-        return 0
-    async with _maybe_embedded(server_of(args), 0) as url:
-        if args.which == "traffic":
-            result = await _bench_traffic.run(url, seconds=args.seconds or 4.0)
-            text = _bench_traffic.format_result(result)
-        elif args.which == "control":
-            if not 1 <= args.instances <= 100_000:
-                raise ValueError("--instances must be within 1..100000")
-            result = await _bench_control.run(
-                url,
-                clients=args.clients,
-                applies=args.applies,
-                instances=args.instances,
-                seconds=args.seconds or 10.0,
-            )
-            text = _bench_control.format_result(result)
-        else:
-            result = await _bench.run_bench(url, seconds=args.seconds or 3.0)
-            text = _bench.format_table(result)
-    print(json.dumps(result) if args.json else text)
     return 0

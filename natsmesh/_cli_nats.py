@@ -12,8 +12,18 @@ import argparse
 import os
 
 from natsmesh._credentials import ENV, Credentials, CredentialsError
+from natsmesh._embedded import EmbeddedNats
+from natsmesh._errors import MeshError
 
-__all__ = ["add_nats_options", "apply_nats_options", "server_of"]
+__all__ = [
+    "add_nats_options",
+    "apply_nats_options",
+    "maybe_embedded",
+    "port_number",
+    "positive",
+    "seconds",
+    "server_of",
+]
 
 _FLAGS = {
     "user": "--user",
@@ -67,3 +77,52 @@ def apply_nats_options(args: argparse.Namespace) -> None:
 def server_of(args: argparse.Namespace) -> str | None:
     """The server the command should use: ``--nats``, else ``NATS_URL``, else none given."""
     return args.nats or os.environ.get("NATS_URL")
+
+
+class maybe_embedded:
+    """The given URL, or an embedded server for the duration of the block."""
+
+    def __init__(self, url: str | None, port: int) -> None:
+        self._url = url
+        self._port = port
+        self._server: EmbeddedNats | None = None
+
+    async def __aenter__(self) -> str:
+        if self._url:
+            return self._url
+        self._server = EmbeddedNats(port=self._port or None)
+        try:
+            await self._server.__aenter__()
+        except MeshError:
+            # The usual port is taken (another mesh?): any free port will do.
+            self._server = EmbeddedNats()
+            await self._server.__aenter__()
+        return self._server.url
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._server is not None:
+            await self._server.__aexit__(None, None, None)
+
+
+# -- argument types (argparse turns ValueError into a usage error, exit 2) ----------------
+
+
+def port_number(text: str) -> int:
+    port = int(text)
+    if not 0 <= port <= 65535:
+        raise ValueError(text)
+    return port
+
+
+def positive(text: str) -> int:
+    value = int(text)
+    if not 1 <= value <= 1024:
+        raise ValueError(text)
+    return value
+
+
+def seconds(text: str) -> float:
+    value = float(text)
+    if not 0 < value <= 3600:
+        raise ValueError(text)
+    return value

@@ -68,17 +68,17 @@ from pydantic import (
     model_validator,
 )
 
-from natsmesh._control import BUCKET, control_subject, eject_subject, instance_subject
-from natsmesh._errors import InvalidName
-from natsmesh._routes import (
+from natsmesh._config import (
+    Checks,
+    ConfigError,
     Loc,
-    RouteConfigError,
-    _Checks,
-    _named,
-    _problems,
     decode_document,
+    problems_of,
     read_document,
 )
+from natsmesh._control import BUCKET, control_subject, eject_subject, instance_subject
+from natsmesh._errors import InvalidName
+from natsmesh._routes import _named
 from natsmesh._subjects import (
     DEFAULT_PREFIX,
     Subjects,
@@ -125,7 +125,7 @@ KV_READ: Final = (
 )
 
 
-class PolicyError(RouteConfigError):
+class PolicyError(ConfigError):
     """A policy that cannot be compiled; ``problems`` lists each ``path: reason``."""
 
 
@@ -186,7 +186,7 @@ class Identity(BaseModel):
                 problems.append((("calls", i), f"duplicate of calls[{seen[call]}]"))
             seen.setdefault(call, i)
         if problems:
-            raise _Checks(problems)
+            raise Checks(problems)
         return self
 
 
@@ -210,7 +210,7 @@ class Policy(BaseModel):
                 problems.append((("identity", i, "name"), why))
             first.setdefault(identity.name, i)
         if problems:
-            raise _Checks(problems)
+            raise Checks(problems)
         return self
 
 
@@ -219,14 +219,14 @@ def validate_policy(data: object) -> Policy:
     try:
         return Policy.model_validate(data)
     except ValidationError as exc:
-        raise PolicyError(_problems(exc)) from None
+        raise PolicyError(problems_of(exc)) from None
 
 
 def parse_policy(data: bytes | str) -> Policy:
     """Parse and validate a policy's TOML text; raise PolicyError."""
     try:
         decoded = decode_document(data, format="toml")
-    except RouteConfigError as exc:
+    except ConfigError as exc:
         raise PolicyError(exc.problems) from None
     return validate_policy(decoded)
 
@@ -235,7 +235,7 @@ def load_policy(path: str | Path) -> Policy:
     """Read and validate a policy file (TOML, whatever its name); raise PolicyError."""
     try:
         decoded = read_document(path, format="toml")
-    except RouteConfigError as exc:
+    except ConfigError as exc:
         raise PolicyError(exc.problems) from None
     return validate_policy(decoded)
 

@@ -16,11 +16,9 @@ from __future__ import annotations
 
 import json
 import re
-import tomllib
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Final, Literal, NoReturn
+from typing import Annotated, Final, Literal
 
 from pydantic import (
     AfterValidator,
@@ -35,54 +33,33 @@ from pydantic import (
     model_validator,
 )
 
-from natsmesh._errors import InvalidName, MeshError
+from natsmesh._config import (
+    Checks,
+    ConfigError,
+    Loc,
+    decode_document,
+    problems_of,
+    read_document,
+)
+from natsmesh._errors import InvalidName
 from natsmesh._subjects import validate_name
 
-MAX_CONFIG_BYTES: Final = 1024 * 1024
 MAX_PATH_LEN: Final = 256
 MAX_PATH_SEGMENTS: Final = 16
 MAX_MATCH_HEADERS: Final = 16
-_SHOWN_PROBLEMS: Final = 50
 
 # RFC 9110 token characters: what an HTTP (and a NATS) header name may hold.
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _LITERAL_SEGMENT = re.compile(r"[A-Za-z0-9_-]+")
 _PARAM_SEGMENT = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
-_BARE_LOC = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
 # A zone is a NATS cluster name (or NATSMESH_ZONE): never a subject token, so a
 # little wider than a service name, but no spaces, wildcards or control characters.
 _ZONE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")
 MAX_ZONES: Final = 32
 
 
-@dataclass(frozen=True, slots=True)
-class Problem:
-    """One thing wrong with a route config: where (a dotted path) and why."""
-
-    path: str
-    reason: str
-
-
-class RouteConfigError(MeshError, ValueError):
+class RouteConfigError(ConfigError):
     """A route config that cannot be applied; ``problems`` says every reason."""
-
-    def __init__(self, problems: Iterable[Problem]) -> None:
-        self.problems = tuple(problems)
-        lines = [f"{p.path}: {p.reason}" for p in self.problems[:_SHOWN_PROBLEMS]]
-        if len(self.problems) > _SHOWN_PROBLEMS:
-            lines.append(f"... and {len(self.problems) - _SHOWN_PROBLEMS} more problems")
-        super().__init__("\n".join(lines))
-
-
-Loc = tuple[str | int, ...]
-
-
-class _Checks(ValueError):
-    """Raised by a model validator with problems at paths relative to the model."""
-
-    def __init__(self, problems: list[tuple[Loc, str]]) -> None:
-        super().__init__("; ".join(reason for _, reason in problems))
-        self.problems = problems
 
 
 def _named(kind: str) -> AfterValidator:
@@ -159,7 +136,7 @@ class Retries(_Model):
     @model_validator(mode="after")
     def _check(self) -> Retries:
         if self.max_backoff < self.backoff:
-            raise _Checks([(("max_backoff",), "must not be less than backoff")])
+            raise Checks([(("max_backoff",), "must not be less than backoff")])
         return self
 
 
@@ -173,7 +150,7 @@ class Hedging(_Model):
     @model_validator(mode="after")
     def _check(self) -> Hedging:
         if (self.delay is None) == (self.percentile is None):
-            raise _Checks([((), "give exactly one of delay and percentile")])
+            raise Checks([((), "give exactly one of delay and percentile")])
         return self
 
 
@@ -219,7 +196,7 @@ class Fault(_Model):
         if self.delay is None and self.abort_code is None and not problems:
             problems.append(((), "injects nothing: give delay or abort_code"))
         if problems:
-            raise _Checks(problems)
+            raise Checks(problems)
         return self
 
 
@@ -254,7 +231,7 @@ class ServicePolicy(_Model):
         problems = self._balancer_problems() + self._subset_problems() + self._zone_problems()
         problems += _cycles(self.failover)
         if problems:
-            raise _Checks(problems)
+            raise Checks(problems)
         return self
 
     def _balancer_problems(self) -> list[tuple[Loc, str]]:
@@ -393,7 +370,7 @@ class RouteConfig(_Model):
                 problems.append((("http", i), why))
             seen.setdefault(shape, i)
         if problems:
-            raise _Checks(problems)
+            raise Checks(problems)
         return self
 
     def http_canonical(self) -> bytes:
@@ -405,81 +382,12 @@ def _canonical(data: object) -> bytes:
     return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
 
 
-def _loc_path(loc: Iterable[str | int]) -> str:
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        elif _BARE_LOC.fullmatch(part):
-            out += f".{part}" if out else part
-        else:
-            # A key that failed validation: quoted, escaped and cut so it cannot flood a log.
-            shown = part if len(part) <= 64 else part[:61] + "..."
-            out += f"[{json.dumps(shown)}]"
-    return out or "<config>"
-
-
-_REASONS: Final = {"extra_forbidden": "unknown field", "missing": "missing required field"}
-
-
-def _problems(exc: ValidationError) -> list[Problem]:
-    problems: list[Problem] = []
-    for error in exc.errors(include_input=False, include_url=False):
-        loc = tuple(error["loc"])
-        if loc and loc[-1] == "[key]":
-            loc = loc[:-1]
-        cause = error.get("ctx", {}).get("error")
-        if isinstance(cause, _Checks):
-            problems += [Problem(_loc_path(loc + rel), reason) for rel, reason in cause.problems]
-        elif isinstance(cause, ValueError):
-            problems.append(Problem(_loc_path(loc), str(cause)))
-        else:
-            problems.append(Problem(_loc_path(loc), _REASONS.get(error["type"], error["msg"])))
-    return problems
-
-
 def validate_routes(data: object) -> RouteConfig:
     """Validate already decoded data (a dict) as a route config; raise RouteConfigError."""
     try:
         return RouteConfig.model_validate(data)
     except ValidationError as exc:
-        raise RouteConfigError(_problems(exc)) from None
-
-
-class _Reject(ValueError):
-    pass
-
-
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    result: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in result:
-            raise _Reject(f"duplicate key {json.dumps(key[:64])}")
-        result[key] = value
-    return result
-
-
-def _no_constant(name: str) -> Any:
-    raise _Reject(f"{name} is not a number")
-
-
-def _decode(text: str, fmt: Literal["toml", "json"]) -> object:
-    try:
-        if fmt == "toml":
-            return tomllib.loads(text)
-        return json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
-    except RecursionError:
-        reason = "nested too deeply"
-    except (tomllib.TOMLDecodeError, json.JSONDecodeError, _Reject) as exc:
-        reason = str(exc)
-    except ValueError:
-        # int() refuses numbers of more than 4,300 digits (CVE-2020-10735).
-        reason = "a number has too many digits"
-    _file_problem(f"not {fmt.upper()}: {reason}")
-
-
-def _file_problem(reason: str) -> NoReturn:
-    raise RouteConfigError([Problem("<file>", reason)])
+        raise RouteConfigError(problems_of(exc)) from None
 
 
 def parse_routes(
@@ -489,61 +397,17 @@ def parse_routes(
 
     With ``format=None`` the text is JSON if it starts with ``{``, else TOML.
     """
-    return validate_routes(decode_document(data, format=format))
-
-
-def decode_document(
-    data: bytes | str, *, format: Literal["toml", "json"] | None = None
-) -> dict[str, Any]:
-    """Decode a config file's text (bounded in size and depth) to a dict; raise RouteConfigError.
-
-    Shared by every declarative file natsmesh reads (route configs, access policies),
-    so they fail the same way: one ``<file>`` problem saying why.
-    """
-    if len(data) > MAX_CONFIG_BYTES or (
-        isinstance(data, str) and len(data.encode("utf-8", "surrogatepass")) > MAX_CONFIG_BYTES
-    ):
-        _file_problem(f"larger than {MAX_CONFIG_BYTES} bytes")
-    if isinstance(data, bytes):
-        try:
-            text = data.decode("utf-8-sig")
-        except UnicodeDecodeError as exc:
-            _file_problem(f"not UTF-8 text (invalid byte at offset {exc.start})")
-    else:
-        text = data.removeprefix("\ufeff")
-    fmt = format or ("json" if text.lstrip().startswith("{") else "toml")
-    decoded = _decode(text, fmt)
-    if not isinstance(decoded, dict):
-        _file_problem("the top level must be a JSON object")
-    return decoded
+    try:
+        decoded = decode_document(data, format=format)
+    except ConfigError as exc:
+        raise RouteConfigError(exc.problems) from None
+    return validate_routes(decoded)
 
 
 def load_routes(path: str | Path) -> RouteConfig:
     """Read and validate a route config file (``.toml``, ``.json``, else detected)."""
-    return validate_routes(read_document(path))
-
-
-def read_document(
-    path: str | Path, *, format: Literal["toml", "json"] | None = None
-) -> dict[str, Any]:
-    """Read and decode a config file (``format``, else by suffix, else by its text).
-
-    Raises RouteConfigError with one ``<file>`` problem.
-    """
-    path = Path(path)
     try:
-        with path.open("rb") as file:
-            data = file.read(MAX_CONFIG_BYTES + 1)
-    except FileNotFoundError:
-        reason = f"no such file: {path}"
-    except IsADirectoryError:
-        reason = f"a directory, not a file: {path}"
-    except OSError as exc:
-        reason = f"cannot read {path}: {exc.strerror or type(exc).__name__}"
-    else:
-        suffix = path.suffix.lower()
-        fmt: Literal["toml", "json"] | None = format or (
-            "toml" if suffix == ".toml" else "json" if suffix == ".json" else None
-        )
-        return decode_document(data, format=fmt)
-    _file_problem(reason)
+        decoded = read_document(path)
+    except ConfigError as exc:
+        raise RouteConfigError(exc.problems) from None
+    return validate_routes(decoded)

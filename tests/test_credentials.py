@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import anyio
+import anyio.lowlevel
 import nkeys
 import pytest
 import trustme
@@ -100,9 +101,13 @@ async def _refused(url: str, credentials: Credentials) -> str:
         if nc.is_connected:
             await nc.close()
         elif nc._transport is not None:
-            # nats-py leaves a refused connection's transport open (and its close()
-            # would wait forever for a connection it never had): close it here.
-            nc._transport.close()
+            # nats-py leaves a refused connection's streams open (and its close() would
+            # wait forever for a connection it never had): close them here, the plain
+            # one too when the TLS upgrade was what failed.
+            for writer in {nc._transport._io_writer, nc._transport._bare_io_writer}:
+                if writer is not None:
+                    writer.close()
+            await anyio.lowlevel.checkpoint()  # let the closing transports finish
     pytest.fail(f"{credentials!r} connected")
 
 

@@ -24,6 +24,9 @@ PURE = [
     "_registry",
     "_describe",
     "_policy_auth",
+    "_config",
+    "_zones",
+    "_ejector",
 ]
 IO_MODULES = {"nats", "anyio", "asyncio", "socket", "subprocess", "uvloop"}
 
@@ -47,11 +50,11 @@ def test_pure_layers_import_no_io(module: str) -> None:
 def test_public_surface_is_explicit() -> None:
     public = {n for n in dir(natsmesh) if n.isidentifier() and not n.startswith("_")}
     # Submodules show up as attributes once imported; only the API may be public.
-    modules = {"testing"}
+    modules = {"testing", "config"}
     assert public - modules == set(natsmesh.__all__) - {"__version__"}
     for name in natsmesh.__all__:
         assert getattr(natsmesh, name) is not None
-    assert all(p.name.startswith("_") or p.stem in {"testing"} for p in _package_modules())
+    assert all(p.name.startswith("_") or p.stem in modules for p in _package_modules())
 
 
 def _package_modules() -> list[Path]:
@@ -67,7 +70,7 @@ def test_examples_and_the_gateway_use_only_the_public_api(package: str) -> None:
             assert not name.startswith("natsmesh._"), f"{path} imports {name}"
 
 
-GATEWAY_PURE = ["_paths", "_schemas", "_limits", "_docs", "_auth", "_auth_config"]
+GATEWAY_PURE = ["_paths", "_schemas", "_limits", "_docs", "_auth", "_auth_config", "_auth_keys"]
 
 
 @pytest.mark.parametrize("module", GATEWAY_PURE)

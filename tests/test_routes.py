@@ -11,11 +11,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from natsmesh._config import MAX_CONFIG_BYTES, Problem
 from natsmesh._errors import MeshError
 from natsmesh._routes import (
-    MAX_CONFIG_BYTES,
     HttpRoute,
-    Problem,
     RouteConfig,
     RouteConfigError,
     ServicePolicy,
