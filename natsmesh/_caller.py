@@ -94,11 +94,19 @@ _NO_SUBSET: tuple[str | None] = (None,)  # the failover chain of a policy withou
 class _Failed(Exception):
     """One send's outcome that may be tried again: carries the error to raise otherwise."""
 
-    def __init__(self, error: Exception, *, processed: bool, no_responders: bool = False) -> None:
+    def __init__(
+        self,
+        error: Exception,
+        *,
+        processed: bool,
+        no_responders: bool = False,
+        instance: str | None = None,
+    ) -> None:
         super().__init__(str(error))
         self.error = error
         self.processed = processed  # the request may have been handled
         self.no_responders = no_responders
+        self.instance = instance  # who failed, where an error reply through a queue group says
 
 
 class Caller:
@@ -181,6 +189,8 @@ class Caller:
             except _Failed as failed:
                 if target.instance is not None:
                     tried.add(target.instance)
+                elif failed.instance is not None:
+                    tried.add(failed.instance)  # the queue group's pick: retry elsewhere
                 if failed.no_responders and target.instance is not None and gone < len(tried):
                     # That instance is gone (the registry lags): another one, at once.
                     gone += 1
@@ -292,11 +302,13 @@ class Caller:
             except Overloaded as exc:
                 raise _Failed(exc, processed=False) from None
             except RemoteError as exc:
+                named = None
                 if instance is None and exc.code >= 500:
                     # Through a queue group: only the error reply names the instance.
                     await self._reporter.failed(route.service, msg.headers, traffic, registry)
+                    named = msg.headers.get(_headers.INSTANCE) if msg.headers else None
                 if exc.code in (502, 503):
-                    raise _Failed(exc, processed=True) from None
+                    raise _Failed(exc, processed=True, instance=named) from None
                 ok = exc.code < 500
                 raise
             ok = True
@@ -323,13 +335,17 @@ class Caller:
         call: Call,
         exclude: set[str],
     ) -> _Target:
+        # Queue mode lets the queue group pick, except for a retry after an instance
+        # named itself in an error reply: that retry goes to another instance, by name,
+        # or the group could hand it to the same one again.
+        by_queue = policy.load_balancer == "queue" and not exclude
         if subset is None:
-            if registry is None or policy.load_balancer == "queue" or not route.conventional:
+            if registry is None or by_queue or not route.conventional:
                 return route.queue_target
             queue = route.subject
         else:
             queue = self._subjects.subset(route.service, subset, route.endpoint)
-            if policy.load_balancer == "queue" or registry is None or not route.conventional:
+            if by_queue or registry is None or not route.conventional:
                 return _Target(queue, None, subset)
         key = call.headers.get(policy.hash_header or "") if policy.load_balancer == "hash" else None
         now = time.monotonic()

@@ -174,6 +174,40 @@ max_ejection_percent = 50
 """
 
 
+async def test_in_queue_mode_a_retry_avoids_the_instance_that_named_itself(
+    nats_url: str,
+) -> None:
+    """One retry only, one instance in three failing: every call succeeds.
+
+    The queue group would hand a retry to the failing instance again one time in
+    three; the error reply names the instance, so the retry goes to another by name.
+    """
+    routes = ROUTES.replace("attempts = 10", "attempts = 2").replace(
+        "consecutive_failures = 3", "consecutive_failures = 1000"
+    )
+    async with Controller(nats_url, lease=1.0) as ctl:
+        await eventually(lambda: ctl.is_leader)
+        assert (await ctl.apply(routes.encode())).ok
+        bad, good = Shop(bad=True), [Shop(), Shop()]
+        async with contextlib.AsyncExitStack() as stack:
+            for shop in (bad, *good):
+                await stack.enter_async_context(ServiceRunner(shop, nats=nats_url))
+            mesh = await stack.enter_async_context(Mesh(nats_url, name="one-caller"))
+
+            def synced() -> bool:
+                snap = mesh.tables.snapshot("shop")  # type: ignore[union-attr]
+                count = 0 if snap.registry is None else len(snap.registry.instances)
+                return count == 3 and snap.policy is not None and snap.policy.retries.attempts == 2
+
+            await mesh.call("shop.which")
+            await eventually(synced)
+            before, retried = bad.calls, mesh.metrics()["shop"]["retries"]
+            for _ in range(300):
+                assert await mesh.call("shop.which") == "ok"
+            assert bad.calls - before > 30  # the group did pick it, about one time in three
+            assert mesh.metrics()["shop"]["retries"] - retried == bad.calls - before
+
+
 def _stats(runner: ServiceRunner) -> dict[str, Any]:
     return dict(runner.stats().endpoints[0].data)
 
