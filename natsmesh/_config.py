@@ -16,9 +16,9 @@ import tomllib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final, Literal, NoReturn
+from typing import Any, Final, Literal, NoReturn, TypeVar
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from natsmesh._errors import MeshError
 
@@ -29,9 +29,12 @@ __all__ = [
     "Loc",
     "Problem",
     "decode_document",
+    "load_as",
     "loc_path",
+    "parse_as",
     "problems_of",
     "read_document",
+    "validate_as",
 ]
 
 MAX_CONFIG_BYTES: Final = 1024 * 1024
@@ -40,6 +43,8 @@ _BARE_LOC = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
 _REASONS: Final = {"extra_forbidden": "unknown field", "missing": "missing required field"}
 
 Loc = tuple[str | int, ...]
+Format = Literal["toml", "json"]
+M = TypeVar("M", bound=BaseModel)
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,3 +191,41 @@ def read_document(
         )
         return decode_document(data, format=fmt)
     _file_problem(reason)
+
+
+def validate_as(model: type[M], data: object, error: type[ConfigError] = ConfigError) -> M:
+    """``data`` (decoded) as a ``model``; raise ``error`` with every problem."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise error(problems_of(exc)) from None
+
+
+def parse_as(
+    model: type[M],
+    data: bytes | str,
+    error: type[ConfigError] = ConfigError,
+    *,
+    format: Format | None = None,
+) -> M:
+    """A config file's text as a ``model`` (see :func:`decode_document`); raise ``error``."""
+    try:
+        decoded = decode_document(data, format=format)
+    except ConfigError as exc:
+        raise error(exc.problems) from None
+    return validate_as(model, decoded, error)
+
+
+def load_as(
+    model: type[M],
+    path: str | Path,
+    error: type[ConfigError] = ConfigError,
+    *,
+    format: Format | None = None,
+) -> M:
+    """A config file as a ``model`` (see :func:`read_document`); raise ``error``."""
+    try:
+        decoded = read_document(path, format=format)
+    except ConfigError as exc:
+        raise error(exc.problems) from None
+    return validate_as(model, decoded, error)

@@ -64,18 +64,10 @@ from pydantic import (
     Field,
     StrictBool,
     StrictStr,
-    ValidationError,
     model_validator,
 )
 
-from natsmesh._config import (
-    Checks,
-    ConfigError,
-    Loc,
-    decode_document,
-    problems_of,
-    read_document,
-)
+from natsmesh._config import Checks, ConfigError, Loc, load_as, parse_as, validate_as
 from natsmesh._control import BUCKET, control_subject, eject_subject, instance_subject
 from natsmesh._errors import InvalidName
 from natsmesh._routes import _named
@@ -216,28 +208,17 @@ class Policy(BaseModel):
 
 def validate_policy(data: object) -> Policy:
     """Validate already decoded data as a policy; raise PolicyError."""
-    try:
-        return Policy.model_validate(data)
-    except ValidationError as exc:
-        raise PolicyError(problems_of(exc)) from None
+    return validate_as(Policy, data, PolicyError)
 
 
 def parse_policy(data: bytes | str) -> Policy:
     """Parse and validate a policy's TOML text; raise PolicyError."""
-    try:
-        decoded = decode_document(data, format="toml")
-    except ConfigError as exc:
-        raise PolicyError(exc.problems) from None
-    return validate_policy(decoded)
+    return parse_as(Policy, data, PolicyError, format="toml")
 
 
 def load_policy(path: str | Path) -> Policy:
     """Read and validate a policy file (TOML, whatever its name); raise PolicyError."""
-    try:
-        decoded = read_document(path, format="toml")
-    except ConfigError as exc:
-        raise PolicyError(exc.problems) from None
-    return validate_policy(decoded)
+    return load_as(Policy, path, PolicyError, format="toml")
 
 
 # -- permissions ---------------------------------------------------------------------------

@@ -28,19 +28,11 @@ from pydantic import (
     Strict,
     StrictInt,
     StrictStr,
-    ValidationError,
     field_serializer,
     model_validator,
 )
 
-from natsmesh._config import (
-    Checks,
-    ConfigError,
-    Loc,
-    decode_document,
-    problems_of,
-    read_document,
-)
+from natsmesh._config import Checks, ConfigError, Loc, load_as, parse_as, validate_as
 from natsmesh._errors import InvalidName
 from natsmesh._subjects import validate_name
 
@@ -384,10 +376,7 @@ def _canonical(data: object) -> bytes:
 
 def validate_routes(data: object) -> RouteConfig:
     """Validate already decoded data (a dict) as a route config; raise RouteConfigError."""
-    try:
-        return RouteConfig.model_validate(data)
-    except ValidationError as exc:
-        raise RouteConfigError(problems_of(exc)) from None
+    return validate_as(RouteConfig, data, RouteConfigError)
 
 
 def parse_routes(
@@ -397,17 +386,9 @@ def parse_routes(
 
     With ``format=None`` the text is JSON if it starts with ``{``, else TOML.
     """
-    try:
-        decoded = decode_document(data, format=format)
-    except ConfigError as exc:
-        raise RouteConfigError(exc.problems) from None
-    return validate_routes(decoded)
+    return parse_as(RouteConfig, data, RouteConfigError, format=format)
 
 
 def load_routes(path: str | Path) -> RouteConfig:
     """Read and validate a route config file (``.toml``, ``.json``, else detected)."""
-    try:
-        decoded = read_document(path)
-    except ConfigError as exc:
-        raise RouteConfigError(exc.problems) from None
-    return validate_routes(decoded)
+    return load_as(RouteConfig, path, RouteConfigError)
