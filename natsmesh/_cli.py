@@ -404,13 +404,33 @@ async def _stats(args: argparse.Namespace) -> int:
     stats: list[_micro.Stats] = await _discover(args, "STATS", _micro.Stats)
     if args.json:
         return _print_json(stats)
-    rows = [("ID", "ENDPOINT", "REQUESTS", "ERRORS", "AVG MS", "LAST ERROR")]
+    rows = [("ID", "ENDPOINT", "REQUESTS", "ERRORS", "AVG MS", "QUEUE", "LAST ERROR")]
     for s in stats:
         for e in s.endpoints:
             avg = f"{e.average_processing_time / 1e6:.3f}"
-            rows.append((s.id, e.name, str(e.num_requests), str(e.num_errors), avg, e.last_error))
+            rows.append(
+                (
+                    s.id,
+                    e.name,
+                    str(e.num_requests),
+                    str(e.num_errors),
+                    avg,
+                    _queue(e.data),
+                    e.last_error,
+                )
+            )
     _table(rows)
     return 0
+
+
+def _queue(data: dict[str, Any] | None) -> str:
+    """In or out of the queue group (ejected by the controller); blank for other services."""
+    if not data or "queue_ejected" not in data:
+        return ""
+    ejections = data.get("queue_ejections", 0)
+    return (
+        f"out ({ejections} ejections)" if data["queue_ejected"] else f"in ({ejections} ejections)"
+    )
 
 
 async def _nats(args: argparse.Namespace) -> int:

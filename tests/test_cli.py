@@ -95,6 +95,7 @@ async def test_ls_info_stats(nats_url: str) -> None:
         assert echo["num_requests"] == 1
         table = await run("stats", "echo", "--nats", nats_url)
         assert "REQUESTS" in table.stdout
+        assert "in (0 ejections)" in table.stdout  # in its queue group
     missing = await run("info", "ghost", "--nats", nats_url)
     assert missing.returncode == 3
     empty = await run("ls", "--json", "--nats", nats_url)
@@ -144,3 +145,12 @@ async def test_bench_traffic_compares_balancers_against_the_healthy_p99(nats_url
         assert out[mode]["calls"] > 0
         assert out[mode]["p99_ms"] >= out[mode]["p50_ms"] > 0
     assert set(out["ratio_to_healthy_p99"]) == {"queue", "p2c", "p2c+hedging"}
+
+
+def test_stats_show_an_instance_the_controller_took_out_of_its_queue_group() -> None:
+    from natsmesh._cli import _queue
+
+    assert _queue({"queue_ejected": 1, "queue_ejections": 2}) == "out (2 ejections)"
+    assert _queue({"queue_ejected": 0, "queue_ejections": 2}) == "in (2 ejections)"
+    assert _queue({"dropped_expired": 0}) == ""  # a micro service in another language
+    assert _queue(None) == ""
