@@ -155,13 +155,27 @@ async def test_cli_routes_apply_show_and_errors(nats_url: str, tmp_path: Path) -
     assert "no controller" in nobody.stderr
 
 
+async def _renewals(nats_url: str, holder: str, count: int) -> None:
+    """Wait until ``holder`` has renewed the leader lease ``count`` times (a KV watch)."""
+    nc = await nats.connect(nats_url)
+    try:
+        async with (await Tables.open(nc)).watch(LEADER_KEY) as updates:
+            with anyio.fail_after(10):
+                while count > 0:
+                    entry = await updates.get()
+                    if entry.value and json.loads(entry.value)["holder"] == holder:
+                        count -= 1
+    finally:
+        await nc.close()
+
+
 async def test_two_controllers_one_leader_and_a_takeover(nats_url: str) -> None:
     async with Controller(nats_url, lease=1.0) as first:
         await eventually(lambda: first.is_leader)
         second = Controller(nats_url, lease=1.0)
         await second.__aenter__()
         try:
-            await anyio.sleep(1.0)
+            await _renewals(nats_url, first.id, 4)  # a full lease, in which the second tried
             assert first.is_leader
             assert not second.is_leader
             async with ServiceRunner(Echo, nats=nats_url) as runner:

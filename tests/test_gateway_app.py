@@ -7,6 +7,7 @@ import json
 import re
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import anyio
 import anyio.from_thread
@@ -16,6 +17,7 @@ import pytest
 from gateway_env import Answer, Shop, asgi, recording, running_shop
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_controller import eventually
 
 from gateway import GatewayLimits, create_app
 from natsmesh import Mesh, ServiceRunner, endpoint, service
@@ -456,9 +458,11 @@ async def test_openapi_is_served_live(shop: Shop, client: httpx.AsyncClient) -> 
     async with ServiceRunner(Late, nats=shop.url):
         # Found by name through $SRV.INFO; discovery is eventually consistent, so a
         # first miss on a loaded machine is asked again on the next request.
-        with anyio.fail_after(10):
-            while (reply := await client.post("/late/hello")).status_code == 404:  # noqa: ASYNC110  (polls over HTTP)
-                await anyio.sleep(0.1)
+        async def found() -> Any:
+            reply = await client.post("/late/hello")
+            return reply if reply.status_code != 404 else None
+
+        reply = await eventually(found)
         assert reply.json() == "hi"
         shop.app.directory.scan_ttl = 0  # do not wait for the next scan
         spec = (await client.get("/openapi.json")).json()

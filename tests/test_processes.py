@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import time
+from collections.abc import Callable
 from typing import Any
 
 import anyio
 import anyio.to_thread
+import nats
 import pytest
 from procs import Proc
+from test_controller import eventually
 
 from natsmesh import Mesh, Retries, ServicePolicy
 
@@ -28,7 +32,7 @@ async def test_sigterm_finishes_in_flight_requests_then_exits(nats_url: str) -> 
             async with anyio.create_task_group() as tg:
                 for _ in range(4):
                     tg.start_soon(slow)
-                await anyio.sleep(0.2)  # the requests are in the handler, sleeping 0.5 s
+                await eventually(lambda: _in_flight(nats_url, "echo", 4))  # all in the handler
                 proc.signal(signal.SIGTERM)
             assert len(results) == 4
             code = await anyio.to_thread.run_sync(proc.popen.wait, 10)
@@ -53,6 +57,7 @@ async def test_rolling_restart_loses_no_call(nats_url: str, attempts: int) -> No
             await anyio.to_thread.run_sync(p.wait_ready)
         ok = failed = 0
         errors: list[str] = []
+        served: set[int] = set()
         stop = anyio.Event()
         # With retries off only the drain protects the calls: in-flight requests finish
         # and the queue group stops sending to an instance before it goes.
@@ -64,7 +69,8 @@ async def test_rolling_restart_loses_no_call(nats_url: str, attempts: int) -> No
                 deadline = time.monotonic() + 60  # bounded even if the restarts stall
                 while not stop.is_set() and time.monotonic() < deadline:
                     try:
-                        await mesh.call("echo.slow", {"seconds": 0.02}, timeout=5)
+                        out = await mesh.call("echo.slow", {"seconds": 0.02}, timeout=5)
+                        served.add(out["pid"])
                         ok += 1
                     except Exception as exc:
                         failed += 1
@@ -79,7 +85,7 @@ async def test_rolling_restart_loses_no_call(nats_url: str, attempts: int) -> No
                     procs[i].close()
                     procs[i] = Proc("serve", "services:Echo", nats_url=nats_url)
                     await anyio.to_thread.run_sync(procs[i].wait_ready)
-                    await anyio.sleep(0.2)
+                    await eventually(lambda i=i: procs[i].pid in served)  # it takes its share
                 stop.set()
         assert failed == 0, errors[:5]
         assert ok > 100
@@ -96,6 +102,20 @@ class Load:
         self.workers = workers
         self.samples: list[tuple[float, float, str]] = []  # (start, seconds, pid or error)
         self.stop = anyio.Event()
+        self._waits: list[tuple[Callable[[], bool], anyio.Event]] = []
+
+    async def until(self, check: Callable[[], bool], *, within: float = 30.0) -> None:
+        """Wait until ``check()`` holds, tested as each call's sample comes in."""
+        event = anyio.Event()
+        self._waits.append((check, event))
+        with anyio.fail_after(within):
+            await event.wait()
+
+    def _record(self, sample: tuple[float, float, str]) -> None:
+        self.samples.append(sample)
+        for check, event in self._waits:
+            if not event.is_set() and check():
+                event.set()
 
     async def run(self, *, limit: float = 60.0) -> None:
         deadline = time.monotonic() + limit  # bounded even if the test stalls
@@ -108,7 +128,7 @@ class Load:
                     result = str(out["pid"])
                 except Exception as exc:
                     result = f"error: {exc!r}"
-                self.samples.append((started, time.monotonic() - started, result))
+                self._record((started, time.monotonic() - started, result))
 
         async with anyio.create_task_group() as tg:
             for _ in range(self.workers):
@@ -122,20 +142,30 @@ class Load:
         return lat[min(len(lat) - 1, int(len(lat) * 0.99))]
 
 
-async def _fleet(nats_url: str, mesh: Mesh, n: int) -> list[Proc]:
-    from test_controller import eventually
+async def _in_flight(nats_url: str, service: str, count: int) -> bool:
+    """Whether the service's instance reports ``count`` requests in its handlers ($SRV.STATS)."""
+    nc = await nats.connect(nats_url)
+    try:
+        reply = await nc.request(f"$SRV.STATS.{service}", b"", timeout=2)
+    finally:
+        await nc.close()
+    return any(e["data"]["in_flight"] == count for e in json.loads(reply.data)["endpoints"])
 
+
+def _registered(mesh: Mesh) -> int:
+    assert mesh.tables is not None
+    snap = mesh.tables.snapshot("echo")
+    return 0 if snap.registry is None else len(snap.registry.instances)
+
+
+async def _fleet(nats_url: str, mesh: Mesh, n: int) -> list[Proc]:
     procs = [Proc("serve", "services:Echo", nats_url=nats_url) for _ in range(n)]
     for p in procs:
         await anyio.to_thread.run_sync(p.wait_ready)
     await mesh.call("echo.echo", {"id": 1, "name": "x"})
     assert mesh.tables is not None
 
-    def registered() -> bool:
-        snap = mesh.tables.snapshot("echo")  # type: ignore[union-attr]
-        return snap.registry is not None and len(snap.registry.instances) == n
-
-    await eventually(registered)
+    await eventually(lambda: _registered(mesh) == n)
     return procs
 
 
@@ -152,14 +182,17 @@ async def test_kill_9_of_one_of_three_loses_no_call(nats_url: str) -> None:
             baseline = Load(mesh)
             async with anyio.create_task_group() as tg:
                 tg.start_soon(baseline.run)
-                await anyio.sleep(1.5)
+                await baseline.until(lambda: len(baseline.samples) >= 1000)
                 baseline.stop.set()
             load = Load(mesh)
             async with anyio.create_task_group() as tg:
                 tg.start_soon(load.run)
-                await anyio.sleep(1.0)
+                await load.until(lambda: len(load.samples) >= 300)
                 procs[0].signal(signal.SIGKILL)
-                await anyio.sleep(3.0)
+                # Until the mesh itself knows (the controller expires it from the registry):
+                # every call before relied on failing over from the dead instance.
+                await load.until(lambda: _registered(mesh) == 2)
+                await load.until(lambda: len(load.samples) >= 600)
                 load.stop.set()
             assert load.errors() == []
             assert len(load.samples) > 200
@@ -182,13 +215,17 @@ async def test_a_frozen_instance_is_avoided_and_serves_again_after_sigcont(
             load = Load(mesh)
             async with anyio.create_task_group() as tg:
                 tg.start_soon(load.run)
-                await anyio.sleep(1.0)
+                await load.until(lambda: len(load.samples) >= 300)
                 stopped_at = time.monotonic()
                 frozen.signal(signal.SIGSTOP)
-                await anyio.sleep(10.0)
+                await anyio.sleep(10.0)  # the issue's scenario: frozen for 10 s, under load
                 frozen.signal(signal.SIGCONT)
                 resumed_at = time.monotonic()
-                await anyio.sleep(4.0)
+                pid = str(frozen.pid)
+                # Until it serves again, as the assertion below wants it to.
+                await load.until(
+                    lambda: load.samples[-1][0] > resumed_at + 2 and load.samples[-1][2] == pid
+                )
                 load.stop.set()
             assert load.errors() == []
             # Within 3 s the frozen instance gets no more requests: nothing waits out a try.

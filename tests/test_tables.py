@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import anyio
 import nats
@@ -15,6 +16,7 @@ import pytest
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from services import Echo
+from test_controller import eventually
 
 from natsmesh import DeadlineExceeded, HttpRoute, Mesh, ServiceRunner
 from natsmesh._control import (
@@ -331,13 +333,14 @@ async def test_the_http_table_is_loaded_watched_validated_and_reported(
         reply = await controller.apply(b'[[http]]\nmethod = "GET"\npath = "/x"\ntarget = "a.b"\n')
         assert reply.ok, reply
         await until(lambda routes: [r.path for r in routes] == ["/x"])
+
         # The controller's view compares the gateway's revision with the http key's.
-        with anyio.fail_after(5):
-            while True:
-                rows = [r for r in controller.status().rows if r.service == HTTP_TABLE]
-                if rows and rows[0].state == "SYNCED" and rows[0].applied == rows[0].latest:
-                    break
-                await anyio.sleep(0.05)
+        def synced() -> list[Any]:
+            rows = [r for r in controller.status().rows if r.service == HTTP_TABLE]
+            ok = rows and rows[0].state == "SYNCED" and rows[0].applied == rows[0].latest
+            return rows if ok else []
+
+        rows = await eventually(synced)
         assert rows[0].kind == "gateway"
         assert rows[0].latest == reply.revisions[HTTP_KEY]
 
