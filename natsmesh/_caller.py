@@ -38,7 +38,7 @@ from natsmesh._errors import (
     Overloaded,
     RemoteError,
 )
-from natsmesh._outlier_report import QueueReporter
+from natsmesh._outlier_report import QueueReporter, instance_of
 from natsmesh._policy import backoff
 from natsmesh._routes import ServicePolicy
 from natsmesh._subjects import Subjects
@@ -305,8 +305,9 @@ class Caller:
                 named = None
                 if instance is None and exc.code >= 500:
                     # Through a queue group: only the error reply names the instance.
-                    await self._reporter.failed(route.service, msg.headers, traffic, registry)
-                    named = msg.headers.get(_headers.INSTANCE) if msg.headers else None
+                    named = instance_of(msg.headers)
+                    if named is not None:
+                        await self._reporter.failed(route.service, named, traffic, registry)
                 if exc.code in (502, 503):
                     raise _Failed(exc, processed=True, instance=named) from None
                 ok = exc.code < 500

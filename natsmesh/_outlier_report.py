@@ -32,6 +32,17 @@ from natsmesh._transport import NATS
 log = logging.getLogger("natsmesh.client")
 
 
+def instance_of(headers: Mapping[str, str] | None) -> str | None:
+    """The instance an error reply names (``Mesh-Instance``), if it is a valid id."""
+    instance = headers.get(_headers.INSTANCE) if headers else None
+    if instance is None:
+        return None
+    try:
+        return validate_token("instance id", instance)
+    except InvalidName:
+        return None
+
+
 class QueueReporter:
     """Counts queue-mode failures per service and instance, and reports outliers."""
 
@@ -44,19 +55,12 @@ class QueueReporter:
     async def failed(
         self,
         service: str,
-        headers: Mapping[str, str] | None,
+        instance: str,
         traffic: ServiceTraffic,
         registry: RegistryTable | None,
     ) -> None:
         """An error reply reached through a queue group: count it against its instance."""
-        if registry is None or not headers:
-            return
-        instance = headers.get(_headers.INSTANCE)
-        if instance is None:
-            return
-        try:
-            validate_token("instance id", instance)
-        except InvalidName:
+        if registry is None:
             return
         population = sum(1 for i in registry.instances if i.mesh)
         if population < 2:
