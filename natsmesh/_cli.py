@@ -1,14 +1,22 @@
 """The ``natsmesh`` command line.
 
-``NATS_URL`` is honoured everywhere, then ``--nats``. Commands that list things
-take ``--json``. Failures print one line on stderr and exit non-zero:
-2 usage, 3 no responders, 4 deadline exceeded, 5 remote error, 6 invalid reply,
-1 anything else.
+``--nats`` is honoured everywhere, else ``NATS_URL``. Commands that list things
+take ``--json``. Failures print one line on stderr and exit non-zero. The exit
+codes (``_cli_exit.EXIT_CODES``, shown by ``natsmesh --help``): 0 success, 1 any
+other failure, 2 usage, 3 no responders, 4 deadline exceeded, 5 the service
+answered with an error, 6 the reply is invalid, 7 cannot connect to NATS, 8 cannot
+listen where told to, 130 interrupted, 141 standard output closed early.
+
+Commands that do one thing and exit (``call``, ``ls``, ``info``, ``stats``,
+``routes``, ``status``, ``bench``) give up after ``--connect-timeout`` when no
+NATS server answers; long-running ones (``serve``, ``gateway``, ``controller``,
+``up --nats``) keep trying, and log each change of the connection's state once.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import functools
 import importlib.util
 import json
@@ -26,8 +34,11 @@ import pydantic_core
 from natsmesh import _micro
 from natsmesh._cli_auth import register as register_auth
 from natsmesh._cli_bench import add_bench
+from natsmesh._cli_call import call_target, parse_headers, parse_payload
 from natsmesh._cli_control import _table, add_commands
+from natsmesh._cli_exit import ListenError, epilog, fail
 from natsmesh._cli_nats import (
+    add_connect_timeout,
     add_nats_options,
     apply_nats_options,
     maybe_embedded,
@@ -36,57 +47,41 @@ from natsmesh._cli_nats import (
     seconds,
     server_of,
 )
+from natsmesh._cli_serve import add_serve
 from natsmesh._client import Mesh
-from natsmesh._codec import Codec, DecodeError, decode
 from natsmesh._controller import Controller
-from natsmesh._credentials import CredentialsError
 from natsmesh._discovery import gather
-from natsmesh._embedded import EmbeddedNats
-from natsmesh._errors import (
-    DeadlineExceeded,
-    InvalidReply,
-    MeshError,
-    NoResponders,
-    RemoteError,
-)
+from natsmesh._errors import NoResponders
 from natsmesh._runtime import ServiceRunner
+from natsmesh._schema_text import printable, schema_text
 from natsmesh._serve import load_target, serve, wait_for_signal
 from natsmesh._subjects import validate_token
 from natsmesh._transport import connect, nats_url
 
-EXIT_CODES: dict[type[BaseException], int] = {
-    NoResponders: 3,
-    DeadlineExceeded: 4,
-    RemoteError: 5,
-    InvalidReply: 6,
-}
-MAX_JSON_ARG = 1024 * 1024
 _SHOP_ROUTES = Path(__file__).parent.parent / "examples" / "routes.toml"
+DEFAULT_HTTP_PORT = 8080
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = _parser()
-    args = parser.parse_args(argv)
+    try:
+        code = _main(argv)
+        sys.stdout.flush()  # here, where a closed pipe is still ours to report
+    except KeyboardInterrupt:
+        code = 130
+    except Exception as exc:  # one line and its exit code; a bug keeps its traceback
+        code = fail(exc)
+    sys.exit(code)
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    args = _parser().parse_args(argv)  # --help and usage errors exit here (SystemExit)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    apply_nats_options(args)
     command: Callable[[argparse.Namespace], Awaitable[int]] = args.command
-    try:
-        apply_nats_options(args)
-        code = _run(command, args)
-    except KeyboardInterrupt:
-        code = 130
-    except MeshError as exc:
-        print(f"natsmesh: {exc}", file=sys.stderr)
-        code = next((c for t, c in EXIT_CODES.items() if isinstance(exc, t)), 1)
-    except CredentialsError as exc:
-        print(f"natsmesh: {exc}", file=sys.stderr)
-        code = 2
-    except (OSError, ValueError) as exc:
-        print(f"natsmesh: {exc}", file=sys.stderr)
-        code = 1
-    sys.exit(code)
+    return _run(command, args)
 
 
 def _run(command: Callable[[argparse.Namespace], Awaitable[int]], args: argparse.Namespace) -> int:
@@ -99,7 +94,12 @@ def backend_options() -> dict[str, Any]:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="natsmesh", description="A service mesh on NATS.")
+    parser = argparse.ArgumentParser(
+        prog="natsmesh",
+        description="A service mesh on NATS.",
+        epilog=epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     sub = parser.add_subparsers(required=True, metavar="COMMAND")
 
@@ -110,20 +110,33 @@ def _parser() -> argparse.ArgumentParser:
         p.set_defaults(command=func)
         return p
 
-    nats_option = add_nats_options
+    def nats_option(p: argparse.ArgumentParser) -> None:
+        add_nats_options(p)
+
+    def one_shot(p: argparse.ArgumentParser) -> None:
+        add_nats_options(p)
+        add_connect_timeout(p)
 
     p = command(
-        "up", _up, "start a working mesh: NATS (embedded unless given) and the example shop"
+        "up",
+        _up,
+        "start a working mesh: NATS (embedded unless --nats), a controller, services and"
+        " the HTTP gateway",
     )
-    nats_option(p)
+    add_nats_options(p, embedded=True)
     p.add_argument(
-        "--nats-port", type=port_number, default=4222, help="port of the embedded server"
+        "--nats-port",
+        type=port_number,
+        default=None,
+        help="port of the embedded server (default: 4222, else any free port, which the"
+        " ready line shows; a port given here that is taken is an error; 0: any free port)",
     )
     p.add_argument(
         "--services",
         metavar="MODULE:ATTR",
         default="examples.shop:SERVICES",
-        help="the services to run (default: the example shop)",
+        help="the @service classes to run, as for 'natsmesh serve' (default: the example"
+        " shop, examples.shop:SERVICES)",
     )
     p.add_argument(
         "--routes",
@@ -135,49 +148,77 @@ def _parser() -> argparse.ArgumentParser:
         "--port",
         type=port_number,
         default=None,
-        help="the HTTP gateway's port (default: 8080, else any free port)",
+        help=f"the HTTP gateway's port (default: {DEFAULT_HTTP_PORT}, else any free port;"
+        " a port given here that is taken is an error; 0: any free port)",
     )
     _auth_option(p)
 
     p = command("gateway", _gateway, "serve the HTTP gateway in front of the mesh (uvicorn)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
     p.add_argument(
-        "--port", type=port_number, default=8080, help="port to listen on (8080; 0: any)"
+        "--port",
+        type=port_number,
+        default=None,
+        help=f"port to listen on (default: {DEFAULT_HTTP_PORT}, else any free port, which the"
+        " ready line shows; a port given here that is taken is an error; 0: any free port)",
     )
     p.add_argument("--workers", type=positive, default=1, help="worker processes (1)")
     _auth_option(p)
     nats_option(p)
 
-    p = command("serve", _serve_cmd, "run the @service classes named by MODULE:ATTR")
-    p.add_argument("target", metavar="MODULE:ATTR")
-    p.add_argument("--instances", type=positive, default=1, help="instances of each service")
-    nats_option(p)
+    add_serve(command)
 
     p = command("call", _call, "call SERVICE.ENDPOINT and print the reply as JSON")
-    p.add_argument("target", metavar="SERVICE.ENDPOINT")
+    p.add_argument("target", metavar="SERVICE.ENDPOINT", type=call_target)
     p.add_argument("payload", nargs="?", metavar="JSON", help="request payload as JSON")
-    p.add_argument("--timeout", type=seconds, default=5.0, metavar="SECONDS")
-    p.add_argument("-H", "--header", action="append", default=[], metavar="KEY=VALUE")
-    nats_option(p)
+    p.add_argument(
+        "--timeout",
+        type=seconds,
+        default=None,
+        metavar="SECONDS",
+        help="the call's whole budget, retries included (default: the service's route"
+        " timeout, else 5)",
+    )
+    p.add_argument(
+        "-H",
+        "--header",
+        action="append",
+        default=[],
+        metavar="'KEY: VALUE'",
+        help="a request header, as 'KEY: VALUE' or KEY=VALUE; repeat for more",
+    )
+    one_shot(p)
 
     for name, func, help in (
         ("ls", _ls, "list running services (natsmesh and any NATS micro service)"),
-        ("info", _info, "show the endpoints and schemas of a service's instances"),
+        ("info", _info, "show the endpoints of a service's instances, with their schemas"),
         ("stats", _stats, "show the request statistics of a service's instances"),
     ):
         p = command(name, func, help)
         if name != "ls":
             p.add_argument("service", type=_service_name)
         p.add_argument("--json", action="store_true", help="print JSON")
-        p.add_argument("--timeout", type=seconds, default=1.0, metavar="SECONDS")
-        nats_option(p)
+        p.add_argument(
+            "--timeout",
+            type=seconds,
+            default=1.0,
+            metavar="SECONDS",
+            help="how long to collect answers (1)",
+        )
+        one_shot(p)
 
-    add_commands(command, nats_option)
+    add_commands(command, nats_option, one_shot)
     register_auth(sub)
-    add_bench(command, nats_option)
+    add_bench(command, one_shot)
 
     p = command("nats", _nats, "run an embedded nats-server in the foreground")
-    p.add_argument("--port", type=port_number, default=4222)
+    p.add_argument(
+        "--port",
+        type=port_number,
+        default=None,
+        help="client port (default: 4222, else any free port, which the ready line shows;"
+        " a port given here that is taken is an error; 0: any free port)",
+    )
 
     return parser
 
@@ -195,7 +236,10 @@ def _auth_option(p: argparse.ArgumentParser) -> None:
 
 
 def _service_name(text: str) -> str:
-    return validate_token("service", text)
+    try:
+        return validate_token("service", text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 # -- commands ------------------------------------------------------------------------------
@@ -212,8 +256,9 @@ async def _up(args: argparse.Namespace) -> int:
     from gateway import serve as serve_gateway
 
     auth = _gateway_auth(args.auth)
-    sock = _gateway_socket("127.0.0.1", args.port)
-    async with maybe_embedded(url, args.nats_port) as nats, Controller(nats) as controller:
+    sock, moved = _gateway_socket("127.0.0.1", args.port)
+    embedded = maybe_embedded(url, args.nats_port)
+    async with embedded as nats, Controller(nats) as controller:
         if routes is not None:
             await _apply_when_leader(controller, routes, str(routes_file))
         async with (
@@ -230,8 +275,8 @@ async def _up(args: argparse.Namespace) -> int:
                 )
                 names = ", ".join(f"{r.spec.name}@{r.spec.version}" for r in runners)
                 print(
-                    f"natsmesh up: nats {nats} | controller {controller.id} | services {names}"
-                    f" | gateway {http} | Ctrl-C to stop",
+                    f"natsmesh up: nats {nats}{embedded.note} | controller {controller.id}"
+                    f" | services {names} | gateway {http}{moved} | Ctrl-C to stop",
                     flush=True,
                 )
 
@@ -254,16 +299,26 @@ def _gateway_auth(path: str | None) -> Any:
     return GatewayAuth.load(path)
 
 
-def _gateway_socket(host: str, port: int | None) -> socket.socket:
-    """The gateway's listening socket: ``port``, or 8080 and else any free port."""
+def _gateway_socket(host: str, port: int | None) -> tuple[socket.socket, str]:
+    """The gateway's listening socket, and a note for the ready line when it moved.
+
+    ``port`` None is 8080, else any free port (the note says so); an explicit port
+    that cannot be had is a ListenError naming it.
+    """
     from gateway import bind
 
-    if port is not None:
-        return bind(host, port)
     try:
-        return bind(host, 8080)
-    except OSError:
-        return bind(host, 0)
+        return bind(host, DEFAULT_HTTP_PORT if port is None else port), ""
+    except OSError as exc:
+        if port is None and exc.errno == errno.EADDRINUSE:
+            return bind(host, 0), f" (port {DEFAULT_HTTP_PORT} was taken)"
+        where = f"{host}:{DEFAULT_HTTP_PORT if port is None else port}"
+        if exc.errno == errno.EADDRINUSE:
+            raise ListenError(
+                f"port {port} on {host} is taken: stop what listens there, or choose another"
+                " with --port (0: any free port)"
+            ) from None
+        raise ListenError(f"cannot listen on {where}: {exc.strerror or exc}") from None
 
 
 async def _gateway(args: argparse.Namespace) -> int:
@@ -273,11 +328,14 @@ async def _gateway(args: argparse.Namespace) -> int:
     limits = GatewayLimits()
     url = server_of(args)
     auth = _gateway_auth(args.auth)
-    sock = _gateway_socket(args.host, args.port)
+    sock, moved = _gateway_socket(args.host, args.port)
     if args.workers > 1:
 
         def announce(http: str) -> None:
-            print(f"natsmesh gateway: {http} | workers {args.workers} | Ctrl-C to stop", flush=True)
+            print(
+                f"natsmesh gateway: {http}{moved} | workers {args.workers} | Ctrl-C to stop",
+                flush=True,
+            )
 
         # uvicorn's supervisor blocks and owns the signals: this process only supervises.
         run_workers(
@@ -302,7 +360,10 @@ async def _gateway(args: argparse.Namespace) -> int:
             ),
             sock,
         )
-        print(f"natsmesh gateway: {http} | nats {nats_url(url)} | Ctrl-C to stop", flush=True)
+        print(
+            f"natsmesh gateway: {http}{moved} | nats {nats_url(url)} | Ctrl-C to stop",
+            flush=True,
+        )
         await wait_for_signal()
         tg.cancel_scope.cancel()
     return 0
@@ -318,33 +379,14 @@ async def _apply_when_leader(controller: Controller, routes: bytes, name: str) -
         raise ValueError(f"{name}: {details or reply.error}")
 
 
-async def _serve_cmd(args: argparse.Namespace) -> int:
-    targets = load_target(args.target)
-
-    def ready(runners: list[ServiceRunner]) -> None:
-        ids = ", ".join(f"{r.spec.name}/{r.id}" for r in runners)
-        print(f"natsmesh serve: {ids}", flush=True)
-
-    await serve(targets, nats=server_of(args), instances=args.instances, ready=ready)
-    return 0
-
-
 async def _call(args: argparse.Namespace) -> int:
-    payload: Any = None
-    if args.payload is not None:
-        if len(args.payload) > MAX_JSON_ARG:
-            raise ValueError("payload argument larger than 1 MiB")
-        try:
-            payload = decode(args.payload.encode(), Codec.JSON)
-        except DecodeError as exc:
-            raise ValueError(f"payload is not valid JSON: {exc.reason}") from None
-    headers = {}
-    for item in args.header:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ValueError(f"header {item!r}: expected KEY=VALUE")
-        headers[key] = value
-    async with Mesh(server_of(args), name="natsmesh-cli") as mesh:
+    payload = parse_payload(args.payload)
+    headers = parse_headers(args.header)
+    # One call, then gone: the tables are read once (no KV watch), so the route's
+    # policy applies without a watch's setup cost.
+    async with Mesh(
+        server_of(args), name="natsmesh-cli", watch=False, connect_timeout=args.connect_timeout
+    ) as mesh:
         result = await mesh.call(args.target, payload, timeout=args.timeout, headers=headers)
     if isinstance(result, bytes):
         sys.stdout.buffer.write(result)
@@ -355,7 +397,7 @@ async def _call(args: argparse.Namespace) -> int:
 
 async def _discover(args: argparse.Namespace, verb: str, model: Any) -> list[Any]:
     """Every answer to ``$SRV.<verb>``; raises NoResponders when a named service has none."""
-    nc = await connect(server_of(args), name="natsmesh-cli")
+    nc = await connect(server_of(args), name="natsmesh-cli", give_up_after=args.connect_timeout)
     name = getattr(args, "service", None)
     try:
         answers = await gather(nc, verb, model, name=name, timeout=args.timeout)
@@ -393,10 +435,16 @@ async def _info(args: argparse.Namespace) -> int:
     if args.json:
         return _print_json(infos)
     for i in infos:
-        print(f"{i.name} {i.version} id={i.id} {i.description}")
+        print(printable(f"{i.name} {i.version} id={i.id} {i.description}".rstrip()))
         for e in i.endpoints:
             idem = e.metadata.get("natsmesh.idempotent", "?")
-            print(f"  {e.name:<20} subject={e.subject} queue={e.queue_group} idempotent={idem}")
+            print(
+                printable(
+                    f"  {e.name:<20} subject={e.subject} queue={e.queue_group} idempotent={idem}"
+                )
+            )
+            print(f"    request:  {schema_text(e.metadata.get('natsmesh.request_schema'))}")
+            print(f"    response: {schema_text(e.metadata.get('natsmesh.response_schema'))}")
     return 0
 
 
@@ -434,7 +482,9 @@ def _queue(data: dict[str, Any] | None) -> str:
 
 
 async def _nats(args: argparse.Namespace) -> int:
-    async with EmbeddedNats(port=args.port or None) as server:
-        print(f"nats-server {server.version} at {server.url} (Ctrl-C to stop)", flush=True)
+    embedded = maybe_embedded(None, args.port, flag="--port")
+    async with embedded as url:
+        version = embedded.version
+        print(f"nats-server {version} at {url}{embedded.note} | Ctrl-C to stop", flush=True)
         await wait_for_signal()
     return 0

@@ -7,13 +7,14 @@ import json
 from collections.abc import Awaitable, Callable
 
 from natsmesh._cli_nats import maybe_embedded, positive, seconds, server_of
+from natsmesh._transport import connect
 
 Command = Callable[[argparse.Namespace], Awaitable[int]]
 
 
 def add_bench(
     command: Callable[[str, Command, str], argparse.ArgumentParser],
-    nats_option: Callable[[argparse.ArgumentParser], None],
+    one_shot: Callable[[argparse.ArgumentParser], None],
 ) -> None:
     p = command(
         "bench",
@@ -35,11 +36,19 @@ def add_bench(
     p.add_argument(
         "--concurrency", type=positive, default=64, help="gateway: connections of the load (64)"
     )
-    nats_option(p)
+    one_shot(p)
 
 
 async def _bench(args: argparse.Namespace) -> int:
     from natsmesh import _bench, _bench_control, _bench_traffic
+
+    if server_of(args):
+        # The benchmarks make many connections of their own: check the server once, here.
+        await (
+            await connect(
+                server_of(args), name="natsmesh-bench", give_up_after=args.connect_timeout
+            )
+        ).close()
 
     if args.which == "gateway":
         from natsmesh import _bench_gateway

@@ -24,6 +24,7 @@ from natsmesh._control import (
 from natsmesh._controller import Controller
 from natsmesh._errors import MeshError, NoResponders
 from natsmesh._kv import Tables, Unavailable
+from natsmesh._schema_text import printable
 from natsmesh._serve import wait_for_signal
 from natsmesh._transport import NoReply, NoResponse, connect, request
 
@@ -34,7 +35,9 @@ MAX_ROUTE_FILE = 1024 * 1024
 def add_commands(
     command: Callable[[str, Command, str], argparse.ArgumentParser],
     nats_option: Callable[[argparse.ArgumentParser], None],
+    one_shot: Callable[[argparse.ArgumentParser], None],
 ) -> None:
+    """The control-plane commands; ``one_shot`` adds the options of a command that exits."""
     p = command("controller", _controller, "run the controller (registry and route tables)")
     p.add_argument("--replicas", type=int, choices=(1, 3, 5), default=1, help="KV replicas")
     nats_option(p)
@@ -43,11 +46,11 @@ def add_commands(
     p.add_argument("action", choices=("apply", "show"))
     p.add_argument("arg", nargs="?", metavar="FILE|SERVICE")
     p.add_argument("--json", action="store_true", help="print JSON")
-    nats_option(p)
+    one_shot(p)
 
     p = command("status", _status, "each client's applied table revisions, SYNCED or STALE")
     p.add_argument("--json", action="store_true", help="print JSON")
-    nats_option(p)
+    one_shot(p)
 
 
 async def _controller(args: argparse.Namespace) -> int:
@@ -66,7 +69,7 @@ async def _routes(args: argparse.Namespace) -> int:
 
 
 async def _ask(args: argparse.Namespace, name: str, payload: bytes) -> bytes:
-    nc = await connect(server_of(args), name="natsmesh-cli")
+    nc = await connect(server_of(args), name="natsmesh-cli", give_up_after=args.connect_timeout)
     try:
         msg = await request(nc, control_subject("mesh", name), payload, timeout=5, headers={})
     except (NoResponse, NoReply):
@@ -107,7 +110,7 @@ async def _apply(args: argparse.Namespace, path: Path) -> int:
 
 
 async def _show(args: argparse.Namespace, service: str | None) -> int:
-    nc = await connect(server_of(args), name="natsmesh-cli")
+    nc = await connect(server_of(args), name="natsmesh-cli", give_up_after=args.connect_timeout)
     try:
         tables = await Tables.open(nc)
         keys = [routes_key(service)] if service else await tables.keys("routes.")
@@ -162,6 +165,8 @@ async def _status(args: argparse.Namespace) -> int:
 
 
 def _table(rows: Sequence[Sequence[str]]) -> None:
+    # Cells can come from any service on the network: nothing a terminal would act on.
+    rows = [[printable(cell) for cell in row] for row in rows]
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())

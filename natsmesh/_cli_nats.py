@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import argparse
 import os
+from typing import Final
 
+from natsmesh._cli_exit import ListenError
 from natsmesh._credentials import ENV, Credentials, CredentialsError
-from natsmesh._embedded import EmbeddedNats
-from natsmesh._errors import MeshError
+from natsmesh._embedded import EmbeddedNats, NatsPortInUse
 
 __all__ = [
+    "DEFAULT_NATS_PORT",
+    "add_connect_timeout",
     "add_nats_options",
     "apply_nats_options",
     "maybe_embedded",
@@ -40,9 +43,17 @@ _AUTH = ("user", "password", "token", "nkey", "creds")
 _METAVARS = {"nkey": "SEEDFILE", "creds": "FILE", "tls_ca": "PEM", "tls_cert": "PEM"}
 
 
-def add_nats_options(p: argparse.ArgumentParser) -> None:
+DEFAULT_NATS_PORT: Final = 4222
+DEFAULT_CONNECT_TIMEOUT: Final = 3.0
+
+
+def add_nats_options(p: argparse.ArgumentParser, *, embedded: bool = False) -> None:
+    """``--nats`` and the credentials; ``embedded``: the command starts a server without one."""
+    otherwise = "an embedded nats-server" if embedded else "nats://127.0.0.1:4222"
     p.add_argument(
-        "--nats", metavar="URL", help="NATS server URL (default: $NATS_URL, else embedded)"
+        "--nats",
+        metavar="URL",
+        help=f"NATS server URL, several comma-separated (default: $NATS_URL, else {otherwise})",
     )
     group = p.add_argument_group("NATS credentials (flags win over the environment)")
     for field, flag in _FLAGS.items():
@@ -52,6 +63,18 @@ def add_nats_options(p: argparse.ArgumentParser) -> None:
             metavar=_METAVARS.get(field, field.split("_")[-1].upper()),
             help=f"default: ${ENV[field]}",
         )
+
+
+def add_connect_timeout(p: argparse.ArgumentParser) -> None:
+    """``--connect-timeout``, for commands that do one thing and exit."""
+    p.add_argument(
+        "--connect-timeout",
+        type=seconds,
+        default=DEFAULT_CONNECT_TIMEOUT,
+        metavar="SECONDS",
+        help=f"give up when no NATS server answers within this time"
+        f" ({DEFAULT_CONNECT_TIMEOUT:g}; exit code 7)",
+    )
 
 
 def apply_nats_options(args: argparse.Namespace) -> None:
@@ -80,49 +103,74 @@ def server_of(args: argparse.Namespace) -> str | None:
 
 
 class maybe_embedded:
-    """The given URL, or an embedded server for the duration of the block."""
+    """The given URL, or an embedded server for the duration of the block.
 
-    def __init__(self, url: str | None, port: int) -> None:
+    ``port`` None is the usual port (4222), or any free one when it is taken: then
+    :attr:`note` says so, for the ready line. An explicit port that is taken is a
+    :class:`ListenError` naming it; 0 is any free port.
+    """
+
+    def __init__(self, url: str | None, port: int | None, *, flag: str = "--nats-port") -> None:
         self._url = url
         self._port = port
+        self._flag = flag
         self._server: EmbeddedNats | None = None
+        self.note = ""
 
     async def __aenter__(self) -> str:
         if self._url:
             return self._url
-        self._server = EmbeddedNats(port=self._port or None)
+        port = DEFAULT_NATS_PORT if self._port is None else self._port
         try:
-            await self._server.__aenter__()
-        except MeshError:
-            # The usual port is taken (another mesh?): any free port will do.
-            self._server = EmbeddedNats()
-            await self._server.__aenter__()
+            self._server = await EmbeddedNats(port=port or None).__aenter__()
+        except NatsPortInUse:
+            if self._port is not None:
+                raise ListenError(
+                    f"port {port} on 127.0.0.1 is taken (another nats-server?): stop what"
+                    f" listens there, or choose another with {self._flag} (0: any free port)"
+                ) from None
+            self._server = await EmbeddedNats().__aenter__()
+            self.note = (
+                f" (port {port} was taken; in other shells: export NATS_URL={self._server.url})"
+            )
         return self._server.url
+
+    @property
+    def version(self) -> str:
+        """The embedded server's version ("" when a URL was given)."""
+        return "" if self._server is None else self._server.version
 
     async def __aexit__(self, *exc: object) -> None:
         if self._server is not None:
             await self._server.__aexit__(None, None, None)
 
 
-# -- argument types (argparse turns ValueError into a usage error, exit 2) ----------------
+# -- argument types: argparse shows an ArgumentTypeError's words, then exits 2 ----------
 
 
 def port_number(text: str) -> int:
-    port = int(text)
-    if not 0 <= port <= 65535:
-        raise ValueError(text)
-    return port
+    return _integer(text, 0, 65535)
 
 
 def positive(text: str) -> int:
-    value = int(text)
-    if not 1 <= value <= 1024:
-        raise ValueError(text)
-    return value
+    return _integer(text, 1, 1024)
 
 
 def seconds(text: str) -> float:
-    value = float(text)
-    if not 0 < value <= 3600:
-        raise ValueError(text)
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value <= 3600:  # NaN fails too
+        raise argparse.ArgumentTypeError(f"{text!r}: expected seconds, more than 0 and up to 3600")
+    return value
+
+
+def _integer(text: str, low: int, high: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = low - 1
+    if not low <= value <= high:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected an integer within {low}..{high}")
     return value

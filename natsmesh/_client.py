@@ -48,6 +48,8 @@ log = logging.getLogger("natsmesh.client")
 T = TypeVar("T")
 
 DEFAULT_TIMEOUT: Final = 5.0
+FIRST_LOAD_WAIT: Final = 0.25  # seconds a first call waits for its service's tables
+ONE_SHOT_LOAD_WAIT: Final = 2.0  # the same, for a client that does not watch them
 
 
 _NO_TABLES = Snapshot()
@@ -62,7 +64,14 @@ class Mesh:
 
     With ``tables`` (the default) the client loads the control plane's tables
     of each service it calls, on the first call, and keeps them current; without
-    a controller it works the same, by convention.
+    a controller it works the same, by convention. With ``watch=False`` it reads
+    each service's tables once (direct gets, no KV watch, no status reports): for
+    a one-shot tool that makes a call or two and leaves.
+
+    ``connect_timeout`` (seconds) makes a client that connects itself give up
+    with :class:`NatsUnreachable` when no server answers in time (and at once
+    when the server refuses the credentials); None, the default, keeps trying,
+    as a long-running process started before its server wants.
 
     ``zone`` is where this client runs (default ``NATSMESH_ZONE``, else its NATS
     server's cluster name): p2c and hash prefer instances in it, then the route's
@@ -81,9 +90,13 @@ class Mesh:
         tables: bool = True,
         kind: Literal["client", "gateway", "service"] = "client",
         zone: str | None = None,
+        watch: bool = True,
+        connect_timeout: float | None = None,
     ) -> None:
         if timeout <= 0:
             raise ValueError("timeout must be positive")
+        if connect_timeout is not None and connect_timeout <= 0:
+            raise ValueError("connect_timeout must be positive")
         self._nats = nats
         self.name = name
         self._subjects = Subjects(prefix)
@@ -98,6 +111,8 @@ class Mesh:
         self._caller: Caller | None = None
         self._context: Context | None = None
         self._use_tables = tables
+        self._watch = watch
+        self._connect_timeout = connect_timeout
         self._kind = kind
         # Instances in this zone are preferred (p2c, hash); default: NATSMESH_ZONE, else
         # the NATS cluster name of the server this client is connected to.
@@ -108,7 +123,9 @@ class Mesh:
         if isinstance(self._nats, NATS):
             self._nc = self._nats
         else:
-            self._nc = await connect(self._nats, name=self.name)
+            self._nc = await connect(
+                self._nats, name=self.name, give_up_after=self._connect_timeout
+            )
             self._owns_connection = True
         self._requester = await Requester(self._nc).__aenter__()
         self._caller = Caller(
@@ -117,7 +134,11 @@ class Mesh:
         self._caller.zone = self.zone if self.zone is not None else server_cluster(self._nc)
         if self._use_tables:
             cache = TableCache(
-                self._nc, client_name=self.name, kind=self._kind, prefix=self._subjects.prefix
+                self._nc,
+                client_name=self.name,
+                kind=self._kind,
+                prefix=self._subjects.prefix,
+                follow=self._watch,
             )
             self._tables = await cache.__aenter__()
         return self
@@ -218,7 +239,7 @@ class Mesh:
         snapshot = _NO_TABLES
         if tables is not None:
             if route.service not in tables:  # only the first calls of a service wait
-                await tables.ensure(route.service)
+                await tables.ensure(route.service, wait=self._first_load_wait(timeout))
             snapshot = tables.snapshot(route.service)
         policy = snapshot.policy or self.policy
         if timeout is None and context is None:
@@ -268,6 +289,14 @@ class Mesh:
                 if rerouted is None or rerouted == route:
                     raise
                 route = rerouted
+
+    def _first_load_wait(self, timeout: float | None) -> float:
+        # A watching client goes on by convention after a moment: its tables follow.
+        # A one-shot client has no later call to apply them to, so it waits for its
+        # snapshot (a few direct gets), within half of the call's budget.
+        if self._watch:
+            return FIRST_LOAD_WAIT
+        return min(ONE_SHOT_LOAD_WAIT, (self.timeout if timeout is None else timeout) / 2)
 
     def metrics(self) -> dict[str, dict[str, int]]:
         """Counters per service called: requests, retries, hedges, failovers, ejections, ..."""

@@ -11,6 +11,7 @@ Exceptions::
     MeshError (and RuntimeError)
     ├── NatsServerNotFound      no usable nats-server binary
     └── NatsServerStartFailed   the process exited or was not ready in time
+        └── NatsPortInUse       ... because its client port was taken
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from natsmesh._errors import MeshError
 __all__ = [
     "ENV_NATS_SERVER",
     "EmbeddedNats",
+    "NatsPortInUse",
     "NatsServerNotFound",
     "NatsServerStartFailed",
     "find_nats_server",
@@ -82,6 +84,21 @@ class NatsServerStartFailed(MeshError, RuntimeError):
         self.returncode = returncode
         tail = "\n".join(f"  {line}" for line in self.log_tail[-20:]) or "  (no output)"
         super().__init__(f"{message}\nlast nats-server output:\n{tail}")
+
+
+class NatsPortInUse(NatsServerStartFailed):
+    """The server could not listen: its client ``port`` is taken by another process."""
+
+    def __init__(self, port: int, *, log_tail: Sequence[str], returncode: int | None) -> None:
+        super().__init__(
+            f"nats-server cannot listen on port {port}: it is taken",
+            log_tail=log_tail,
+            returncode=returncode,
+        )
+        self.port = port
+
+
+_PORT_TAKEN = re.compile(r"address already in use", re.IGNORECASE)
 
 
 def _die_with_parent() -> None:
@@ -283,11 +300,20 @@ class EmbeddedNats:
     def start(self) -> None:
         """Start the server and return once it reports that it is ready.
 
+        The server is bound to the life of the calling thread (Linux's parent-death
+        signal follows the thread that started a child): call it from a thread that
+        outlives the server, as ``async with`` does.
+
         Raises:
             RuntimeError: already running.
+            NatsPortInUse: the port asked for is taken.
             NatsServerStartFailed: the server exited or was not ready within
                 ``ready_timeout`` seconds; the message carries its last output.
         """
+        self._spawn()
+        self._await_ready()
+
+    def _spawn(self) -> None:
         if self._proc is not None:
             raise RuntimeError("the server is already running")
         self._tmp = tempfile.TemporaryDirectory(prefix="natsmesh-nats-")
@@ -326,6 +352,10 @@ class EmbeddedNats:
             daemon=True,
         )
         self._reader.start()
+
+    def _await_ready(self) -> None:
+        assert self._proc is not None
+        asked = self._port  # None: any free port (a restart asks for the port it had)
         output_ended = self._settled.wait(self.ready_timeout)
         if self._ready.is_set():
             _log.debug("nats-server %d ready at %s", self._proc.pid, self.url)
@@ -336,11 +366,14 @@ class EmbeddedNats:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 returncode = self._proc.wait(_STOP_TIMEOUT)
         self._shutdown()
+        tail = self.log_tail()
+        if asked and any(_PORT_TAKEN.search(line) for line in tail):
+            raise NatsPortInUse(asked, log_tail=tail, returncode=returncode)
         if returncode is None:
             message = f"nats-server did not report readiness within {self.ready_timeout:g} s"
         else:
             message = f"nats-server exited with code {returncode} while starting"
-        raise NatsServerStartFailed(message, log_tail=self.log_tail(), returncode=returncode)
+        raise NatsServerStartFailed(message, log_tail=tail, returncode=returncode)
 
     def stop(self, *, timeout: float = _STOP_TIMEOUT) -> None:
         """Stop the server: SIGTERM, then SIGKILL after ``timeout`` seconds. Idempotent."""
@@ -371,11 +404,14 @@ class EmbeddedNats:
         self.stop()
 
     async def __aenter__(self) -> Self:
+        # Spawned from this (the event loop's) thread: a worker thread would take the
+        # server with it when the thread pool retires it (the parent-death signal).
         # Shielded: a cancellation that arrived mid-start would otherwise leave a
         # running process with no __aexit__ to stop it. Start is bounded by
         # ready_timeout.
+        self._spawn()
         with anyio.CancelScope(shield=True):
-            await anyio.to_thread.run_sync(self.start)
+            await anyio.to_thread.run_sync(self._await_ready)
         return self
 
     async def __aexit__(

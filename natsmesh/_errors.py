@@ -3,6 +3,9 @@
 Every exception natsmesh raises derives from :class:`MeshError`::
 
     MeshError
+    ├── NatsUnreachable           no NATS server could be reached within the connect timeout
+    │   │                         (also a ConnectionError)
+    │   └── NatsRefused           a server answered but refused this client's credentials
     ├── InvalidName               a service, endpoint or subset name that could become
     │                             a subject wildcard or token (also a ValueError)
     ├── SpecError                 a @service declaration that cannot run (also a TypeError)
@@ -73,6 +76,31 @@ KIND_CODES: Mapping[ErrorKind, int] = {
 
 class MeshError(Exception):
     """Root of every natsmesh exception."""
+
+
+class NatsUnreachable(MeshError, ConnectionError):
+    """No NATS server at ``url`` accepted a connection within ``waited`` seconds.
+
+    ``url`` has any password or token removed; ``reason`` is the last attempt's error.
+    """
+
+    def __init__(self, url: str, *, waited: float, reason: str) -> None:
+        super().__init__(self._describe(url, waited, reason))
+        self.url = url
+        self.waited = waited
+        self.reason = reason
+
+    @staticmethod
+    def _describe(url: str, waited: float, reason: str) -> str:
+        return f"cannot connect to NATS at {url} within {waited:g} s ({reason})"
+
+
+class NatsRefused(NatsUnreachable):
+    """A server at ``url`` answered but refused this client's credentials."""
+
+    @staticmethod
+    def _describe(url: str, waited: float, reason: str) -> str:
+        return f"NATS at {url} refused this client's credentials ({reason})"
 
 
 class InvalidName(MeshError, ValueError):

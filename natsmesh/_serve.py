@@ -8,7 +8,9 @@ a signal, and leave in reverse order so each instance drains before it exits.
 from __future__ import annotations
 
 import importlib
+import os
 import signal
+import sys
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack
 from typing import Any
@@ -25,11 +27,14 @@ def load_target(ref: str) -> list[object]:
     """Import ``module:attr`` and return the @service classes or instances it names.
 
     ``attr`` may be one service (class or instance) or a list or tuple of them.
+    The working directory is searched first, as ``python -m`` (and uvicorn and
+    gunicorn) do, so ``natsmesh serve greeter:Greeter`` finds ./greeter.py.
     Raises SpecError with a message fit for a command line.
     """
     module_name, sep, attr = ref.partition(":")
     if not sep or not module_name or not attr:
         raise SpecError(f"expected MODULE:ATTR, got {ref!r}")
+    _import_from_cwd()
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
@@ -44,6 +49,14 @@ def load_target(ref: str) -> list[object]:
     for target in targets:
         spec_of(target)
     return targets
+
+
+def _import_from_cwd() -> None:
+    # An installed console script has its own directory first on sys.path, not the
+    # working directory that `python -m` would put there.
+    cwd = os.getcwd()
+    if not any(entry in ("", ".", cwd) for entry in sys.path):
+        sys.path.insert(0, cwd)
 
 
 async def serve(

@@ -15,6 +15,9 @@ watches the one ``http`` key, and its snapshot carries the validated routes.
 
 Without a bucket (no JetStream, no controller yet) the mesh works without tables;
 opening is retried at most once per reconcile interval.
+
+With ``follow=False`` (one-shot tools) each service's keys are read once: no
+watch, no reconcile, no status reports.
 """
 
 from __future__ import annotations
@@ -82,6 +85,7 @@ class TableCache:
         prefix: str = "mesh",
         reconcile_interval: float = 10.0,
         report_interval: float = 10.0,
+        follow: bool = True,
     ) -> None:
         if reconcile_interval <= 0 or report_interval <= 0:
             raise ValueError("intervals must be positive")
@@ -90,6 +94,7 @@ class TableCache:
         self.kind = kind
         self.reconcile_interval = reconcile_interval
         self.report_interval = report_interval
+        self.follow = follow
         self._status_subject = control_subject(prefix, "status")
         self._snapshots: dict[str, Snapshot] = {}
         self._seen: dict[str, int] = {}  # key -> newest revision handled (applied or rejected)
@@ -105,6 +110,8 @@ class TableCache:
         self._closed = False
 
     async def __aenter__(self) -> Self:
+        if not self.follow:
+            return self
         # Plain tasks rather than a task group: a Mesh is entered and exited by its
         # users from any task, which cancel scopes forbid (see _deadlines.running).
         loop = asyncio.get_running_loop()
@@ -150,7 +157,7 @@ class TableCache:
         return self._snapshots.get(service, _EMPTY).timeout
 
     async def ensure(self, service: str, *, wait: float = 0.25) -> None:
-        """Load ``service``'s tables and watch them, once; wait at most ``wait`` seconds.
+        """Load ``service``'s tables and watch them (if following), once; wait at most ``wait`` s.
 
         Concurrent first callers share one load. A call that gives up waiting goes
         on without tables; the load finishes in the background. Never raises.
@@ -178,7 +185,7 @@ class TableCache:
         finally:
             self._snapshots.setdefault(service, _EMPTY)
             self._loading.pop(service, None)
-        if changed:
+        if changed and self.follow:
             await self._report()
 
     async def _open(self) -> Tables | None:
@@ -208,7 +215,7 @@ class TableCache:
         return changed
 
     def _start_watch(self, service: str, bucket: Tables) -> None:
-        if service not in self._watchers and not self._closed:
+        if service not in self._watchers and not self._closed and self.follow:
             task = asyncio.get_running_loop().create_task(self._watch(service, bucket))
             self._watchers[service] = task
 

@@ -15,14 +15,24 @@ TESTS = Path(__file__).parent
 class Proc:
     """A ``python -m natsmesh ...`` child whose stdout announces readiness in one line."""
 
-    def __init__(self, *args: str, nats_url: str) -> None:
+    def __init__(
+        self, *args: str, nats_url: str, cwd: Path | None = None, console_script: bool = False
+    ) -> None:
+        """``console_script``: run the installed ``natsmesh`` script as a user does (``-m``
+        puts the working directory on the import path; the script does not)."""
         env = {**os.environ, "NATS_URL": nats_url, "PYTHONPATH": str(TESTS)}
+        if console_script:
+            command = [str(Path(sys.executable).parent / "natsmesh"), *args]
+            env.pop("PYTHONPATH")
+        else:
+            command = [sys.executable, "-m", "natsmesh", *args]
         self.popen = subprocess.Popen(
-            [sys.executable, "-m", "natsmesh", *args],
+            command,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
             env=env,
+            cwd=cwd,
         )
         self.pid = self.popen.pid
         self._ready = threading.Event()

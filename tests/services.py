@@ -41,3 +41,21 @@ class Echo:
     @endpoint
     async def whoami(self, ctx: Context) -> dict[str, object]:
         return {"pid": os.getpid(), "caller": ctx.caller, "trace": ctx.trace.trace_id}
+
+
+@service("crashy", version="1.0.0", description="dies on start while its flag file exists")
+class Crashy:
+    """For crash loops: ``CRASHY_FLAG`` names a file; while it exists, starting exits 3."""
+
+    async def __aenter__(self) -> Crashy:
+        flag = os.environ.get("CRASHY_FLAG", "")
+        if flag and await anyio.Path(flag).exists():
+            os._exit(3)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+    @endpoint(idempotent=True)
+    async def pid(self) -> int:
+        return os.getpid()

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -15,7 +17,7 @@ import pytest
 from procs import TESTS, Proc
 from services import Echo
 
-from natsmesh import ServiceRunner
+from natsmesh import Mesh, ServiceRunner
 
 pytestmark = pytest.mark.anyio
 
@@ -53,19 +55,31 @@ async def test_call_prints_the_reply_as_json(nats_url: str) -> None:
     [
         (["call", "nobody.here"], 3, "no responders"),
         (["call", "echo.echo", '{"id": "x"}'], 5, "422"),
-        (["call", "echo.echo", "{not json"], 1, "not valid JSON"),
+        (
+            ["call", "echo.echo", "{not json"],
+            2,
+            "not valid: key must be a string at line 1 column 2",
+        ),
+        (["call", "echo.echo", '{"id": 1,\n "name": }'], 2, "at line 2 column 10"),
+        (["call", "echo.echo", "[" * 100_000], 2, "nested too deeply"),
         (["call", "echo.slow", '{"seconds": 5}', "--timeout", "0.3"], 4, "deadline"),
         (["call", "echo.nothing", "{}"], 5, "404"),
-        (["call", "ec*ho.echo"], 1, "invalid service name"),
-        (["call", "echo.echo", "{}", "-H", "bad header=1"], 1, "invalid header name"),
-        (["call", "echo.echo", "{}", "-H", "noequals"], 1, "KEY=VALUE"),
-        (["call", "echo.echo", "{}", "-H", "Mesh-Budget-Ms=99999"], 1, "set by the mesh"),
-        (["call", "echo.echo", "--timeout", "-1"], 2, "invalid"),
-        (["info", "bad.name"], 2, "invalid"),
+        (["call", "ec*ho.echo"], 2, "invalid service name"),
+        (["call", "echo.ec*ho"], 2, "invalid endpoint name"),
+        (["call", "echo.echo", "{}", "-H", "bad header=1"], 2, "invalid header name"),
+        (["call", "echo.echo", "{}", "-H", "noequals"], 2, "expected 'KEY: VALUE' or KEY=VALUE"),
+        (["call", "echo.echo", "{}", "-H", ": empty name"], 2, "expected 'KEY: VALUE'"),
+        (["call", "echo.echo", "{}", "-H", "x-a: b\r\nx-b: c"], 2, "must not contain CR"),
+        (["call", "echo.echo", "{}", "-H", "Mesh-Budget-Ms=99999"], 2, "set by the mesh"),
+        (["call", "echo.echo", "{}", "-H", "Mesh-Budget-Ms: 99999"], 2, "set by the mesh"),
+        (["call", "echo.echo", "--timeout", "-1"], 2, "expected seconds"),
+        (["call", "echo.echo", "--connect-timeout", "0"], 2, "expected seconds"),
+        (["info", "bad.name"], 2, "invalid service name"),
         (["serve", "nocolon"], 1, "MODULE:ATTR"),
         (["serve", "no_such_module_xyz:Svc"], 1, "cannot import"),
         (["serve", "services:Item"], 1, "not a @service"),
-        (["serve", "services:Echo", "--instances", "0"], 2, "invalid"),
+        (["serve", "services:Echo", "--instances", "0"], 2, "within 1..1024"),
+        (["serve", "services:Echo", "--workers", "0"], 2, "within 1..1024"),
     ],
 )
 async def test_failures_are_one_line_and_a_nonzero_exit(
@@ -75,9 +89,31 @@ async def test_failures_are_one_line_and_a_nonzero_exit(
         done = await run(*args, "--nats", nats_url)
     assert done.returncode == code, (done.stdout, done.stderr)
     assert needle in done.stderr
-    if code != 2:  # argparse prints its usage; everything else is one line
+    if "usage:" not in done.stderr:  # argparse prints its usage; everything else is one line
         assert len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert "Traceback" not in done.stderr
+
+
+async def test_a_header_is_given_as_curl_or_as_key_equals_value(nats_url: str) -> None:
+    async with ServiceRunner(Echo, nats=nats_url):
+        for form in ("x-instance: abc", "x-instance:abc", "x-instance=abc"):
+            done = await run("call", "echo.slow", "{}", "-H", form, "--nats", nats_url)
+            assert done.returncode == 0, done.stderr
+            assert json.loads(done.stdout)["instance"] == "abc", form
+        # The first "=" or ":" ends the name; the rest is the value, colons included.
+        done = await run("call", "echo.slow", "{}", "-H", "x-instance=a: b", "--nats", nats_url)
+        assert json.loads(done.stdout)["instance"] == "a: b"
+
+
+async def test_a_422_shows_each_field_path_and_reason(nats_url: str) -> None:
+    async with ServiceRunner(Echo, nats=nats_url):
+        done = await run("call", "echo.echo", '{"id": "x"}', "--nats", nats_url)
+    assert done.returncode == 5
+    line = done.stderr.strip()
+    assert len(line.splitlines()) == 1, line
+    assert line.startswith("natsmesh: 422 ")
+    assert "id: Input should be a valid integer" in line
+    assert "name: Field required" in line
 
 
 async def test_ls_info_stats(nats_url: str) -> None:
@@ -90,6 +126,11 @@ async def test_ls_info_stats(nats_url: str) -> None:
             (await run("info", "echo", "--json", "--nats", nats_url)).stdout
         )
         assert info[0]["endpoints"][0]["metadata"]["natsmesh.idempotent"] in {"true", "false"}
+        text = (await run("info", "echo", "--nats", nats_url)).stdout
+        assert "  echo  " in text
+        assert "    request:  {id: integer, name: string}\n" in text
+        assert "    response: {instance: string, pid: integer, remaining: number}\n" in text
+        assert "    request:  {seconds?: number = 0.0}\n" in text  # slow
         stats = json.loads((await run("stats", "echo", "--json", "--nats", nats_url)).stdout)
         echo = next(e for e in stats[0]["endpoints"] if e["name"] == "echo")
         assert echo["num_requests"] == 1
@@ -154,3 +195,113 @@ def test_stats_show_an_instance_the_controller_took_out_of_its_queue_group() -> 
     assert _queue({"queue_ejected": 0, "queue_ejections": 2}) == "in (2 ejections)"
     assert _queue({"dropped_expired": 0}) == ""  # a micro service in another language
     assert _queue(None) == ""
+
+
+GREETER = """
+from natsmesh import endpoint, service
+
+
+@service("greeter", version="1.0.0")
+class Greeter:
+    @endpoint
+    async def hello(self, name: str) -> str:
+        return f"hello {name}"
+"""
+
+
+@pytest.mark.parametrize("workers", [[], ["--workers", "2"]], ids=["in-process", "workers"])
+async def test_serve_finds_a_module_in_the_working_directory(
+    nats_url: str, tmp_path: Path, workers: list[str]
+) -> None:
+    (tmp_path / "greeter.py").write_text(GREETER)
+    with Proc(
+        "serve", "greeter:Greeter", *workers, nats_url=nats_url, cwd=tmp_path, console_script=True
+    ) as proc:
+        line = await anyio.to_thread.run_sync(proc.wait_ready)
+        assert "greeter/" in line, line
+        async with Mesh(nats_url, tables=False) as mesh:
+            assert await mesh.call("greeter.hello", "ada") == "hello ada"
+        assert await anyio.to_thread.run_sync(proc.terminate) == 0
+
+
+def _codes(text: str) -> dict[int, str]:
+    """``{code: first word}`` from prose like "0 success, 1 any other failure, ..."."""
+    return {int(code): word for code, word in re.findall(r"\b(\d{1,3}) \(?([a-z]+)", text)}
+
+
+def test_the_exit_codes_agree_in_help_docstring_and_readme() -> None:
+    from natsmesh import _cli
+    from natsmesh._cli_exit import EXIT_CODES
+
+    wanted = {code: meaning.split()[0].rstrip(":") for code, meaning in EXIT_CODES.items()}
+    shown = natsmesh("--help").stdout
+    for code, meaning in EXIT_CODES.items():
+        assert f"{code:>3}  {meaning}" in shown
+    doc = (_cli.__doc__ or "").split("The exit", 1)[1].split("\n\n", 1)[0]
+    assert _codes(" ".join(doc.split())) == wanted
+    readme = (TESTS.parent / "README.md").read_text()
+    section = readme.split("**Exit codes**", 1)[1].split("\n\n", 1)[0]
+    assert _codes(" ".join(section.split()).split("):", 1)[1]) == wanted
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["stats", "echo", "--json"],
+        ["stats", "echo"],
+        ["ls", "--json"],
+        ["info", "echo"],
+        ["call", "echo.echo", '{"id": 1, "name": "a"}'],
+        ["--help"],
+    ],
+    ids=" ".join,
+)
+async def test_a_reader_that_went_away_gets_no_error_message(
+    nats_url: str, args: list[str]
+) -> None:
+    # `natsmesh stats orders --json | head`: head exits, our next write fails. Here the
+    # pipe's read end is closed before the command starts, so every write fails.
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        async with ServiceRunner(Echo, nats=nats_url):
+            done = await anyio.to_thread.run_sync(
+                lambda: subprocess.run(
+                    [sys.executable, "-m", "natsmesh", *args, "--nats", nats_url],
+                    stdout=write,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                    timeout=60,
+                    check=False,
+                    env={**os.environ, "PYTHONPATH": str(TESTS)},
+                )
+            )
+    finally:
+        os.close(write)
+    assert done.stderr == ""
+    assert done.returncode in (0, 141)  # argparse's --help ignores the failed write itself
+    if args != ["--help"]:
+        assert done.returncode == 141
+
+
+async def test_a_large_reply_into_a_pipe_closed_midway(nats_url: str) -> None:
+    # 100 KB (an argument holds at most 128 KiB): beyond a pipe's 64 KiB buffer.
+    payload = json.dumps({"id": 1, "name": "x" * 100_000})
+    command = [sys.executable, "-m", "natsmesh", "call", "echo.echo", payload, "--nats", nats_url]
+
+    def read_one_line_and_close() -> tuple[int, bytes]:
+        with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
+            assert proc.stdout is not None
+            assert proc.stderr is not None
+            try:
+                assert proc.stdout.readline() == b"{\n"
+                proc.stdout.close()  # as `| head -1` does
+                return proc.wait(60), proc.stderr.read()
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+
+    async with ServiceRunner(Echo, nats=nats_url):
+        code, errors = await anyio.to_thread.run_sync(read_one_line_and_close)
+    assert errors == b""
+    assert code == 141

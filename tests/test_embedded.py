@@ -18,7 +18,12 @@ import anyio
 import nats
 import pytest
 
-from natsmesh._embedded import ENV_NATS_SERVER, NatsServerStartFailed, find_nats_server
+from natsmesh._embedded import (
+    ENV_NATS_SERVER,
+    NatsPortInUse,
+    NatsServerStartFailed,
+    find_nats_server,
+)
 from natsmesh.testing import EmbeddedNats, NatsServerNotFound, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -249,3 +254,37 @@ async def test_fixtures(nats_server: EmbeddedNats, nats_url: str) -> None:
         assert nc.is_connected
     finally:
         await nc.close()
+
+
+@pytest.mark.anyio
+async def test_an_embedded_server_outlives_the_threads_of_its_start(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Linux sends the parent-death signal when the *thread* that started a child exits,
+    # and anyio retires idle worker threads (after 10 s; at once here). A server started
+    # from one of them died with it, minutes into `natsmesh up`.
+    from anyio._backends import _asyncio as backend
+
+    monkeypatch.setattr(backend.WorkerThread, "MAX_IDLE_TIME", 0)
+    async with EmbeddedNats(jetstream=False) as server:
+        for _ in range(3):  # each round retires the idle threads of the one before
+            async with anyio.create_task_group() as tg:
+                for _ in range(4):
+                    tg.start_soon(anyio.to_thread.run_sync, time.sleep, 0.05)
+        assert server._proc is not None
+        with pytest.raises(subprocess.TimeoutExpired):  # a SIGTERM ends it in milliseconds
+            await anyio.to_thread.run_sync(server._proc.wait, 2)
+        nc = await nats.connect(server.url)
+        await nc.flush()
+        await nc.close()
+
+
+def test_a_taken_port_is_reported_as_such() -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(1)
+        port = sock.getsockname()[1]
+        with pytest.raises(NatsPortInUse) as caught:
+            EmbeddedNats(port=port, jetstream=False).start()
+    assert caught.value.port == port
+    assert f"cannot listen on port {port}: it is taken" in str(caught.value)
