@@ -108,6 +108,15 @@ def _parser() -> argparse.ArgumentParser:
     ) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help, description=help)
         p.set_defaults(command=func)
+        # Also after the command (`natsmesh call -v ...`); SUPPRESS keeps the default
+        # from overriding a -v given before it.
+        p.add_argument(
+            "-v",
+            "--verbose",
+            action="store_true",
+            default=argparse.SUPPRESS,
+            help="log debug messages",
+        )
         return p
 
     def nats_option(p: argparse.ArgumentParser) -> None:
@@ -128,6 +137,7 @@ def _parser() -> argparse.ArgumentParser:
         "--nats-port",
         type=port_number,
         default=None,
+        metavar="PORT",
         help="port of the embedded server (default: 4222, else any free port, which the"
         " ready line shows; a port given here that is taken is an error; 0: any free port)",
     )
@@ -162,7 +172,9 @@ def _parser() -> argparse.ArgumentParser:
         help=f"port to listen on (default: {DEFAULT_HTTP_PORT}, else any free port, which the"
         " ready line shows; a port given here that is taken is an error; 0: any free port)",
     )
-    p.add_argument("--workers", type=positive, default=1, help="worker processes (1)")
+    p.add_argument(
+        "--workers", type=positive, default=1, metavar="N", help="uvicorn worker processes (1)"
+    )
     _auth_option(p)
     nats_option(p)
 
@@ -209,7 +221,12 @@ def _parser() -> argparse.ArgumentParser:
 
     add_commands(command, nats_option, one_shot)
     register_auth(sub)
-    add_bench(command, one_shot)
+
+    def bench_options(p: argparse.ArgumentParser) -> None:
+        add_nats_options(p, embedded=True)
+        add_connect_timeout(p)
+
+    add_bench(command, bench_options)
 
     p = command("nats", _nats, "run an embedded nats-server in the foreground")
     p.add_argument(

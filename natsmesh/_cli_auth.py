@@ -19,9 +19,8 @@ __all__ = ["register"]
 
 def register(subparsers: Any) -> None:
     """Add ``auth`` and its subcommands to the ``natsmesh`` parser's subparsers."""
-    auth = subparsers.add_parser(
-        "auth", help="mesh access policy: compile it to NATS authorization and credentials"
-    )
+    what = "mesh access policy: compile it to NATS authorization and credentials"
+    auth = subparsers.add_parser("auth", help=what, description=what)
     commands = auth.add_subparsers(required=True, metavar="ACTION")
     p = commands.add_parser(
         "compile",

@@ -14,7 +14,7 @@ Command = Callable[[argparse.Namespace], Awaitable[int]]
 
 def add_bench(
     command: Callable[[str, Command, str], argparse.ArgumentParser],
-    one_shot: Callable[[argparse.ArgumentParser], None],
+    nats_option: Callable[[argparse.ArgumentParser], None],
 ) -> None:
     p = command(
         "bench",
@@ -36,7 +36,7 @@ def add_bench(
     p.add_argument(
         "--concurrency", type=positive, default=64, help="gateway: connections of the load (64)"
     )
-    one_shot(p)
+    nats_option(p)
 
 
 async def _bench(args: argparse.Namespace) -> int:

@@ -39,11 +39,22 @@ def add_commands(
 ) -> None:
     """The control-plane commands; ``one_shot`` adds the options of a command that exits."""
     p = command("controller", _controller, "run the controller (registry and route tables)")
-    p.add_argument("--replicas", type=int, choices=(1, 3, 5), default=1, help="KV replicas")
+    p.add_argument(
+        "--replicas",
+        type=int,
+        choices=(1, 3, 5),
+        default=1,
+        help="replicas of the KV bucket of tables (1; 3 in a cluster of 3 or more servers)",
+    )
     nats_option(p)
 
     p = command("routes", _routes, "apply or show the route tables")
-    p.add_argument("action", choices=("apply", "show"))
+    p.add_argument(
+        "action",
+        choices=("apply", "show"),
+        help="apply FILE: validate a route config (TOML or JSON) and apply it;"
+        " show [SERVICE]: print the tables (every service's without one)",
+    )
     p.add_argument("arg", nargs="?", metavar="FILE|SERVICE")
     p.add_argument("--json", action="store_true", help="print JSON")
     one_shot(p)

@@ -34,6 +34,7 @@ def _serve_parser(p: argparse.ArgumentParser) -> None:
         "--instances",
         type=positive,
         default=1,
+        metavar="N",
         help="instances of each service in each process (1)",
     )
     p.add_argument(
