@@ -8,10 +8,12 @@ a signal, and leave in reverse order so each instance drains before it exits.
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+import traceback
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack
 from typing import Any
 
@@ -21,6 +23,8 @@ from natsmesh._errors import SpecError
 from natsmesh._runtime import ServiceRunner
 from natsmesh._spec import spec_of
 from natsmesh._transport import nats_url
+
+log = logging.getLogger("natsmesh")
 
 
 def load_target(ref: str) -> list[object]:
@@ -39,6 +43,9 @@ def load_target(ref: str) -> list[object]:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise SpecError(f"cannot import {module_name!r}: {exc}") from None
+    except Exception as exc:  # the module's own error: what and where, in one line
+        log.debug("importing %s failed", module_name, exc_info=True)
+        raise SpecError(f"cannot import {module_name!r}: {_where(exc)}") from None
     value: Any = module
     for part in attr.split("."):
         try:
@@ -49,6 +56,14 @@ def load_target(ref: str) -> list[object]:
     for target in targets:
         spec_of(target)
     return targets
+
+
+def _where(exc: Exception) -> str:
+    if isinstance(exc, SyntaxError):
+        return f"{type(exc).__name__}: {exc.msg} ({exc.filename}, line {exc.lineno})"
+    frames = traceback.extract_tb(exc.__traceback__)
+    last = f" ({frames[-1].filename}, line {frames[-1].lineno})" if frames else ""
+    return f"{type(exc).__name__}: {exc}{last}"
 
 
 def _import_from_cwd() -> None:
@@ -77,20 +92,34 @@ async def serve(
         raise ValueError("instances must be at least 1")
     url = nats_url(nats)
     # Listen first: a signal that arrives while instances start must drain them too,
-    # not kill the process with the default handler.
+    # not kill the process with the default handler; and it must stop a start that
+    # waits for a server that is not there (the first connection is tried until it works).
+    stopped = anyio.Event()
+    starting = anyio.CancelScope()
+
+    async def watch(signals: AsyncIterator[signal.Signals]) -> None:
+        async for _ in signals:
+            stopped.set()
+            starting.cancel()
+            return
+
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async with AsyncExitStack() as stack:
-            runners = [
-                await stack.enter_async_context(ServiceRunner(target, nats=url, prefix=prefix))
-                for target in targets
-                for _ in range(instances)
-            ]
-            if ready is not None:
-                result = ready(runners)
-                if result is not None:
-                    await result
-            async for _ in signals:
-                break
+        # The stack outside the task group: its instances drain outside any cancelled scope.
+        async with AsyncExitStack() as stack, anyio.create_task_group() as tg:
+            tg.start_soon(watch, signals)
+            runners: list[ServiceRunner] = []
+            with starting:
+                for target in targets:
+                    for _ in range(instances):
+                        runner = ServiceRunner(target, nats=url, prefix=prefix)
+                        runners.append(await stack.enter_async_context(runner))
+            if not starting.cancelled_caught:
+                if ready is not None:
+                    result = ready(runners)
+                    if result is not None:
+                        await result
+                await stopped.wait()
+            tg.cancel_scope.cancel()
 
 
 async def wait_for_signal() -> int:

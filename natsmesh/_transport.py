@@ -93,16 +93,21 @@ async def connect(
         "reconnected_cb": events.on_reconnect,
         **secrets,
     }
-    if give_up_after is None:
-        await nc.connect(**options)
-    else:
-        with anyio.move_on_after(give_up_after) as scope:
-            events.on_refused = scope.cancel  # no point trying the same credentials again
+    try:
+        with anyio.move_on_after(give_up_after) as scope:  # None: no deadline
+            if give_up_after is not None:
+                events.on_refused = scope.cancel  # no point trying the same credentials again
             await nc.connect(**options)
-        events.on_refused = None
-        if scope.cancelled_caught:
+    except BaseException:
+        # Cancelled while trying (a signal stopping a process that waits for its server):
+        # nats-py's reconnecting state is left behind otherwise.
+        with anyio.CancelScope(shield=True):
             await nc.close()
-            raise events.unreachable(give_up_after)
+        raise
+    events.on_refused = None
+    if scope.cancelled_caught:
+        await nc.close()
+        raise events.unreachable(give_up_after or 0.0)
     events.connected()
     return nc
 

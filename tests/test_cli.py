@@ -305,3 +305,31 @@ async def test_a_large_reply_into_a_pipe_closed_midway(nats_url: str) -> None:
         code, errors = await anyio.to_thread.run_sync(read_one_line_and_close)
     assert errors == b""
     assert code == 141
+
+
+@pytest.mark.parametrize(
+    ("source", "error"),
+    [("def broken(:\n", "SyntaxError: invalid syntax"), ("raise RuntimeError('boom')\n", "boom")],
+    ids=["syntax", "raises"],
+)
+async def test_a_module_that_fails_to_import_is_one_line_naming_where(
+    tmp_path: Path, source: str, error: str
+) -> None:
+    (tmp_path / "mine.py").write_text(source)
+    script = str(Path(sys.executable).parent / "natsmesh")
+    done = await anyio.to_thread.run_sync(
+        lambda: subprocess.run(
+            [script, "serve", "mine:Svc"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+            cwd=tmp_path,
+        )
+    )
+    assert done.returncode == 1
+    line = done.stderr.strip()
+    assert len(line.splitlines()) == 1, line
+    assert line.startswith("natsmesh: cannot import 'mine': ")
+    assert error in line
+    assert f"({tmp_path / 'mine.py'}, line 1)" in line

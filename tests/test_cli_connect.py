@@ -7,8 +7,11 @@ and a real nats-server that comes, goes and comes back.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import re
+import signal
 import socket
 import threading
 from collections.abc import Iterator
@@ -220,3 +223,32 @@ _EVENT = re.compile(
 def _events(lines: list[str]) -> list[str]:
     """The connection's state changes in log lines, as "what url"."""
     return [f"{m[1]} {m[2]}" for line in lines if (m := _EVENT.search(line))]
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+@pytest.mark.parametrize("workers", [[], ["--workers", "2"]], ids=["in-process", "workers"])
+async def test_a_service_waiting_for_its_server_stops_on_a_signal(
+    signum: signal.Signals, workers: list[str]
+) -> None:
+    with refusing_port() as url, Proc("serve", "services:Echo", *workers, nats_url=url) as proc:
+        waiting = 2 if workers else 1  # each worker says it cannot connect, once
+        await eventually(lambda: "".join(proc.stderr_lines).count("cannot connect to") == waiting)
+        children = _children(proc.pid)
+        assert len(children) == (2 if workers else 0)
+        try:
+            proc.signal(signum)
+            assert await anyio.to_thread.run_sync(proc.popen.wait, 30) == 0
+            await eventually(lambda: not any(Path(f"/proc/{pid}").exists() for pid in children))
+        finally:
+            for pid in children:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+    assert "Traceback" not in "".join(proc.stderr_lines)
+
+
+def _children(pid: int) -> list[int]:
+    tasks = Path(f"/proc/{pid}/task")
+    found: list[int] = []
+    for task in tasks.iterdir():
+        found += [int(c) for c in (task / "children").read_text().split()]
+    return found
