@@ -12,6 +12,7 @@ from typing import Any
 import anyio
 import pydantic
 
+from natsmesh._cli_exit import UsageError
 from natsmesh._cli_nats import server_of
 from natsmesh._control import (
     HTTP_KEY,
@@ -26,6 +27,7 @@ from natsmesh._errors import MeshError, NoResponders
 from natsmesh._kv import Tables, Unavailable
 from natsmesh._schema_text import printable
 from natsmesh._serve import wait_for_signal
+from natsmesh._subjects import validate_token
 from natsmesh._transport import NoReply, NoResponse, connect, request
 
 Command = Callable[[argparse.Namespace], Awaitable[int]]
@@ -74,7 +76,7 @@ async def _controller(args: argparse.Namespace) -> int:
 async def _routes(args: argparse.Namespace) -> int:
     if args.action == "apply":
         if not args.arg:
-            raise ValueError("routes apply needs a FILE")
+            raise UsageError("routes apply needs a FILE")
         return await _apply(args, Path(args.arg))
     return await _show(args, args.arg)
 
@@ -99,10 +101,10 @@ async def _apply(args: argparse.Namespace, path: Path) -> int:
     file = anyio.Path(path)
     try:
         if (await file.stat()).st_size > MAX_ROUTE_FILE:
-            raise ValueError(f"{path}: larger than 1 MiB")
+            raise UsageError(f"{path}: larger than 1 MiB")
         data = await file.read_bytes()
     except OSError as exc:
-        raise ValueError(f"{path}: {exc.strerror}") from None
+        raise UsageError(f"{path}: {exc.strerror}") from None
     reply = ApplyReply.model_validate_json(await _ask(args, "routes.apply", data))
     if args.json:
         print(reply.model_dump_json(indent=2))
@@ -121,12 +123,17 @@ async def _apply(args: argparse.Namespace, path: Path) -> int:
 
 
 async def _show(args: argparse.Namespace, service: str | None) -> int:
+    if service:
+        try:
+            validate_token("service", service)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
     nc = await connect(server_of(args), name="natsmesh-cli", give_up_after=args.connect_timeout)
     try:
         tables = await Tables.open(nc)
-        keys = [routes_key(service)] if service else await tables.keys("routes.")
+        keys = [routes_key(service)] if service else [*await tables.keys("routes."), HTTP_KEY]
         shown: dict[str, Any] = {}
-        for key in [*keys, HTTP_KEY]:
+        for key in keys:
             entry = await tables.get(key)
             if entry is not None and entry.value is not None:
                 shown[key] = {"revision": entry.revision, **json.loads(entry.value)}
@@ -136,6 +143,9 @@ async def _show(args: argparse.Namespace, service: str | None) -> int:
         await nc.close()
     if args.json:
         print(json.dumps(shown, indent=2))
+        return 0
+    if service and not shown:
+        print(f"{service}: no route table (its calls get the default policy)")
         return 0
     rows = [("SERVICE", "REVISION", "TIMEOUT", "BALANCER", "SUBSETS")]
     for key, value in shown.items():

@@ -18,6 +18,7 @@ from procs import TESTS, Proc
 from services import Echo
 
 from natsmesh import Mesh, ServiceRunner
+from natsmesh._controller import Controller
 
 pytestmark = pytest.mark.anyio
 
@@ -75,6 +76,9 @@ async def test_call_prints_the_reply_as_json(nats_url: str) -> None:
         (["call", "echo.echo", "--timeout", "-1"], 2, "expected seconds"),
         (["call", "echo.echo", "--connect-timeout", "0"], 2, "expected seconds"),
         (["info", "bad.name"], 2, "invalid service name"),
+        (["routes", "apply"], 2, "routes apply needs a FILE"),
+        (["routes", "apply", "/nonexistent/routes.toml"], 2, "No such file or directory"),
+        (["routes", "show", "a.b"], 2, "invalid service name"),
         (["serve", "nocolon"], 1, "MODULE:ATTR"),
         (["serve", "no_such_module_xyz:Svc"], 1, "cannot import"),
         (["serve", "services:Item"], 1, "not a @service"),
@@ -333,3 +337,10 @@ async def test_a_module_that_fails_to_import_is_one_line_naming_where(
     assert line.startswith("natsmesh: cannot import 'mine': ")
     assert error in line
     assert f"({tmp_path / 'mine.py'}, line 1)" in line
+
+
+async def test_routes_show_of_a_service_without_a_table_says_so(nats_url: str) -> None:
+    async with Controller(nats_url):
+        done = await run("routes", "show", "nosuch", "--nats", nats_url)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "nosuch: no route table (its calls get the default policy)\n"
