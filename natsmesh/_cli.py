@@ -182,7 +182,12 @@ def _parser() -> argparse.ArgumentParser:
 
     p = command("call", _call, "call SERVICE.ENDPOINT and print the reply as JSON")
     p.add_argument("target", metavar="SERVICE.ENDPOINT", type=call_target)
-    p.add_argument("payload", nargs="?", metavar="JSON", help="request payload as JSON")
+    p.add_argument(
+        "payload",
+        nargs="?",
+        metavar="JSON",
+        help="request payload as JSON; '-' reads it from standard input",
+    )
     p.add_argument(
         "--timeout",
         type=seconds,

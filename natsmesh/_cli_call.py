@@ -7,6 +7,7 @@ Each is checked before anything connects; a bad one is a :class:`UsageError`
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any, Final
 
 import pydantic_core
@@ -33,10 +34,11 @@ def call_target(text: str) -> str:
 
 
 def parse_payload(text: str | None) -> Any:
-    """The payload argument as JSON values (None without one)."""
+    """The payload argument as JSON values (None without one; ``-``: read from stdin)."""
     if text is None:
         return None
-    data = text.encode()
+    # "-": from standard input, as curl's "-d @-" (and what a shell cannot quote).
+    data = sys.stdin.buffer.read(MAX_JSON_ARG + 1) if text == "-" else text.encode()
     if len(data) > MAX_JSON_ARG:
         raise UsageError(f"the JSON payload is larger than {MAX_JSON_ARG // 1024} KiB")
     try:

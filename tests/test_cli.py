@@ -344,3 +344,14 @@ async def test_routes_show_of_a_service_without_a_table_says_so(nats_url: str) -
         done = await run("routes", "show", "nosuch", "--nats", nats_url)
     assert done.returncode == 0, done.stderr
     assert done.stdout == "nosuch: no route table (its calls get the default policy)\n"
+
+
+async def test_the_payload_can_come_from_standard_input(nats_url: str) -> None:
+    command = [sys.executable, "-m", "natsmesh", "call", "echo.echo", "-", "--nats", nats_url]
+    async with ServiceRunner(Echo, nats=nats_url):
+        done = await anyio.run_process(command, input=b'{"id": 7, "name": "from stdin"}')
+        assert json.loads(done.stdout) == {"id": 7, "name": "from stdin"}
+        # Just over the limit: the command reads what it allows and stops.
+        too_big = await anyio.run_process(command, input=b" " * ((1 << 20) + 8), check=False)
+    assert too_big.returncode == 2
+    assert b"larger than 1024 KiB" in too_big.stderr
