@@ -36,7 +36,7 @@ from natsmesh._cli_auth import register as register_auth
 from natsmesh._cli_bench import add_bench
 from natsmesh._cli_call import call_target, parse_headers, parse_payload
 from natsmesh._cli_control import _table, add_commands
-from natsmesh._cli_exit import ListenError, epilog, fail
+from natsmesh._cli_exit import ListenError, UsageError, epilog, fail
 from natsmesh._cli_nats import (
     add_connect_timeout,
     add_nats_options,
@@ -58,6 +58,7 @@ from natsmesh._serve import load_target, serve, wait_for_signal
 from natsmesh._subjects import validate_token
 from natsmesh._transport import connect, nats_url
 
+_SHOP = "examples.shop:SERVICES"
 _SHOP_ROUTES = Path(__file__).parent.parent / "examples" / "routes.toml"
 DEFAULT_HTTP_PORT = 8080
 
@@ -144,7 +145,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--services",
         metavar="MODULE:ATTR",
-        default="examples.shop:SERVICES",
+        default=_SHOP,
         help="the @service classes to run, as for 'natsmesh serve' (default: the example"
         " shop, examples.shop:SERVICES)",
     )
@@ -152,7 +153,8 @@ def _parser() -> argparse.ArgumentParser:
         "--routes",
         metavar="FILE",
         default=None,
-        help="a route file to apply at start (default: the shop's examples/routes.toml)",
+        help="a route file to apply at start (default: with the example shop, its"
+        " examples/routes.toml; with --services, none)",
     )
     p.add_argument(
         "--port",
@@ -269,10 +271,15 @@ def _service_name(text: str) -> str:
 
 async def _up(args: argparse.Namespace) -> int:
     services = load_target(args.services)
-    routes_file = args.routes or _SHOP_ROUTES
+    # The shop's routes go with the shop: other services would get its HTTP routes.
+    shop = args.services == _SHOP and await anyio.Path(_SHOP_ROUTES).exists()
+    routes_file = args.routes or (_SHOP_ROUTES if shop else None)
     routes = None
-    if args.routes or await anyio.Path(_SHOP_ROUTES).exists():
-        routes = await anyio.Path(routes_file).read_bytes()
+    if routes_file is not None:
+        try:
+            routes = await anyio.Path(routes_file).read_bytes()
+        except OSError as exc:
+            raise UsageError(f"{routes_file}: {exc.strerror}") from None
     url = server_of(args)
     from gateway import GatewayLimits, create_app
     from gateway import serve as serve_gateway

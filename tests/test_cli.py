@@ -355,3 +355,24 @@ async def test_the_payload_can_come_from_standard_input(nats_url: str) -> None:
         too_big = await anyio.run_process(command, input=b" " * ((1 << 20) + 8), check=False)
     assert too_big.returncode == 2
     assert b"larger than 1024 KiB" in too_big.stderr
+
+
+async def test_up_with_services_of_your_own_applies_no_shop_routes() -> None:
+    with Proc(
+        "up", "--services", "services:Echo", "--nats-port", "0", "--port", "0", nats_url=""
+    ) as proc:
+        line = await anyio.to_thread.run_sync(proc.wait_ready, 60)
+        assert "services echo@1.0.0 |" in line
+        url = line.split("nats ", 1)[1].split()[0]
+        shown = await run("routes", "show", "--json", "--nats", url)
+        assert json.loads(shown.stdout) == {}  # neither the shop's services nor its HTTP routes
+        assert (
+            await run("call", "echo.echo", '{"id": 1, "name": "a"}', "--nats", url)
+        ).returncode == 0
+        assert await anyio.to_thread.run_sync(proc.terminate) == 0
+
+
+async def test_up_with_a_routes_file_that_is_not_there_is_a_usage_error() -> None:
+    done = await run("up", "--routes", "/nonexistent/routes.toml", "--port", "0")
+    assert done.returncode == 2
+    assert done.stderr == "natsmesh: /nonexistent/routes.toml: No such file or directory\n"
