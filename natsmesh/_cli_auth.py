@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Any
 
 from natsmesh._auth_files import AUTH_CONF, CompileError, compile_policy
@@ -31,7 +32,7 @@ def register(subparsers: Any) -> None:
             "seeds and passwords are kept unless --rotate."
         ),
     )
-    p.add_argument("policy", metavar="POLICY")
+    p.add_argument("policy", metavar="POLICY", type=_policy_file, help="the policy (TOML)")
     p.add_argument("--out", required=True, metavar="DIR", help="directory to write to")
     p.add_argument(
         "--rotate", action="store_true", help="make new seeds and passwords for every identity"
@@ -39,12 +40,23 @@ def register(subparsers: Any) -> None:
     p.set_defaults(command=_compile)
 
 
+def _policy_file(text: str) -> str:
+    path = Path(text)
+    if not path.exists():
+        raise argparse.ArgumentTypeError(f"{text}: no such file")
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text}: a directory, not a file")
+    return text
+
+
 async def _compile(args: argparse.Namespace) -> int:
     try:
         compiled = compile_policy(args.policy, args.out, rotate=args.rotate)
     except PolicyError as exc:
         for problem in exc.problems:
-            print(f"natsmesh: {args.policy}: {problem.path}: {problem.reason}", file=sys.stderr)
+            # "<file>": the file as a whole (unreadable, not TOML), no path within it.
+            where = "" if problem.path == "<file>" else f"{problem.path}: "
+            print(f"natsmesh: {args.policy}: {where}{problem.reason}", file=sys.stderr)
         return 2
     except CompileError as exc:
         print(f"natsmesh: {exc}", file=sys.stderr)

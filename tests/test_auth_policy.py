@@ -372,7 +372,7 @@ def test_cli_compiles_the_example(tmp_path: Path) -> None:
     ("policy", "expected"),
     [
         ("[[identity]]\nname = 'a'\nkind = 'robot'\n", "identity[0].kind"),
-        ("[[identity\n", "<file>: not TOML"),
+        ("[[identity\n", "policy.toml: not TOML"),
         ("[[identity]]\nname = 'a'\nkind = 'gateway'\ncalls = ['*.x']\n", "calls[0]"),
     ],
 )
