@@ -12,9 +12,10 @@ import argparse
 import os
 from typing import Final
 
-from natsmesh._cli_exit import ListenError
+from natsmesh._cli_exit import ListenError, UsageError
 from natsmesh._credentials import ENV, Credentials, CredentialsError
 from natsmesh._embedded import EmbeddedNats, NatsPortInUse
+from natsmesh._transport import server_urls
 
 __all__ = [
     "DEFAULT_NATS_PORT",
@@ -78,9 +79,17 @@ def add_connect_timeout(p: argparse.ArgumentParser) -> None:
 
 
 def apply_nats_options(args: argparse.Namespace) -> None:
-    """Check the credentials the command will use and export them; raise if unusable."""
+    """Check the server URLs and credentials the command will use and export them.
+
+    Raises UsageError or CredentialsError when they cannot be used.
+    """
     if not hasattr(args, "nats"):
         return
+    if server_of(args):
+        try:
+            server_urls(server_of(args))
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
     flags = {field: getattr(args, f"nats_{field}") for field in _FLAGS}
     environment = Credentials.from_env()
     if any(flags[field] is not None for field in _AUTH):

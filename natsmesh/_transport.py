@@ -12,6 +12,7 @@ import logging
 import os
 import re
 import time
+import urllib.parse
 import weakref
 from collections.abc import Callable, Mapping
 from typing import Final, Self
@@ -44,6 +45,7 @@ __all__ = [
     "nats_url",
     "redact",
     "request",
+    "server_urls",
 ]
 
 
@@ -76,7 +78,7 @@ async def connect(
     """
     if give_up_after is not None and give_up_after <= 0:
         raise ValueError("give_up_after must be positive")
-    servers = [s.strip() for s in nats_url(url).split(",") if s.strip()]
+    servers = server_urls(url)
     secrets = (credentials or Credentials.from_env()).connect_options(servers)
     nc = NATS()
     events = _ConnectionLog(nc, name, servers, quiet=give_up_after is not None)
@@ -100,8 +102,9 @@ async def connect(
             await nc.connect(**options)
     except BaseException:
         # Cancelled while trying (a signal stopping a process that waits for its server):
-        # nats-py's reconnecting state is left behind otherwise.
-        with anyio.CancelScope(shield=True):
+        # nats-py's reconnecting state is left behind otherwise. (A client that failed
+        # before it had set itself up cannot even be closed: nothing to clean up then.)
+        with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
             await nc.close()
         raise
     events.on_refused = None
@@ -110,6 +113,35 @@ async def connect(
         raise events.unreachable(give_up_after or 0.0)
     events.connected()
     return nc
+
+
+_SCHEMES: Final = ("nats", "tls", "ws", "wss")
+
+
+def server_urls(url: str | None = None) -> list[str]:
+    """The servers ``url`` lists (comma-separated; default as :func:`nats_url`), checked.
+
+    Raises ValueError naming a URL nats-py could not use (a bad scheme, no host, a
+    port out of range), before anything tries to connect.
+    """
+    servers = [s.strip() for s in nats_url(url).split(",") if s.strip()]
+    if not servers:
+        raise ValueError("no NATS server URL given")
+    for server in servers:
+        parts = urllib.parse.urlsplit(server if "://" in server else f"nats://{server}")
+        try:
+            parts.port  # noqa: B018 - parsing it is the check
+        except ValueError as exc:
+            raise ValueError(f"NATS server URL {redact(server)!r}: {exc}") from None
+        if parts.scheme not in _SCHEMES:
+            raise ValueError(
+                f"NATS server URL {redact(server)!r}: the scheme must be one of"
+                f" {', '.join(s + '://' for s in _SCHEMES)}"
+            )
+        host = parts.hostname or ""
+        if not host or any(c.isspace() for c in host):
+            raise ValueError(f"NATS server URL {redact(server)!r}: no host name")
+    return servers
 
 
 #: How often a connection that keeps failing says so again; its first failure, its

@@ -252,3 +252,29 @@ def _children(pid: int) -> list[int]:
     for task in tasks.iterdir():
         found += [int(c) for c in (task / "children").read_text().split()]
     return found
+
+
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [
+        ("nats://", "no host name"),
+        ("foo bar", "no host name"),
+        ("nats://127.0.0.1:99999", "Port out of range"),
+        ("http://127.0.0.1:4222", "the scheme must be one of nats://, tls://, ws://, wss://"),
+        (",", "no NATS server URL given"),
+        ("nats://ada:secret@:4222", "no host name"),
+    ],
+)
+@pytest.mark.parametrize("where", ["flag", "environment"])
+async def test_a_server_url_nats_py_cannot_use_is_a_usage_error(
+    url: str, reason: str, where: str
+) -> None:
+    if where == "flag":
+        done = await run("ls", "--nats", url)
+    else:
+        done = await run("serve", "services:Echo", env={"NATS_URL": url})  # long-running too
+    assert done.returncode == 2, done.stderr
+    line = done.stderr.strip()
+    assert len(line.splitlines()) == 1, line
+    assert reason in line
+    assert "secret" not in line
