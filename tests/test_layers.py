@@ -27,6 +27,7 @@ PURE = [
     "_config",
     "_zones",
     "_ejector",
+    "_schema_text",
 ]
 IO_MODULES = {"nats", "anyio", "asyncio", "socket", "subprocess", "uvloop"}
 
