@@ -148,7 +148,7 @@ async def test_cli_routes_apply_show_and_errors(nats_url: str, tmp_path: Path) -
             assert needle in done.stderr
             assert "Traceback" not in done.stderr
         missing = await run("routes", "apply", str(tmp_path / "nope.toml"), "--nats", nats_url)
-        assert missing.returncode == 1
+        assert missing.returncode == 2  # a usage error: the FILE argument
         assert "No such file" in missing.stderr
     nobody = await run("routes", "apply", str(good), "--nats", nats_url)
     assert nobody.returncode == 3
