@@ -15,7 +15,7 @@ from typing import Final
 from natsmesh._cli_exit import ListenError, UsageError
 from natsmesh._credentials import ENV, Credentials, CredentialsError
 from natsmesh._embedded import EmbeddedNats, NatsPortInUse
-from natsmesh._transport import server_urls
+from natsmesh._transport import DEFAULT_URL, server_urls
 
 __all__ = [
     "DEFAULT_NATS_PORT",
@@ -114,9 +114,10 @@ def server_of(args: argparse.Namespace) -> str | None:
 class maybe_embedded:
     """The given URL, or an embedded server for the duration of the block.
 
-    ``port`` None is the usual port (4222), or any free one when it is taken: then
-    :attr:`note` says so, for the ready line. An explicit port that is taken is a
-    :class:`ListenError` naming it; 0 is any free port.
+    ``port`` None is the usual port (4222), or any free one when it is taken. An
+    explicit port that is taken is a :class:`ListenError` naming it; 0 is any free
+    port. On another port than the usual one, :attr:`note` says so for the ready
+    line, with the ``NATS_URL`` other shells need.
     """
 
     def __init__(self, url: str | None, port: int | None, *, flag: str = "--nats-port") -> None:
@@ -139,10 +140,13 @@ class maybe_embedded:
                     f" listens there, or choose another with {self._flag} (0: any free port)"
                 ) from None
             self._server = await EmbeddedNats().__aenter__()
-            self.note = (
-                f" (port {port} was taken; in other shells: export NATS_URL={self._server.url})"
-            )
-        return self._server.url
+            self.note = f" (port {port} was taken; in other shells: export NATS_URL={{url}})"
+        url = self._server.url
+        if not self.note and url != DEFAULT_URL:
+            # Commands in other shells default to the usual port: they need to be told.
+            self.note = " (in other shells: export NATS_URL={url})"
+        self.note = self.note.format(url=url)
+        return url
 
     @property
     def version(self) -> str:

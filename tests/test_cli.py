@@ -152,6 +152,7 @@ async def test_nats_command_runs_a_server_in_the_foreground() -> None:
         line = await anyio.to_thread.run_sync(proc.wait_ready)
         url = line.split(" at ")[1].split()[0]
         assert url.startswith("nats://127.0.0.1:")
+        assert f"(in other shells: export NATS_URL={url})" in line  # not the usual port
         async with ServiceRunner(Echo, nats=url):
             done = await run("call", "echo.echo", '{"id": 3, "name": "c"}', "--nats", url)
             assert done.returncode == 0
