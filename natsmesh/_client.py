@@ -65,7 +65,7 @@ class Mesh:
     With ``tables`` (the default) the client loads the control plane's tables
     of each service it calls, on the first call, and keeps them current; without
     a controller it works the same, by convention. With ``watch=False`` it reads
-    each service's tables once (direct gets, no KV watch, no status reports): for
+    each service's tables once (two KV gets, no KV watch, no status reports): for
     a one-shot tool that makes a call or two and leaves.
 
     ``connect_timeout`` (seconds) makes a client that connects itself give up
@@ -293,7 +293,7 @@ class Mesh:
     def _first_load_wait(self, timeout: float | None) -> float:
         # A watching client goes on by convention after a moment: its tables follow.
         # A one-shot client has no later call to apply them to, so it waits for its
-        # snapshot (a few direct gets), within half of the call's budget.
+        # snapshot (two KV gets), within half of the call's budget.
         if self._watch:
             return FIRST_LOAD_WAIT
         return min(ONE_SHOT_LOAD_WAIT, (self.timeout if timeout is None else timeout) / 2)
