@@ -28,7 +28,7 @@ abort_percent = 100
 
 class ConsumerCreations:
     """Counts JetStream consumer creations requested by clients whose inboxes start with
-    ``prefix`` (a KV watch is an ordered consumer; a direct get creates none)."""
+    ``prefix`` (a KV watch is an ordered consumer; a KV get creates none)."""
 
     def __init__(self, prefix: str) -> None:
         self.prefix = prefix
@@ -61,7 +61,7 @@ async def test_a_cli_call_applies_the_route_without_watching_the_tables(
             )  # fmt: skip
             assert done.returncode == 5, done.stderr
             assert "418" in done.stderr  # the fault of echo's route: the policy applied
-            assert cli.count == 0  # ...read by direct gets, with no watch set up
+            assert cli.count == 0  # ...read by KV gets, with no watch set up
 
             # The same observer does see a watching client's consumer: the count can move.
             monkeypatch.setenv("NATS_INBOX_PREFIX", "_INBOX_watching")
