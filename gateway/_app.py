@@ -50,7 +50,7 @@ from gateway._request import (
     payload_of,
     read_body,
 )
-from natsmesh import Context, HttpRoute, Mesh
+from natsmesh import CallError, Context, HttpRoute, Mesh
 
 log = logging.getLogger("natsmesh.gateway")
 
@@ -189,8 +189,7 @@ class Gateway:
             status = 499  # nginx's name for it: the client went away first
         except Exception as exc:
             error = _errors.from_exception(exc)
-            if error.status == 500:
-                log.exception("%s %s failed", scope["method"], labels)
+            _log_failure(exc, error, scope["method"], labels)
             status = error.status
             await self._error(send, error)
         finally:
@@ -375,6 +374,30 @@ class Gateway:
 
     async def _docs(self) -> tuple[int, bytes, bytes]:
         return 200, b"text/html; charset=utf-8", _docs.PAGE
+
+
+def _log_failure(exc: Exception, error: GatewayError, method: str, labels: list[str]) -> None:
+    """One line for a service's 5xx (it logged the details under the trace id named);
+    the stack for the gateway's own failures, which no one else logs.
+    """
+    if isinstance(exc, CallError):
+        if error.status >= 500 and error.kind not in _QUIET:
+            trace = getattr(exc, "trace_id", None) or "-"
+            log.warning(
+                "%s %s.%s: %d %s from the service (trace %s)",
+                method,
+                exc.service,
+                exc.endpoint,
+                error.status,
+                error.kind,
+                trace,
+            )
+    elif error.status == 500:
+        log.exception("%s %s failed", method, labels)
+
+
+# Answers the gateway gives often and on purpose: not worth a log line each.
+_QUIET: Final = frozenset({"no_responders", "overloaded", "deadline"})
 
 
 def freeze_gc() -> None:

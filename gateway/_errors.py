@@ -5,7 +5,10 @@ The body always has one shape, the mesh's own error shape::
     {"error": {"code": 422, "kind": "validation", "message": "...", "details": [...]}}
 
 and never carries a traceback, an exception's repr or the request's input
-(validation details are field paths and reasons only). The mapping:
+(validation details are field paths and reasons only). A service's error that
+another failure caused (502 ``upstream``) adds ``causes``: one
+``{"service", "endpoint", "kind", "code", "message"}`` per hop below, nearest
+first, bounded as :class:`natsmesh.RemoteError` bounds them. The mapping:
 
 =====================================  ======  ===========================================
 condition                              status  kind
@@ -23,6 +26,7 @@ Content-Type is not JSON               415     ``unsupported_media_type``
 the service refused the payload        422     ``validation`` (with ``details``)
 too many or too large headers          431     ``headers_too_large``
 the service failed / answered badly    500+    the service's code; 502 ``bad_reply``
+the instance died with the request     502     ``instance_lost``
 no responders                          503     ``no_responders``
 overloaded (gateway or service)        503     ``overloaded`` (with ``Retry-After``)
 the budget ran out                     504     ``deadline``
@@ -41,8 +45,10 @@ import pydantic_core
 from nats.errors import MaxPayloadError
 
 from natsmesh import (
+    Cause,
     DeadlineExceeded,
     ErrorKind,
+    InstanceLost,
     InvalidName,
     InvalidReply,
     MeshError,
@@ -69,6 +75,7 @@ class GatewayError(Exception):
         *,
         details: Sequence[Mapping[str, Any]] = (),
         headers: Sequence[tuple[bytes, bytes]] = (),
+        causes: Sequence[Cause] = (),
     ) -> None:
         super().__init__(f"{status} {kind}: {message}")
         self.status = status
@@ -76,18 +83,25 @@ class GatewayError(Exception):
         self.message = message
         self.details = tuple(details)
         self.headers = tuple(headers)
+        self.causes = tuple(causes)
 
     def body(self) -> bytes:
-        return error_body(self.status, self.kind, self.message, self.details)
+        return error_body(self.status, self.kind, self.message, self.details, self.causes)
 
 
 def error_body(
-    status: int, kind: str, message: str, details: Sequence[Mapping[str, Any]] = ()
+    status: int,
+    kind: str,
+    message: str,
+    details: Sequence[Mapping[str, Any]] = (),
+    causes: Sequence[Cause] = (),
 ) -> bytes:
     """The JSON error body."""
     error: dict[str, Any] = {"code": status, "kind": kind, "message": message}
     if details:
         error["details"] = list(details)
+    if causes:
+        error["causes"] = [c.as_dict() for c in causes]
     return pydantic_core.to_json({"error": error})
 
 
@@ -100,7 +114,8 @@ def from_exception(exc: BaseException) -> GatewayError:
     if isinstance(exc, GatewayError):
         return exc
     if isinstance(exc, NoResponders):
-        return GatewayError(503, "no_responders", f"no responders for {_target(exc)}")
+        where = f" in subset {exc.subset}" if exc.subset else ""
+        return GatewayError(503, "no_responders", f"no responders for {_target(exc)}{where}")
     if isinstance(exc, DeadlineExceeded):
         return GatewayError(504, "deadline", f"deadline exceeded calling {_target(exc)}")
     if isinstance(exc, Overloaded):
@@ -111,6 +126,8 @@ def from_exception(exc: BaseException) -> GatewayError:
         return _remote(exc)
     if isinstance(exc, InvalidReply):
         return GatewayError(502, "bad_reply", f"{_target(exc)} sent an invalid reply")
+    if isinstance(exc, InstanceLost):
+        return GatewayError(502, "instance_lost", f"the instance serving {_target(exc)} is gone")
     if isinstance(exc, InvalidName):
         return GatewayError(404, "unknown_route", "no such route")
     if isinstance(exc, OverflowError):  # msgpack carries integers of at most 64 bits
@@ -125,7 +142,7 @@ def _remote(exc: RemoteError) -> GatewayError:
     message = _cut(exc.message)
     if exc.kind == ErrorKind.VALIDATION:
         return GatewayError(422, "validation", message, details=_details(exc.details))
-    return GatewayError(status, exc.kind or "service", message)
+    return GatewayError(status, exc.kind or "service", message, causes=exc.causes)
 
 
 def _details(details: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:

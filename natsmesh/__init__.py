@@ -9,8 +9,10 @@ from natsmesh._codec import Limits
 from natsmesh._context import Context
 from natsmesh._errors import (
     CallError,
+    Cause,
     DeadlineExceeded,
     ErrorKind,
+    InstanceLost,
     InvalidName,
     InvalidReply,
     InvalidRequest,
@@ -33,10 +35,12 @@ from natsmesh._version import __version__
 
 __all__ = [
     "CallError",
+    "Cause",
     "Context",
     "DeadlineExceeded",
     "ErrorKind",
     "HttpRoute",
+    "InstanceLost",
     "InvalidName",
     "InvalidReply",
     "InvalidRequest",

@@ -82,7 +82,7 @@ def _summary(latencies: list[float]) -> dict[str, float]:
 async def _run_mode(
     url: str, controller: Controller, routes: str, *, concurrency: int, seconds: float
 ) -> dict[str, float]:
-    reply = await controller.apply(routes.encode())
+    reply = await controller.apply(routes.encode(), allow_empty=True)
     if not reply.ok:
         raise RuntimeError(f"route config refused: {reply}")
     async with Mesh(url, name="bench-traffic") as mesh:

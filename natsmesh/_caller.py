@@ -19,9 +19,10 @@ not multiply hop by hop. Decisions are pure functions of ``_balance`` and
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -34,6 +35,7 @@ from natsmesh._control import RegistryTable
 from natsmesh._errors import (
     CallError,
     DeadlineExceeded,
+    InstanceLost,
     NoResponders,
     Overloaded,
     RemoteError,
@@ -43,8 +45,10 @@ from natsmesh._policy import backoff
 from natsmesh._routes import ServicePolicy
 from natsmesh._subjects import Subjects
 from natsmesh._traffic import ServiceTraffic
-from natsmesh._transport import NATS, Msg, NoReply, NoResponse, Requester
+from natsmesh._transport import NATS, Lost, Msg, NoReply, NoResponse, Requester
 from natsmesh._zones import TierCache, pick
+
+log = logging.getLogger("natsmesh.client")
 
 
 class _Target(NamedTuple):
@@ -157,19 +161,7 @@ class Caller:
         chain: tuple[str | None, ...] | list[str | None] = _NO_SUBSET
         hedged = False
         if not traffic.plain:
-            if policy.hedging is not None:
-                traffic.hedge_budget.request(now)
-            if policy.fault is not None:
-                await self._inject_fault(policy, traffic, call)
-            subset = None
-            if (policy.subsets or policy.matches) and route.conventional:
-                subset = choose_subset(
-                    policy.subsets, policy.matches, call.headers, self._rng.random()
-                )
-            chain = failover_chain(subset, policy.failover) if policy.failover else (subset,)
-            if policy.mirror is not None and route.conventional:
-                await self._mirror(call, policy, traffic)
-            hedged = idempotent and policy.hedging is not None
+            chain, hedged = await self._plan(call, policy, traffic, idempotent, now)
         position, attempt, gone = 0, 0, 0
         tried: set[str] = set()
         while True:
@@ -178,8 +170,10 @@ class Caller:
             if left <= 0.0005:
                 raise _deadline(route)
             target = self._target(route, policy, traffic, registry, chain[position], call, tried)
+            # The callee is told what this try will wait for, not the whole budget: its
+            # nested calls inherit the truth, and it drops work this try has given up on.
             try_timeout = min(per_try, left) if per_try else left
-            headers = self._headers(call, left, attempt, retrying=retries_processed)
+            headers = self._headers(call, try_timeout, attempt, retrying=retries_processed)
             try:
                 if hedged:
                     return await self._exchange(
@@ -202,6 +196,8 @@ class Caller:
                     counters.failovers += 1
                     attempt -= 1
                     continue
+                if failed.no_responders and position:
+                    raise _no_responders_in(failed.error, chain[: position + 1]) from None
                 kind = _retry_kind(failed)
                 allowed = kind in retries.retry_on and (not failed.processed or idempotent)
                 if not allowed or attempt >= attempts:
@@ -216,6 +212,30 @@ class Caller:
                 if time.monotonic() + pause >= call.deadline:
                     raise failed.error from None
                 await anyio.sleep(pause)
+
+    async def _plan(
+        self,
+        call: Call,
+        policy: ServicePolicy,
+        traffic: ServiceTraffic,
+        idempotent: bool,
+        now: float,
+    ) -> tuple[list[str | None] | tuple[str | None, ...], bool]:
+        """Before the first try of a policy with more than a target: faults, the subset
+        and its failover chain, the mirror; returns the chain and whether to hedge.
+        """
+        route = call.route
+        if policy.hedging is not None:
+            traffic.hedge_budget.request(now)
+        if policy.fault is not None:
+            await self._inject_fault(policy, traffic, call)
+        subset = None
+        if (policy.subsets or policy.matches) and route.conventional:
+            subset = choose_subset(policy.subsets, policy.matches, call.headers, self._rng.random())
+        chain = failover_chain(subset, policy.failover) if policy.failover else (subset,)
+        if policy.mirror is not None and route.conventional:
+            await self._mirror(call, policy, traffic)
+        return chain, idempotent and policy.hedging is not None
 
     # -- one try, perhaps hedged ------------------------------------------------------
 
@@ -242,8 +262,11 @@ class Caller:
             call.route, traffic.policy, traffic, registry, subset, call, exclude
         )
         traffic.counters.hedges += 1
+        # The copy waits less than the first try, and its callee is told so.
+        left = try_timeout - delay
+        second_headers = {**headers, _headers.BUDGET: _headers.format_budget(left)}
         second = loop.create_task(
-            self._send(call, second_target, traffic, registry, headers, try_timeout - delay)
+            self._send(call, second_target, traffic, registry, second_headers, left)
         )
         pending = {first, second}
         failure: BaseException | None = None
@@ -284,19 +307,32 @@ class Caller:
                     target.subject, call.body, timeout=timeout, headers=headers
                 )
             except NoResponse:
-                ok = True  # gone, not slow: no outlier evidence, and the registry will tell
+                ok = True  # gone, not slow: no outlier evidence
+                if instance is not None:
+                    self._gone(route, traffic, instance)
                 raise _Failed(
                     NoResponders(
-                        f"no responders for {route.service}.{route.endpoint}",
+                        f"no responders for {route.service}.{route.endpoint}"
+                        + (f" in subset {target.subset}" if target.subset else ""),
                         service=route.service,
                         endpoint=route.endpoint,
                         subject=target.subject,
+                        subset=target.subset,
                     ),
                     processed=False,
                     no_responders=True,
                 ) from None
             except NoReply:
                 raise _Failed(_deadline(route), processed=True) from None
+            except Lost:
+                lost = InstanceLost(
+                    f"instance {instance} of {route.service} is gone: the reply to"
+                    f" {route.service}.{route.endpoint} will never come",
+                    service=route.service,
+                    endpoint=route.endpoint,
+                    subject=target.subject,
+                )
+                raise _Failed(lost, processed=True) from None
             try:
                 result = call.decode(route, msg)
             except Overloaded as exc:
@@ -323,6 +359,20 @@ class Caller:
                 now = time.monotonic()
                 population = len(registry.instances) if registry is not None else 0
                 traffic.finished(instance, now - started, ok, now, population)
+
+    def _gone(self, route: Route, traffic: ServiceTraffic, instance: str) -> None:
+        """No responders on ``instance``'s own subject: it is gone, whatever the registry
+        says yet. No call of this client chooses it any more, and its requests still
+        waiting for a reply fail at once (retried where that is safe) instead of
+        waiting out their budgets.
+        """
+        if traffic.mark_gone(instance, time.monotonic()):
+            log.info(
+                "%s/%s: no responders on its own subject, taken out of choice",
+                route.service,
+                instance,
+            )
+            self._requester.lose(self._subjects.instance_prefix(route.service, instance))
 
     # -- choices -------------------------------------------------------------------------
 
@@ -359,6 +409,7 @@ class Caller:
             load=traffic.load,
             rng=self._rng,
             key=key,
+            gone=traffic.gone_now(now),
         )
         if chosen.instance is None:
             # Every known instance was tried: perhaps new ones the registry does not
@@ -430,7 +481,21 @@ def _retry_kind(failed: _Failed) -> str:
         return "overloaded"
     if isinstance(failed.error, DeadlineExceeded):
         return "timeout"
-    return "unavailable"
+    return "unavailable"  # 502 and 503 replies, and an instance lost with the request
+
+
+def _no_responders_in(error: Exception, subsets: Sequence[str | None]) -> Exception:
+    """The no responders of the last subset of a failover chain, naming every one tried."""
+    if not isinstance(error, NoResponders):
+        return error
+    names = ", ".join(s for s in subsets if s)
+    return NoResponders(
+        f"no responders for {error.service}.{error.endpoint} in subsets {names}",
+        service=error.service,
+        endpoint=error.endpoint,
+        subject=error.subject,
+        subset=error.subset,
+    )
 
 
 def _deadline(route: Route) -> CallError:

@@ -402,7 +402,8 @@ async def _apply_when_leader(controller: Controller, routes: bytes, name: str) -
     with anyio.fail_after(15):
         while not controller.is_leader:
             await controller.leader_changed.wait()
-    reply = await controller.apply(routes)
+    # The services start after the routes are applied: none is live yet.
+    reply = await controller.apply(routes, allow_empty=True)
     if not reply.ok:
         details = "; ".join(f"{p['path']}: {p['reason']}" for p in reply.problems)
         raise ValueError(f"{name}: {details or reply.error}")

@@ -15,6 +15,7 @@ import pydantic
 from natsmesh._cli_exit import UsageError
 from natsmesh._cli_nats import server_of
 from natsmesh._control import (
+    ALLOW_EMPTY,
     HTTP_KEY,
     ApplyReply,
     RouteTable,
@@ -51,15 +52,25 @@ def add_commands(
     nats_option(p)
 
     p = command("routes", _routes, "apply or show the route tables")
-    p.add_argument(
-        "action",
-        choices=("apply", "show"),
-        help="apply FILE: validate a route config (TOML or JSON) and apply it;"
-        " show [SERVICE]: print the tables (every service's without one)",
+    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    apply = actions.add_parser(
+        "apply",
+        help="validate a route config (TOML or JSON) through the controller and apply it",
     )
-    p.add_argument("arg", nargs="?", metavar="FILE|SERVICE")
-    p.add_argument("--json", action="store_true", help="print JSON")
-    one_shot(p)
+    apply.add_argument("file", metavar="FILE", help="a route config (TOML or JSON)")
+    apply.add_argument(
+        "--allow-empty",
+        action="store_true",
+        help="apply even where the file names services, subsets or HTTP targets"
+        " that no live instance serves (refused otherwise)",
+    )
+    show = actions.add_parser(
+        "show", help="print the route tables (every service's without a SERVICE)"
+    )
+    show.add_argument("service", nargs="?", metavar="SERVICE")
+    for action in (apply, show):
+        action.add_argument("--json", action="store_true", help="print JSON")
+        one_shot(action)
 
     p = command("status", _status, "each client's applied table revisions, SYNCED or STALE")
     p.add_argument("--json", action="store_true", help="print JSON")
@@ -75,16 +86,18 @@ async def _controller(args: argparse.Namespace) -> int:
 
 async def _routes(args: argparse.Namespace) -> int:
     if args.action == "apply":
-        if not args.arg:
-            raise UsageError("routes apply needs a FILE")
-        return await _apply(args, Path(args.arg))
-    return await _show(args, args.arg)
+        return await _apply(args, Path(args.file))
+    return await _show(args, args.service)
 
 
-async def _ask(args: argparse.Namespace, name: str, payload: bytes) -> bytes:
+async def _ask(
+    args: argparse.Namespace, name: str, payload: bytes, headers: dict[str, str] | None = None
+) -> bytes:
     nc = await connect(server_of(args), name="natsmesh-cli", give_up_after=args.connect_timeout)
     try:
-        msg = await request(nc, control_subject("mesh", name), payload, timeout=5, headers={})
+        msg = await request(
+            nc, control_subject("mesh", name), payload, timeout=5, headers=headers or {}
+        )
     except (NoResponse, NoReply):
         raise NoResponders(
             "no controller answered: start one with 'natsmesh controller'",
@@ -105,13 +118,16 @@ async def _apply(args: argparse.Namespace, path: Path) -> int:
         data = await file.read_bytes()
     except OSError as exc:
         raise UsageError(f"{path}: {exc.strerror}") from None
-    reply = ApplyReply.model_validate_json(await _ask(args, "routes.apply", data))
+    headers = {ALLOW_EMPTY: "1"} if args.allow_empty else None
+    reply = ApplyReply.model_validate_json(await _ask(args, "routes.apply", data, headers))
     if args.json:
         print(reply.model_dump_json(indent=2))
+    for problem in reply.problems:
+        print(f"natsmesh: {path}: {problem['path']}: {problem['reason']}", file=sys.stderr)
+    for warning in reply.warnings:
+        print(f"natsmesh: {path}: warning: {warning['path']}: {warning['reason']}", file=sys.stderr)
     if not reply.ok:
-        for problem in reply.problems:
-            print(f"natsmesh: {path}: {problem['path']}: {problem['reason']}", file=sys.stderr)
-        if not reply.problems:
+        if reply.warnings or not reply.problems:
             print(f"natsmesh: {reply.error}", file=sys.stderr)
         return 1
     if not args.json:

@@ -27,11 +27,13 @@ from natsmesh._codec import Codec, DecodeError, Limits
 from natsmesh._control import HTTP_TABLE
 from natsmesh._errors import (
     CallError,
+    Cause,
     DeadlineExceeded,
     ErrorKind,
     InvalidReply,
     NoResponders,
     UnknownEndpoint,
+    parse_causes,
     remote_error_class,
 )
 from natsmesh._policy import budget
@@ -48,8 +50,13 @@ log = logging.getLogger("natsmesh.client")
 T = TypeVar("T")
 
 DEFAULT_TIMEOUT: Final = 5.0
-FIRST_LOAD_WAIT: Final = 0.25  # seconds a first call waits for its service's tables
+# Seconds a first call waits for its service's tables (then it goes on without them),
+# never past its budget; and for a $SRV answer after no responders, the same.
+FIRST_LOAD_WAIT: Final = 0.25
 ONE_SHOT_LOAD_WAIT: Final = 2.0  # the same, for a client that does not watch them
+_DISCOVERY_WAIT: Final = 0.5
+# Error bodies larger than this are not read for details and causes (the headers suffice).
+_MAX_ERROR_BODY: Final = 64 * 1024
 
 
 _NO_TABLES = Snapshot()
@@ -235,19 +242,22 @@ class Mesh:
         context = context or self._context
         route = self._routes.get(target) or self._convention(target)
         started = time.monotonic()
-        tables = self._tables
-        snapshot = _NO_TABLES
-        if tables is not None:
-            if route.service not in tables:  # only the first calls of a service wait
-                await tables.ensure(route.service, wait=self._first_load_wait(timeout))
-            snapshot = tables.snapshot(route.service)
-        policy = snapshot.policy or self.policy
-        if timeout is None and context is None:
-            timeout = policy.timeout if snapshot.policy is not None else self.timeout
-        deadline = started + budget(
+        # The budget as known before the tables are read (raises ValueError for a bad one).
+        left = budget(
             self.timeout if timeout is None else timeout,
             None if context is None else context.remaining,
         )
+        tables = self._tables
+        snapshot = _NO_TABLES
+        if tables is not None:
+            if route.service not in tables:
+                # Only the first calls of a service wait, and never past their budget.
+                await tables.ensure(route.service, wait=self._first_load_wait(left))
+            snapshot = tables.snapshot(route.service)
+        policy = snapshot.policy or self.policy
+        if timeout is None and context is None and snapshot.policy is not None:
+            left = snapshot.policy.timeout  # the route's timeout, from the call's start
+        deadline = started + left
         extra = _headers.check_user_headers(headers) if headers else {}
         if caller is not None:
             # After the check, which refuses Mesh-Caller among the user's headers, so only
@@ -263,7 +273,7 @@ class Mesh:
             return self._reply(route, msg, response)
 
         if not route.subject:
-            route = await self._reroute(target, route) or route
+            route = await self._reroute(target, route, deadline) or route
             if not route.subject:
                 raise NoResponders(
                     f"no responders for {target}",
@@ -285,18 +295,18 @@ class Mesh:
                 return await runner.run(call, policy, snapshot.registry)
             except NoResponders:
                 # Perhaps a micro service outside the natsmesh convention: ask $SRV once.
-                rerouted = await self._reroute(target, route)
+                rerouted = await self._reroute(target, route, deadline)
                 if rerouted is None or rerouted == route:
                     raise
                 route = rerouted
 
-    def _first_load_wait(self, timeout: float | None) -> float:
+    def _first_load_wait(self, left: float) -> float:
         # A watching client goes on by convention after a moment: its tables follow.
         # A one-shot client has no later call to apply them to, so it waits for its
         # snapshot (two KV gets), within half of the call's budget.
         if self._watch:
-            return FIRST_LOAD_WAIT
-        return min(ONE_SHOT_LOAD_WAIT, (self.timeout if timeout is None else timeout) / 2)
+            return min(FIRST_LOAD_WAIT, left)
+        return min(ONE_SHOT_LOAD_WAIT, left / 2)
 
     def metrics(self) -> dict[str, dict[str, int]]:
         """Counters per service called: requests, retries, hedges, failovers, ejections, ..."""
@@ -321,17 +331,21 @@ class Mesh:
             self._routes[target] = route
         return route
 
-    async def _reroute(self, target: str, route: Route) -> Route | None:
-        """After *no responders*: ask ``$SRV`` where the endpoint lives.
+    async def _reroute(self, target: str, route: Route, deadline: float) -> Route | None:
+        """After *no responders*: ask ``$SRV`` where the endpoint lives, within the budget.
 
         Returns a new route for a micro service outside natsmesh's subject
         convention; raises UnknownEndpoint when the service runs without that
-        endpoint; None when no instance of the service answers at all.
+        endpoint; None when no instance of the service answers at all, or not
+        before ``deadline``.
         """
         now = time.monotonic()
         if route.subject and route.discovered_at and now - route.discovered_at < 1.0:
             return None  # looked up a moment ago: the service is simply gone
-        info = await _discovery.first_info(self.nats, route.service)
+        wait = min(_DISCOVERY_WAIT, deadline - now)
+        if wait <= 0.001:
+            return None
+        info = await _discovery.first_info(self.nats, route.service, timeout=wait)
         if info is None:
             return None
         for ep in info.endpoints:
@@ -454,13 +468,17 @@ def _remote_error(route: Route, hdrs: Mapping[str, str], data: bytes, limits: Li
             subject=route.subject,
         )
     details: list[dict[str, Any]] = []
-    if kind == ErrorKind.VALIDATION:
+    causes: tuple[Cause, ...] = ()
+    # Only bodies that carry more than the headers say, and only small ones: an error
+    # body's details and causes are bounded, whatever a service sends.
+    if kind in (ErrorKind.VALIDATION, ErrorKind.UPSTREAM) and len(data) <= _MAX_ERROR_BODY:
         try:
-            body = _codec.decode(data, route.codec, limits)
-            found = body["error"]["details"]
+            error = _codec.decode(data, route.codec, limits)["error"]
+            found = error.get("details")
             if isinstance(found, list):
                 details = [d for d in found if isinstance(d, dict)][:100]
-        except (DecodeError, KeyError, TypeError):
+            causes = parse_causes(error.get("causes"))
+        except (DecodeError, KeyError, TypeError, AttributeError):
             pass
     return remote_error_class(kind)(
         message,
@@ -470,7 +488,14 @@ def _remote_error(route: Route, hdrs: Mapping[str, str], data: bytes, limits: Li
         endpoint=route.endpoint,
         subject=route.subject,
         details=details,
+        causes=causes,
+        trace_id=_trace_id(hdrs.get(_headers.TRACERESPONSE)),
     )
+
+
+def _trace_id(value: str | None) -> str | None:
+    trace = _headers.parse_traceparent(value) if value else None
+    return None if trace is None else trace.trace_id
 
 
 def _reason(exc: Exception) -> str:

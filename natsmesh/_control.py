@@ -43,6 +43,9 @@ HTTP_KEY: Final = "http"
 #: not a valid service name (those start with a letter), so it never meets a service's.
 HTTP_TABLE: Final = "(http)"
 MAX_CONTROL_MESSAGE: Final = 256 * 1024
+#: Request header of ``routes.apply``: "1" applies a config even where it names
+#: services, subsets or HTTP targets that no live instance serves.
+ALLOW_EMPTY: Final = "Mesh-Allow-Empty"
 
 
 def registry_key(service: str) -> str:
@@ -187,7 +190,8 @@ class ApplyReply(_Wire):
     ok: bool
     revisions: dict[str, int] = Field(default_factory=dict)
     unchanged: tuple[str, ...] = ()
-    problems: tuple[dict[str, str], ...] = ()
+    problems: tuple[dict[str, str], ...] = ()  # why the config is invalid: every reason
+    warnings: tuple[dict[str, str], ...] = ()  # what it names that nothing live serves
     error: str = ""
 
 

@@ -57,6 +57,8 @@ from natsmesh._control import (
 from natsmesh._ejector import Ejector
 from natsmesh._kv import Conflict, Entry, Tables, Unavailable
 from natsmesh._registry import Registry
+from natsmesh._route_warnings import Live, empty_targets
+from natsmesh._routes import RouteConfig
 from natsmesh._subjects import default_subset
 from natsmesh._tasks import stop
 from natsmesh._transport import NATS, Msg, connect
@@ -359,24 +361,32 @@ class Controller:
                 del self._status[client]
 
     async def _scan_loop(self) -> None:
-        assert self._nc is not None
         while True:
-            infos = await _discovery.gather(self._nc, "INFO", _micro.Info, timeout=1.0)
-            now = time.monotonic()
-            for info in infos:
-                with contextlib.suppress(pydantic.ValidationError, ValueError):
-                    self._dirty |= self.registry.announce(from_info(info), now)
+            await self._scan_once(timeout=1.0)
             await asyncio.sleep(self._scan_interval)
+
+    async def _scan_once(self, *, timeout: float) -> None:
+        assert self._nc is not None
+        infos = await _discovery.gather(self._nc, "INFO", _micro.Info, timeout=timeout)
+        now = time.monotonic()
+        for info in infos:
+            with contextlib.suppress(pydantic.ValidationError, ValueError):
+                self._dirty |= self.registry.announce(from_info(info), now)
 
     # -- requests (leader only) --------------------------------------------------------------
 
     async def _on_apply(self, msg: Msg) -> None:
-        reply = await self.apply(msg.data)
+        allow_empty = (msg.headers or {}).get(_control.ALLOW_EMPTY) == "1"
+        reply = await self.apply(msg.data, allow_empty=allow_empty)
         if msg.reply:
             await msg.respond(reply.model_dump_json().encode())
 
-    async def apply(self, data: bytes) -> ApplyReply:
-        """Validate a route file and write the tables that changed; never raises."""
+    async def apply(self, data: bytes, *, allow_empty: bool = False) -> ApplyReply:
+        """Validate a route file and write the tables that changed; never raises.
+
+        A config that names services, subsets or HTTP targets no live instance
+        serves is refused with those warnings, unless ``allow_empty``.
+        """
         from natsmesh._routes import RouteConfigError, parse_routes
 
         try:
@@ -384,6 +394,14 @@ class Controller:
         except RouteConfigError as exc:
             problems = tuple({"path": p.path, "reason": p.reason} for p in exc.problems)
             return ApplyReply(ok=False, problems=problems, error="invalid route config")
+        warnings = await self._empty_targets(config, scan=not allow_empty)
+        if warnings and not allow_empty:
+            return ApplyReply(
+                ok=False,
+                warnings=warnings,
+                error="nothing live serves some of what the config names; fix it, or apply"
+                " it anyway with --allow-empty",
+            )
         wanted: dict[str, bytes] = {
             routes_key(name): RouteTable(service=name, policy=policy.model_dump(mode="json"))
             .model_dump_json()
@@ -409,7 +427,26 @@ class Controller:
             if key.startswith("routes.") and key not in wanted and entry.value is not None:
                 await self._tables.delete(key)
                 self._entries[key] = Entry(key, None, entry.revision)
-        return ApplyReply(ok=True, revisions=revisions, unchanged=tuple(unchanged))
+        return ApplyReply(
+            ok=True, revisions=revisions, unchanged=tuple(unchanged), warnings=warnings
+        )
+
+    async def _empty_targets(
+        self, config: RouteConfig, *, scan: bool
+    ) -> tuple[dict[str, str], ...]:
+        """What ``config`` names that no live instance serves, as ``path: reason`` rows.
+
+        The registry may lag (this controller just started, an instance just came
+        up): before refusing, one ``$SRV.INFO`` scan (with ``scan``) brings it up to date.
+        """
+        for again in (False, True) if scan else (False,):
+            if again:
+                await self._scan_once(timeout=1.0)
+            live = {s: Live.of(self.registry.instances(s)) for s in self.registry.services()}
+            found = empty_targets(config, {s: v for s, v in live.items() if v.subsets})
+            if not found:
+                return ()
+        return tuple({"path": p.path, "reason": p.reason} for p in found)
 
     async def _on_status_show(self, msg: Msg) -> None:
         if msg.reply:

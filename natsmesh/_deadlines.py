@@ -3,14 +3,16 @@
 On the request path a timer per request (``call_later`` and its cancel, or an
 ``asyncio.timeout`` block) costs more than the decode, validate and encode of a
 small payload together. One sweeper that looks at the open deadlines every
-``tick`` seconds costs nothing per request and fires at most ``tick`` late,
-which is what a budget of milliseconds to seconds can afford.
+``tick`` seconds costs nothing per request. It wakes at the earliest deadline it
+saw when it last looked, if that comes before the next tick: a deadline is late
+only when it was added during a sleep and falls before its end (by less than a tick).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import time
 from collections.abc import AsyncIterator, Callable, Hashable
 from typing import Generic, TypeVar
@@ -59,17 +61,30 @@ class Deadlines(Generic[K]):
             await stop([sweeper])
 
     async def _run(self) -> None:
+        wait = self._tick
         while True:
             if not self._due:
                 self._wake = anyio.Event()
                 self._waiting = True
                 await self._wake.wait()
-            await anyio.sleep(self._tick)
-            self.expire(time.monotonic())
+                wait = self._tick
+            await anyio.sleep(wait)
+            now = time.monotonic()
+            wait = min(self._tick, max(0.0, self.expire(now) - now))
 
-    def expire(self, now: float) -> None:
-        """Call ``on_expire`` for every key whose deadline is not after ``now``."""
-        expired = [key for key, deadline in self._due.items() if deadline <= now]
+    def expire(self, now: float) -> float:
+        """Call ``on_expire`` for every key whose deadline is not after ``now``.
+
+        Returns the earliest deadline still open (infinity when none is).
+        """
+        expired = []
+        earliest = math.inf
+        for key, deadline in self._due.items():
+            if deadline <= now:
+                expired.append(key)
+            elif deadline < earliest:
+                earliest = deadline
         for key in expired:
             del self._due[key]
             self._on_expire(key)
+        return earliest

@@ -13,8 +13,10 @@ Every exception natsmesh raises derives from :class:`MeshError`::
     └── CallError                 a call failed; carries service, endpoint and subject
         ├── NoResponders          nobody listens on the subject (immediate, never a timeout)
         ├── DeadlineExceeded      the call's budget ran out (also a TimeoutError)
+        ├── InstanceLost          the instance that had the request is gone: no reply will come
         ├── InvalidReply          the reply could not be decoded or validated
         └── RemoteError           the service replied with an error code and message
+                                  (``.causes``: the chain of failures below it)
             ├── InvalidRequest    400, 413, 415, 422: the service rejected the payload
             ├── UnknownEndpoint   404: the service runs but has no such endpoint
             └── Overloaded        503: shed before processing; safe to retry
@@ -38,13 +40,21 @@ code  kind                    meaning
 ====  ======================  ==================================================
 
 A handler's own :class:`ServiceError` carries kind ``service`` and its own code.
+
+An error reply whose handler's nested call failed (502 ``upstream``) carries the
+cause chain in its body: one :class:`Cause` (service, endpoint, kind, code,
+message) per hop below, nearest first, at most :data:`MAX_CAUSES` of them, each
+message cut to :data:`MAX_CAUSE_MESSAGE` characters, so that a hostile service
+cannot make it grow on its way up.
 """
 
 from __future__ import annotations
 
 import enum
+import re
 from collections.abc import Mapping, Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Final
 
 
 class ErrorKind(enum.StrEnum):
@@ -142,7 +152,16 @@ class CallError(MeshError):
 
 
 class NoResponders(CallError):
-    """No instance listens on the subject: the server said so at once."""
+    """No instance listens on the subject: the server said so at once.
+
+    ``subset`` is the subset last tried, where the call went to one.
+    """
+
+    def __init__(
+        self, message: str, *, service: str, endpoint: str, subject: str, subset: str | None = None
+    ) -> None:
+        super().__init__(message, service=service, endpoint=endpoint, subject=subject)
+        self.subset = subset
 
 
 class PermissionDenied(MeshError):
@@ -159,12 +178,96 @@ class DeadlineExceeded(CallError, TimeoutError):
     """The call's time budget ran out before a reply arrived."""
 
 
+class InstanceLost(CallError):
+    """The instance that received the request is gone (its own subject has no responders
+    any more): its reply will never come. The request may or may not have been processed.
+    """
+
+
 class InvalidReply(CallError):
     """The reply could not be decoded or did not validate against the response type."""
 
 
+MAX_CAUSES: Final = 8
+MAX_CAUSE_MESSAGE: Final = 256
+_CAUSE_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_CAUSE_KIND = re.compile(r"[a-z_]{1,32}")
+_UNPRINTABLE = re.compile(r"[^\x20-\x7e]")
+
+
+@dataclass(frozen=True, slots=True)
+class Cause:
+    """One hop below a failed call: which call failed there, and how. No internals."""
+
+    service: str
+    endpoint: str
+    kind: str
+    code: int
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.service}.{self.endpoint}: {self.code} {self.kind}: {self.message}"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "service": self.service,
+            "endpoint": self.endpoint,
+            "kind": self.kind,
+            "code": self.code,
+            "message": self.message,
+        }
+
+    @classmethod
+    def parse(cls, value: object) -> Cause | None:
+        """A cause from an error body's ``causes`` entry; None when it is not one."""
+        if not isinstance(value, dict):
+            return None
+        service, endpoint = value.get("service"), value.get("endpoint")
+        kind, code, message = value.get("kind"), value.get("code"), value.get("message")
+        if not (
+            isinstance(service, str)
+            and isinstance(endpoint, str)
+            and isinstance(kind, str)
+            and isinstance(message, str)
+            and type(code) is int
+            and 100 <= code <= 999
+            and _CAUSE_NAME.fullmatch(service)
+            and _CAUSE_NAME.fullmatch(endpoint)
+            and _CAUSE_KIND.fullmatch(kind)
+        ):
+            return None
+        return cls(service, endpoint, kind, code, clean_message(message))
+
+
+def clean_message(text: str, limit: int = MAX_CAUSE_MESSAGE) -> str:
+    """``text`` on one printable line of at most ``limit`` characters."""
+    text = _UNPRINTABLE.sub(" ", text[: limit * 4])
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def parse_causes(value: object) -> tuple[Cause, ...]:
+    """The causes of an error body (a list of dicts), bounded; malformed entries skipped."""
+    if not isinstance(value, list):
+        return ()
+    parsed = (Cause.parse(v) for v in value[: MAX_CAUSES * 4])
+    return bound_causes([c for c in parsed if c is not None])
+
+
+def bound_causes(causes: Sequence[Cause]) -> tuple[Cause, ...]:
+    """At most MAX_CAUSES: the nearest ones and, always, the root cause (the last)."""
+    if len(causes) <= MAX_CAUSES:
+        return tuple(causes)
+    return (*causes[: MAX_CAUSES - 1], causes[-1])
+
+
 class RemoteError(CallError):
-    """The service answered with an error code and message."""
+    """The service answered with an error code and message.
+
+    ``causes`` is the chain of failures below this one, nearest first (empty when the
+    service itself failed): where a handler's nested call failed, its hop, and the
+    hops below that. ``str()`` renders the whole chain on one line. ``trace_id`` is
+    the W3C trace id the service logged a 5xx failure under (None otherwise).
+    """
 
     def __init__(
         self,
@@ -176,12 +279,22 @@ class RemoteError(CallError):
         endpoint: str,
         subject: str,
         details: Sequence[Mapping[str, Any]] = (),
+        causes: Sequence[Cause] = (),
+        trace_id: str | None = None,
     ) -> None:
         super().__init__(f"{code} {message}", service=service, endpoint=endpoint, subject=subject)
         self.code = code
         self.message = message
         self.kind = kind
         self.details = tuple(details)
+        self.causes = bound_causes(causes)
+        self.trace_id = trace_id  # the trace the service logged the failure under (5xx)
+
+    def __str__(self) -> str:
+        head = f"{self.code} {self.message}"
+        if not self.causes:
+            return head
+        return f"{head} (caused by {' <- '.join(str(c) for c in self.causes)})"
 
 
 class InvalidRequest(RemoteError):
@@ -209,3 +322,34 @@ _REMOTE_CLASSES: Mapping[str, type[RemoteError]] = {
 def remote_error_class(kind: str) -> type[RemoteError]:
     """The exception class a caller raises for an error reply of this kind."""
     return _REMOTE_CLASSES.get(kind, RemoteError)
+
+
+def causes_of(exc: CallError) -> tuple[Cause, ...]:
+    """The cause chain an error reply carries when a handler's nested call failed with ``exc``.
+
+    Its first hop is ``exc`` itself (the call that failed), then the chain ``exc``
+    brought from below, bounded.
+    """
+    below: tuple[Cause, ...] = ()
+    if isinstance(exc, RemoteError):
+        kind, code, message, below = (
+            exc.kind or ErrorKind.SERVICE,
+            exc.code,
+            exc.message,
+            exc.causes,
+        )
+    elif isinstance(exc, NoResponders):
+        kind, code, message = "no_responders", 503, str(exc)
+    elif isinstance(exc, DeadlineExceeded):
+        kind, code, message = ErrorKind.DEADLINE, 504, str(exc)
+    elif isinstance(exc, InstanceLost):
+        kind, code, message = "instance_lost", 502, str(exc)
+    elif isinstance(exc, InvalidReply):
+        kind, code, message = "invalid_reply", 502, str(exc)
+    else:
+        kind, code, message = "call_failed", 502, str(exc)
+    service = exc.service if _CAUSE_NAME.fullmatch(exc.service) else "unknown"
+    endpoint = exc.endpoint if _CAUSE_NAME.fullmatch(exc.endpoint) else "unknown"
+    kind = kind if _CAUSE_KIND.fullmatch(kind) else "service"
+    code = code if 100 <= code <= 999 else 502
+    return bound_causes([Cause(service, endpoint, kind, code, clean_message(message)), *below])

@@ -28,6 +28,9 @@ BUDGET: Final = "Mesh-Budget-Ms"
 ATTEMPT: Final = "Mesh-Attempt"
 CALLER: Final = "Mesh-Caller"
 TRACEPARENT: Final = "traceparent"
+# On 5xx error replies only: the trace the failure was logged under (W3C Trace Context
+# Level 2's response header), so a front door's log line names the same trace id.
+TRACERESPONSE: Final = "traceresponse"
 ERROR: Final = "Nats-Service-Error"
 ERROR_CODE: Final = "Nats-Service-Error-Code"
 ERROR_KIND: Final = "Mesh-Error-Kind"
@@ -48,6 +51,7 @@ RESERVED: Final = frozenset(
         CALLER,
         RETRYING,
         TRACEPARENT,
+        TRACERESPONSE,
         ERROR,
         ERROR_CODE,
         ERROR_KIND,

@@ -111,11 +111,17 @@ class _Model(BaseModel):
 
 
 class Retries(_Model):
-    """How often to try a call, and how much extra load retries may add."""
+    """How often to try a call, and how much extra load retries may add.
 
-    attempts: Annotated[StrictInt, Field(ge=1, le=10)] = 1
+    The defaults are the default policy's (see :data:`natsmesh._traffic.DEFAULT_POLICY`):
+    no per-try timeout, and retries only where they are safe.
+    """
+
+    attempts: Annotated[StrictInt, Field(ge=1, le=10)] = 3
     per_try_timeout: Seconds | None = None
-    retry_on: frozenset[RetryOn] = frozenset({"no_responders", "overloaded"})
+    # "unavailable" and "timeout" are retried for idempotent endpoints only, whatever
+    # this says: see natsmesh._caller.
+    retry_on: frozenset[RetryOn] = frozenset({"no_responders", "overloaded", "unavailable"})
     backoff: NonNegative = 0.02
     max_backoff: NonNegative = 0.5
     budget_ratio: Ratio = 0.2
@@ -206,7 +212,8 @@ class ServicePolicy(_Model):
     timeout: Timeout = 5.0
     retries: Retries = Field(default_factory=Retries)
     hedging: Hedging | None = None
-    load_balancer: LoadBalancer = "queue"
+    # p2c needs the registry (a controller); without one, calls go to the queue group.
+    load_balancer: LoadBalancer = "p2c"
     hash_header: HeaderName | None = None
     subsets: list[Subset] = []
     matches: list[HeaderMatch] = []

@@ -42,10 +42,15 @@ from natsmesh._describe import EndpointState, Instance, announcement, info, ping
 from natsmesh._errors import (
     KIND_CODES,
     CallError,
+    Cause,
     DeadlineExceeded,
     ErrorKind,
+    RemoteError,
     ServiceError,
+    causes_of,
+    clean_message,
 )
+from natsmesh._headers import Trace, new_trace
 from natsmesh._membership import QueueMembership
 from natsmesh._spec import EndpointSpec, ServiceSpec, spec_of
 from natsmesh._subjects import Subjects, srv_subjects
@@ -389,12 +394,25 @@ class ServiceRunner:
             else:
                 await self._reply_error(msg, ep, codec, ErrorKind.DEADLINE, "deadline exceeded")
         except CallError as exc:
+            trace = _trace_of(msg.headers, context)
+            self._log_failed_call(ep, exc, trace)
             await self._reply_error(
-                msg, ep, codec, ErrorKind.UPSTREAM, f"call to {exc.service}.{exc.endpoint} failed"
+                msg,
+                ep,
+                codec,
+                ErrorKind.UPSTREAM,
+                f"call to {exc.service}.{exc.endpoint} failed",
+                causes=causes_of(exc),
+                trace=trace,
             )
         except Exception:
-            log.exception("%s.%s: handler failed", self.spec.name, ep.spec.name)
-            await self._reply_error(msg, ep, codec, ErrorKind.INTERNAL, "internal error")
+            trace = _trace_of(msg.headers, context)
+            log.exception(
+                "%s.%s: handler failed (trace %s)", self.spec.name, ep.spec.name, trace.trace_id
+            )
+            await self._reply_error(
+                msg, ep, codec, ErrorKind.INTERNAL, "internal error", trace=trace
+            )
         else:
             if msg.reply:
                 headers = None if codec is Codec.MSGPACK else _JSON_REPLY_HEADERS
@@ -429,6 +447,24 @@ class ServiceRunner:
             )
         return _codec.encode(response.adapter.dump_python(result, mode="json"), codec)
 
+    def _log_failed_call(self, ep: EndpointState, exc: CallError, trace: Trace) -> None:
+        """One line where a nested call's failure began, none where it only passes through.
+
+        An upstream error carries its causes, and a service's own internal error was
+        logged (with its stack) by that service: the hops above only relay them.
+        """
+        if isinstance(exc, RemoteError) and exc.kind in (ErrorKind.UPSTREAM, ErrorKind.INTERNAL):
+            return
+        log.warning(
+            "%s.%s: call to %s.%s failed: %s (trace %s)",
+            self.spec.name,
+            ep.spec.name,
+            exc.service,
+            exc.endpoint,
+            clean_message(str(exc), 512),
+            trace.trace_id,
+        )
+
     async def _reply_error(
         self,
         msg: Msg,
@@ -439,6 +475,8 @@ class ServiceRunner:
         details: list[dict[str, Any]] | None = None,
         *,
         code: int | None = None,
+        causes: tuple[Cause, ...] = (),
+        trace: Trace | None = None,
     ) -> None:
         code = code if code is not None else KIND_CODES[kind]
         ep.error(code, message)
@@ -447,12 +485,16 @@ class ServiceRunner:
         body: dict[str, Any] = {"code": code, "kind": kind.value, "message": message}
         if details:
             body["details"] = details
+        if causes:
+            body["causes"] = [c.as_dict() for c in causes]
         headers = {
             _headers.ERROR: message,
             _headers.ERROR_CODE: str(code),
             _headers.ERROR_KIND: kind.value,
             _headers.INSTANCE: self.id,
         }
+        if trace is not None:
+            headers[_headers.TRACERESPONSE] = trace.child().header()
         if codec is Codec.JSON:
             headers[_codec.CONTENT_TYPE] = _codec.JSON_TYPE
         await self._replies.publish(msg.reply, _codec.encode({"error": body}, codec), headers)
@@ -482,6 +524,13 @@ async def _close(nc: NATS) -> None:
         if nc.is_connected:
             await nc.flush()
     await nc.close()
+
+
+def _trace_of(headers: dict[str, str] | None, context: Context | None) -> Trace:
+    """The trace of a request that failed: the handler's, the caller's, or a new one."""
+    if context is not None:
+        return context.trace
+    return _headers.parse_traceparent((headers or {}).get(_headers.TRACEPARENT)) or new_trace()
 
 
 def _details(exc: pydantic.ValidationError) -> list[dict[str, Any]]:

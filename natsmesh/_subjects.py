@@ -101,6 +101,10 @@ class Subjects:
     def instance(self, service: str, instance_id: str, endpoint: str) -> str:
         return f"{self.prefix}.{INSTANCE_TOKEN}.{service}.{instance_id}.{endpoint}"
 
+    def instance_prefix(self, service: str, instance_id: str) -> str:
+        """What every subject of one instance's endpoints starts with."""
+        return f"{self.prefix}.{INSTANCE_TOKEN}.{service}.{instance_id}."
+
     @staticmethod
     def queue_group(service: str, subset: str | None = None) -> str:
         return service if subset is None else f"{service}.{subset}"

@@ -8,28 +8,33 @@ make every decision visible. It follows the service's policy as it changes.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import asdict, dataclass
+from typing import Final
 
 from natsmesh._balance import PeakEwma
-from natsmesh._control import RegistryTable
+from natsmesh._control import Announcement, RegistryTable
 from natsmesh._resilience import Budget, LatencyWindow, Outliers
-from natsmesh._routes import Retries, ServicePolicy
+from natsmesh._routes import ServicePolicy
 
-#: The policy of a service with no route table: calls that prove nothing was
-#: processed (no responders, overloaded) are retried for every endpoint; a per-try
-#: timeout and retries on timeouts apply to endpoints declared idempotent only.
-DEFAULT_POLICY = ServicePolicy(
-    timeout=5.0,
-    # p2c where the registry is known (a controller runs): a frozen or slow instance
-    # is avoided after its first slow replies; without a registry, the queue group.
-    load_balancer="p2c",
-    retries=Retries(
-        attempts=3,
-        per_try_timeout=1.0,
-        retry_on=frozenset({"no_responders", "overloaded", "timeout", "unavailable"}),
-    ),
-)
+#: The policy of a service with no route table, and of every field a route table
+#: leaves out (the models' defaults are these): a 5 s budget; p2c where a controller
+#: publishes the registry, else the queue group; no per-try timeout (a slow but
+#: healthy instance is not a failure: slow instances are p2c's and, where configured,
+#: hedging's job); up to 3 attempts within a retry budget of 20 % of the requests of
+#: the last 10 s plus 10 per second: for every endpoint after no responders or
+#: overloaded (nothing was processed), for idempotent endpoints also after an
+#: "unavailable" reply (502, 503) or an instance lost with the request; timeouts are
+#: never retried unless a route says so; outlier ejection after 5 consecutive failures.
+#: The README's traffic policy section states these; a test holds it to this value.
+DEFAULT_POLICY: Final = ServicePolicy()
+
+#: Seconds an instance proven gone (no responders on its own subject) stays out of
+#: this client's choice while the registry says nothing new of it. The registry
+#: drops a dead instance within its expiry (6 s) or announces a returning one at
+#: once; this is for what it cannot see (a connection away for a moment).
+GONE_RECHECK: Final = 10.0
 
 
 @dataclass(slots=True)
@@ -61,6 +66,10 @@ class ServiceTraffic:
         self.idempotent: dict[str, bool] = {}
         self.plain = _plain(policy)
         self._configure(policy)
+        # Instances proven gone: the announcement the registry showed then, and until when.
+        self._gone: dict[str, tuple[Announcement | None, float]] = {}
+        self.gone: frozenset[str] = frozenset()
+        self._gone_lapse = math.inf
 
     def follow(self, policy: ServicePolicy) -> None:
         """Adopt a changed policy; budgets and outlier state restart only if their knobs moved."""
@@ -107,6 +116,39 @@ class ServiceTraffic:
         for gone in [i for i in self.instances if i not in present]:
             del self.instances[gone]
         self.outliers.forget(present)
+        if self._gone:
+            # A gone instance returns once the registry announces it anew (or drops it).
+            current = {i.id: i for i in registry.instances}
+            for marked, (seen, _) in list(self._gone.items()):
+                if current.get(marked) != seen or seen is None:
+                    del self._gone[marked]
+            self._gone_changed()
+
+    def mark_gone(self, instance: str, now: float) -> bool:
+        """No responders on ``instance``'s own subject: proof it is gone. Out of this
+        client's choice until the registry announces it again; True if newly marked.
+        """
+        if instance in self._gone:
+            return False
+        registry = self.registry
+        seen = None
+        if registry is not None:
+            seen = next((i for i in registry.instances if i.id == instance), None)
+        self._gone[instance] = (seen, now + GONE_RECHECK)
+        self._gone_changed()
+        return True
+
+    def gone_now(self, now: float) -> frozenset[str]:
+        """The instances not to choose (cheap: a comparison unless a mark has lapsed)."""
+        if now >= self._gone_lapse:
+            for instance in [i for i, (_, until) in self._gone.items() if until <= now]:
+                del self._gone[instance]
+            self._gone_changed()
+        return self.gone
+
+    def _gone_changed(self) -> None:
+        self.gone = frozenset(self._gone)
+        self._gone_lapse = min((until for _, until in self._gone.values()), default=math.inf)
 
     def started(self, instance: str | None) -> None:
         if instance is not None:

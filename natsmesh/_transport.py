@@ -35,6 +35,7 @@ NO_RESPONDERS: Final = "503"
 __all__ = [
     "DEFAULT_URL",
     "NATS",
+    "Lost",
     "Msg",
     "NoReply",
     "NoResponse",
@@ -61,6 +62,10 @@ class NoReply(Exception):
 
 class NoResponse(Exception):
     """The server answered "no responders" for the subject."""
+
+
+class Lost(Exception):
+    """The request's responder is known to be gone: no reply will come."""
 
 
 async def request(
@@ -184,6 +189,18 @@ class Requester:
             future = self._pending.get(token)
             if target.lower() == subject and future is not None and not future.done():
                 future.set_exception(PermissionDenied(target))
+
+    def lose(self, prefix: str) -> int:
+        """Fail at once, with :class:`Lost`, the pending requests sent to subjects under
+        ``prefix`` (an instance's own subjects, once it is known to be gone); how many.
+        """
+        lost = 0
+        for token, target in list(self._subject_of.items()):
+            future = self._pending.get(token)
+            if target.startswith(prefix) and future is not None and not future.done():
+                future.set_exception(Lost())
+                lost += 1
+        return lost
 
     def _token(self) -> str:
         tokens = self._tokens

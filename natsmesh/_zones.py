@@ -65,6 +65,7 @@ def pick(
     load: Callable[[str], float],
     rng: random.Random,
     key: str | None = None,
+    gone: Collection[str] = (),
 ) -> Pick:
     """The instance for one try: from the first tier with one neither excluded nor ejected.
 
@@ -73,14 +74,14 @@ def pick(
     instance is excluded or ejected, p2c over the tier's usable ones. When every tier
     is exhausted: an instance not yet tried even if ejected (better than none), and
     None when all were tried (new instances the registry does not show yet may serve
-    the queue group).
+    the queue group). Instances in ``gone`` (proven gone) are never chosen.
     """
     for index, tier in enumerate(tiered):
-        usable = [i for i in tier if i not in exclude and not ejected(i)]
+        usable = [i for i in tier if i not in exclude and i not in gone and not ejected(i)]
         if usable:
             return Pick(_choose(tier, usable, load, rng, key), index)
     for index, tier in enumerate(tiered):
-        fresh = [i for i in tier if i not in exclude]
+        fresh = [i for i in tier if i not in exclude and i not in gone]
         if fresh:
             return Pick(_choose(tier, fresh, load, rng, key), index)
     return NONE

@@ -59,3 +59,20 @@ class Crashy:
     @endpoint(idempotent=True)
     async def pid(self) -> int:
         return os.getpid()
+
+
+class Welcome(pydantic.BaseModel):
+    name: str
+    sleep_ms: int = 0
+
+
+@service("frontdesk", version="1.0.0", description="a slow greeting with a nested call")
+class Frontdesk:
+    """The issue's ``frontdesk.welcome``: a nested call, then ``sleep_ms`` of work."""
+
+    @endpoint(idempotent=True)
+    async def welcome(self, req: Welcome, ctx: Context) -> dict[str, object]:
+        remaining = ctx.remaining
+        nested = await ctx.mesh.call("echo.slow", {"seconds": 0})
+        await anyio.sleep(req.sleep_ms / 1000)
+        return {"hello": req.name, "remaining": remaining, "nested_remaining": nested["remaining"]}

@@ -76,7 +76,7 @@ async def test_call_prints_the_reply_as_json(nats_url: str) -> None:
         (["call", "echo.echo", "--timeout", "-1"], 2, "expected seconds"),
         (["call", "echo.echo", "--connect-timeout", "0"], 2, "expected seconds"),
         (["info", "bad.name"], 2, "invalid service name"),
-        (["routes", "apply"], 2, "routes apply needs a FILE"),
+        (["routes", "apply"], 2, "the following arguments are required: FILE"),
         (["routes", "apply", "/nonexistent/routes.toml"], 2, "No such file or directory"),
         (["routes", "show", "a.b"], 2, "invalid service name"),
         (["serve", "nocolon"], 1, "MODULE:ATTR"),

@@ -97,7 +97,7 @@ async def test_an_instance_killed_without_leaving_expires(nats_url: str) -> None
 async def test_route_apply_is_validated_versioned_and_idempotent(nats_url: str) -> None:
     async with Controller(nats_url) as controller:
         await eventually(lambda: controller.is_leader)
-        first = await controller.apply(ROUTES)
+        first = await controller.apply(ROUTES, allow_empty=True)
         assert first.ok, first
         assert set(first.revisions) == {
             "http",
@@ -105,18 +105,20 @@ async def test_route_apply_is_validated_versioned_and_idempotent(nats_url: str) 
             "routes.orders",
             "routes.pricing",
         }
-        again = await controller.apply(ROUTES)
+        again = await controller.apply(ROUTES, allow_empty=True)
         assert again.ok
         assert again.revisions == {}
         assert set(again.unchanged) == set(first.revisions)
-        bad = await controller.apply(b"[services.pricing]\ntimeout = 0\nbogus = 1\n")
+        bad = await controller.apply(
+            b"[services.pricing]\ntimeout = 0\nbogus = 1\n", allow_empty=True
+        )
         assert not bad.ok
         paths = {p["path"] for p in bad.problems}
         assert {"services.pricing.timeout", "services.pricing.bogus"} <= paths
         # nothing changed: the same file is still "unchanged"
-        assert (await controller.apply(ROUTES)).revisions == {}
+        assert (await controller.apply(ROUTES, allow_empty=True)).revisions == {}
         changed = ROUTES.replace(b"timeout = 5", b"timeout = 6", 1)
-        third = await controller.apply(changed)
+        third = await controller.apply(changed, allow_empty=True)
         assert list(third.revisions) == ["routes.orders"]
         assert third.revisions["routes.orders"] > max(first.revisions.values())
 
@@ -128,10 +130,10 @@ async def test_cli_routes_apply_show_and_errors(nats_url: str, tmp_path: Path) -
         await eventually(lambda: controller.is_leader)
         good = tmp_path / "routes.toml"
         good.write_bytes(ROUTES)
-        done = await run("routes", "apply", str(good), "--nats", nats_url)
+        done = await run("routes", "apply", "--allow-empty", str(good), "--nats", nats_url)
         assert done.returncode == 0, done.stderr
         assert "routes.pricing: revision" in done.stdout
-        done = await run("routes", "apply", str(good), "--nats", nats_url)
+        done = await run("routes", "apply", "--allow-empty", str(good), "--nats", nats_url)
         assert "unchanged" in done.stdout
         shown = await run("routes", "show", "pricing", "--json", "--nats", nats_url)
         table = json.loads(shown.stdout)
@@ -143,14 +145,14 @@ async def test_cli_routes_apply_show_and_errors(nats_url: str, tmp_path: Path) -
         ):
             bad = tmp_path / "bad.toml"
             bad.write_bytes(content)
-            done = await run("routes", "apply", str(bad), "--nats", nats_url)
+            done = await run("routes", "apply", "--allow-empty", str(bad), "--nats", nats_url)
             assert done.returncode == 1, done.stdout
             assert needle in done.stderr
             assert "Traceback" not in done.stderr
         missing = await run("routes", "apply", str(tmp_path / "nope.toml"), "--nats", nats_url)
         assert missing.returncode == 2  # a usage error: the FILE argument
         assert "No such file" in missing.stderr
-    nobody = await run("routes", "apply", str(good), "--nats", nats_url)
+    nobody = await run("routes", "apply", "--allow-empty", str(good), "--nats", nats_url)
     assert nobody.returncode == 3
     assert "no controller" in nobody.stderr
 
@@ -184,7 +186,7 @@ async def test_two_controllers_one_leader_and_a_takeover(nats_url: str) -> None:
                 await eventually(lambda: second.is_leader, within=3)
                 # the standby kept listening: it knows the instance without asking
                 assert "echo" in second.registry.services()
-                assert (await second.apply(ROUTES)).ok
+                assert (await second.apply(ROUTES, allow_empty=True)).ok
         finally:
             await second.__aexit__(None, None, None)
 
@@ -197,7 +199,7 @@ async def test_kill_9_and_restart_of_the_controller_loses_nothing(nats_url: str)
         async with ServiceRunner(Echo, nats=nats_url) as runner:
             await eventually(lambda: _eq(ids(nats_url, "echo"), {runner.id}))
             routes = Path(__file__).parent.parent / "examples" / "routes.toml"
-            done = await run("routes", "apply", str(routes), "--nats", nats_url)
+            done = await run("routes", "apply", "--allow-empty", str(routes), "--nats", nats_url)
             assert done.returncode == 0, done.stderr
             before = max(
                 int(line.rsplit(" ", 1)[1])
@@ -225,7 +227,7 @@ async def _apply_ok(run: Any, content: bytes, url: str) -> str:
     with tempfile.NamedTemporaryFile(suffix=".toml") as f:
         f.write(content)
         f.flush()
-        done = await run("routes", "apply", f.name, "--nats", url)
+        done = await run("routes", "apply", "--allow-empty", f.name, "--nats", url)
     return str(done.stdout) if done.returncode == 0 else ""
 
 
@@ -307,7 +309,7 @@ async def test_status_shows_each_client_synced_then_stale_then_synced(nats_url: 
 
     async with Controller(nats_url) as controller, ServiceRunner(Echo, nats=nats_url):
         await eventually(lambda: controller.is_leader)
-        assert (await controller.apply(b"[services.echo]\ntimeout = 3\n")).ok
+        assert (await controller.apply(b"[services.echo]\ntimeout = 3\n", allow_empty=True)).ok
         async with Mesh(nats_url, name="status-client") as mesh:
             await mesh.call("echo.whoami")
 
@@ -320,7 +322,7 @@ async def test_status_shows_each_client_synced_then_stale_then_synced(nats_url: 
             assert row.service == "echo"
             assert row.applied == row.latest
             # The client's view moves with the table: a new revision is applied and reported.
-            reply = await controller.apply(b"[services.echo]\ntimeout = 4\n")
+            reply = await controller.apply(b"[services.echo]\ntimeout = 4\n", allow_empty=True)
             await eventually(
                 lambda: any(
                     r.applied >= reply.revisions["routes.echo"] and r.state == "SYNCED"
@@ -340,7 +342,7 @@ async def test_status_marks_stale_and_rejected_clients(nats_url: str) -> None:
 
     async with Controller(nats_url) as controller:
         await eventually(lambda: controller.is_leader)
-        reply = await controller.apply(b"[services.echo]\ntimeout = 3\n")
+        reply = await controller.apply(b"[services.echo]\ntimeout = 3\n", allow_empty=True)
         latest = reply.revisions["routes.echo"]
         nc = await nats.connect(nats_url)
         try:

@@ -187,7 +187,7 @@ async def test_in_queue_mode_a_retry_avoids_the_instance_that_named_itself(
     )
     async with Controller(nats_url, lease=1.0) as ctl:
         await eventually(lambda: ctl.is_leader)
-        assert (await ctl.apply(routes.encode())).ok
+        assert (await ctl.apply(routes.encode(), allow_empty=True)).ok
         bad, good = Shop(bad=True), [Shop(), Shop()]
         async with contextlib.AsyncExitStack() as stack:
             for shop in (bad, *good):
@@ -215,7 +215,7 @@ def _stats(runner: ServiceRunner) -> dict[str, Any]:
 async def test_a_failing_instance_leaves_its_queue_group_and_rejoins(nats_url: str) -> None:
     async with Controller(nats_url, lease=1.0) as ctl:
         await eventually(lambda: ctl.is_leader)
-        assert (await ctl.apply(ROUTES.encode())).ok
+        assert (await ctl.apply(ROUTES.encode(), allow_empty=True)).ok
         bad, good = Shop(bad=True), [Shop(), Shop()]
         async with contextlib.AsyncExitStack() as stack:
             bad_runner = await stack.enter_async_context(ServiceRunner(bad, nats=nats_url))

@@ -95,11 +95,12 @@ def test_json_equivalent_of_the_example_is_accepted() -> None:
 def test_defaults() -> None:
     policy = parse_routes("[services.catalog]\n").services["catalog"]
     assert policy.timeout == 5
-    assert policy.retries.attempts == 1
-    assert policy.retries.retry_on == {"no_responders", "overloaded"}
+    assert policy.retries.attempts == 3
+    assert policy.retries.per_try_timeout is None
+    assert policy.retries.retry_on == {"no_responders", "overloaded", "unavailable"}
     assert (policy.retries.backoff, policy.retries.max_backoff) == (0.02, 0.5)
     assert (policy.retries.budget_ratio, policy.retries.budget_min_per_second) == (0.2, 10)
-    assert policy.load_balancer == "queue"
+    assert policy.load_balancer == "p2c"
     assert (policy.outlier.consecutive_failures, policy.outlier.base_ejection) == (5, 30)
     assert policy.outlier.max_ejection_percent == 50
     assert (policy.subsets, policy.matches, policy.failover) == ([], [], {})
@@ -131,7 +132,10 @@ def test_formats(text: str, fmt: Any) -> None:
 def test_canonical_ignores_spelling() -> None:
     explicit = {
         "timeout": 5.0,
-        "retries": {"attempts": 1, "retry_on": ["overloaded", "no_responders", "overloaded"]},
+        "retries": {
+            "attempts": 3,
+            "retry_on": ["overloaded", "unavailable", "no_responders", "overloaded"],
+        },
         "load_balancer": "hash",
         "hash_header": "X-User",
         "matches": [{"headers": {"X-Canary": "always"}, "subset": "v2"}],

@@ -330,7 +330,9 @@ async def test_the_http_table_is_loaded_watched_validated_and_reported(
         await bucket.delete(HTTP_KEY)
         await until(lambda routes: routes == ())
 
-        reply = await controller.apply(b'[[http]]\nmethod = "GET"\npath = "/x"\ntarget = "a.b"\n')
+        reply = await controller.apply(
+            b'[[http]]\nmethod = "GET"\npath = "/x"\ntarget = "a.b"\n', allow_empty=True
+        )
         assert reply.ok, reply
         await until(lambda routes: [r.path for r in routes] == ["/x"])
 
