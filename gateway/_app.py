@@ -57,6 +57,9 @@ log = logging.getLogger("natsmesh.gateway")
 
 #: Seconds between two looks at the HTTP routes (a dictionary read, but on every request).
 ROUTES_RECHECK: Final = 0.02
+#: Paths answered when no HTTP route takes them: an index of the gateway's pages, and
+#: the icon browsers ask every site for.
+_FALLBACKS: Final = frozenset({"/", "/favicon.ico"})
 #: Client headers passed on to services unless told otherwise.
 DEFAULT_FORWARD: Final = ("x-request-id", "x-canary")
 
@@ -161,6 +164,10 @@ class Gateway:
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
         path: str = scope["path"]
+        if len(path) > 1 and path[-1] == "/":
+            # /products/1/ is /products/1, as most HTTP frameworks and users take it.
+            path = path[:-1]
+            scope = {**scope, "path": path}
         page = self._pages.get(path)
         if page is not None:
             policy = self._page_policy(path)
@@ -171,6 +178,9 @@ class Gateway:
                     await self._error(send, refused)
                     return
             await self._page(scope, send, page)
+            return
+        if path in _FALLBACKS and scope["method"] in ("GET", "HEAD") and await self._unrouted(path):
+            await self._fallback(scope, send, path)
             return
         # Filled in once the target is known to exist: label values never come from
         # paths that lead nowhere.
@@ -257,6 +267,25 @@ class Gateway:
             caller=caller,
         )
         return pydantic_core.to_json(result, inf_nan_mode="null", bytes_mode="base64")
+
+    async def _unrouted(self, path: str) -> bool:
+        """Whether no HTTP route takes a GET of ``path`` (the table's routes come first)."""
+        found = (await self._routes()).resolve("GET", path)
+        return found is None or isinstance(found, BadPath)
+
+    async def _fallback(self, scope: Scope, send: Send, path: str) -> None:
+        if path == "/favicon.ico":
+            # Browsers ask for it on every page: "no content" is no error in their consoles.
+            headers = [(b"cache-control", b"public, max-age=86400")]
+            await send({"type": "http.response.start", "status": 204, "headers": headers})
+            await send({"type": "http.response.body", "body": b""})
+            return
+        await self._page(scope, send, self._index)
+
+    async def _index(self) -> tuple[int, bytes, bytes]:
+        pages = {"gateway": self.title, "docs": "/docs", "openapi": "/openapi.json"}
+        pages |= {"health": "/healthz", "ready": "/readyz", "metrics": "/metrics"}
+        return 200, JSON, pydantic_core.to_json(pages)
 
     def _authenticate(self, policy: Policy, credentials: list[tuple[bytes, bytes]]) -> str | None:
         """The caller to name in the call (None: the gateway's own); raises GatewayError."""

@@ -192,6 +192,7 @@ PAGE: Final = f"""<!doctype html>
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>natsmesh gateway</title>
+<link rel="icon" href="data:,">
 <style>{_STYLE}</style>
 </head>
 <body>

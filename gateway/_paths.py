@@ -41,7 +41,8 @@ class BadPath(ValueError):
 def split_path(path: str) -> tuple[str, ...]:
     """The allow-listed segments of a decoded request path; raises BadPath.
 
-    ``"/"`` is no segment at all; a trailing slash is an empty segment, refused.
+    ``"/"`` is no segment at all; a trailing slash is an empty segment, refused (the
+    app strips one trailing slash first: `/a/b/` is `/a/b`).
     """
     if len(path) > MAX_PATH:
         raise BadPath(f"path longer than {MAX_PATH} characters")

@@ -27,6 +27,8 @@ Send = Callable[[Message], Awaitable[None]]
 BUDGET_HEADER: Final = "x-request-timeout-ms"
 MAX_BUDGET_MS: Final = 3600 * 1000
 JSON: Final = b"application/json"
+#: About how deep pydantic-core's JSON parser nests arrays and objects before it refuses.
+JSON_DEPTH: Final = 200
 _MAX_FORWARDED_VALUE: Final = 1024
 # Header names no client may forward, whatever the allow-list says: the mesh's own
 # (budget, attempt, caller, retrying, errors), NATS's, and what the mesh sets itself.
@@ -194,7 +196,14 @@ def payload_of(
             raise GatewayError(415, "unsupported_media_type", "send the body as application/json")
         try:
             payload = pydantic_core.from_json(body, allow_inf_nan=False)
-        except ValueError:
+        except ValueError as exc:
+            if "recursion limit" in str(exc):
+                raise GatewayError(
+                    413,
+                    "too_large",
+                    f"the body is nested deeper than the JSON parser's limit of {JSON_DEPTH}"
+                    " levels",
+                ) from None
             raise GatewayError(400, "malformed", "the body is not valid JSON") from None
     if not found.params and not query_string:
         return payload

@@ -16,6 +16,7 @@ NATS server answers; long-running ones (``serve``, ``gateway``, ``controller``,
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import functools
 import importlib.util
@@ -23,7 +24,7 @@ import json
 import logging
 import socket
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,7 @@ from natsmesh import _micro
 from natsmesh._cli_auth import register as register_auth
 from natsmesh._cli_bench import add_bench
 from natsmesh._cli_call import call_target, parse_headers, parse_payload
-from natsmesh._cli_control import _table, add_commands
+from natsmesh._cli_control import _table, add_commands, print_conflicts
 from natsmesh._cli_exit import ListenError, UsageError, epilog, fail
 from natsmesh._cli_nats import (
     add_connect_timeout,
@@ -49,9 +50,11 @@ from natsmesh._cli_nats import (
 )
 from natsmesh._cli_serve import add_serve
 from natsmesh._client import Mesh
-from natsmesh._controller import Controller
+from natsmesh._control import Announcement
+from natsmesh._controller import Controller, from_info
 from natsmesh._discovery import gather
 from natsmesh._errors import NoResponders
+from natsmesh._registry import schema_conflicts
 from natsmesh._runtime import ServiceRunner
 from natsmesh._schema_text import printable, schema_text
 from natsmesh._serve import load_target, serve, wait_for_signal
@@ -209,7 +212,12 @@ def _parser() -> argparse.ArgumentParser:
     one_shot(p)
 
     for name, func, help in (
-        ("ls", _ls, "list running services (natsmesh and any NATS micro service)"),
+        (
+            "ls",
+            _ls,
+            "list running services (natsmesh and any NATS micro service), and schema"
+            " conflicts among a service's instances",
+        ),
         ("info", _info, "show the endpoints of a service's instances, with their schemas"),
         ("stats", _stats, "show the request statistics of a service's instances"),
     ):
@@ -452,7 +460,15 @@ async def _ls(args: argparse.Namespace) -> int:
     _table(rows)
     if not infos:
         print("no services answered", file=sys.stderr)
+    print_conflicts(schema_conflicts(_announced(infos)))
     return 0
+
+
+def _announced(infos: Sequence[_micro.Info]) -> Iterator[Announcement]:
+    """The registry's view of each instance (one that cannot be one is left out)."""
+    for info in infos:
+        with contextlib.suppress(pydantic.ValidationError, ValueError):
+            yield from_info(info)
 
 
 def _print_json(answers: Sequence[pydantic.BaseModel]) -> int:

@@ -19,6 +19,7 @@ from natsmesh._control import (
     HTTP_KEY,
     ApplyReply,
     RouteTable,
+    SchemaConflict,
     StatusView,
     control_subject,
     routes_key,
@@ -72,7 +73,12 @@ def add_commands(
         action.add_argument("--json", action="store_true", help="print JSON")
         one_shot(action)
 
-    p = command("status", _status, "each client's applied table revisions, SYNCED or STALE")
+    p = command(
+        "status",
+        _status,
+        "each client's applied table revisions (SYNCED, STALE, REJECTED, or GONE when its"
+        " reports stopped), and schema conflicts among a service's instances",
+    )
     p.add_argument("--json", action="store_true", help="print JSON")
     one_shot(p)
 
@@ -198,7 +204,14 @@ async def _status(args: argparse.Namespace) -> int:
     for r in view.rows:
         rows.append((r.client, r.kind, r.service, str(r.applied), str(r.latest), r.state))
     _table(rows)
+    print_conflicts(view.conflicts)
     return 0
+
+
+def print_conflicts(conflicts: Sequence[SchemaConflict]) -> None:
+    """One line per schema conflict, after a listing (on stderr: stdout stays a table)."""
+    for conflict in conflicts:
+        print(f"natsmesh: schema conflict: {conflict}", file=sys.stderr)
 
 
 def _table(rows: Sequence[Sequence[str]]) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import enum
 import functools
 import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
@@ -26,6 +27,14 @@ JSON_TYPE: Final = "application/json"
 _MSGPACK_ALIASES: Final = frozenset(
     {MSGPACK_TYPE, "application/x-msgpack", "application/vnd.msgpack"}
 )
+
+_EXCEEDS = re.compile(r"exceeds max_(str|bin|array|map)_len\((\d+)\)")
+_LENGTH_LIMITS: Final = {
+    "str": "a string is longer than the limit of {limit} characters",
+    "bin": "binary data is longer than the limit of {limit} bytes",
+    "array": "an array has more items than the limit of {limit}",
+    "map": "a map has more entries than the limit of {limit}",
+}
 
 # Below this many bytes a payload cannot hold enough containers to hurt, so the
 # per-container counting hooks (a Python call per map or array) are skipped.
@@ -75,15 +84,17 @@ def codec_for(content_type: str | None) -> Codec:
 
 
 class _Counter:
-    __slots__ = ("left",)
+    __slots__ = ("left", "limit")
 
-    def __init__(self, left: int) -> None:
-        self.left = left
+    def __init__(self, limit: int) -> None:
+        self.left = self.limit = limit
 
     def __call__(self, value: Any) -> Any:
         self.left -= 1
         if self.left < 0:
-            raise DecodeError(ErrorKind.TOO_LARGE, "payload holds too many arrays and maps")
+            raise DecodeError(
+                ErrorKind.TOO_LARGE, f"payload holds more than {self.limit} arrays and maps"
+            )
         return value
 
 
@@ -97,7 +108,7 @@ def decode(data: bytes, codec: Codec, limits: Limits = DEFAULT_LIMITS) -> Any:
     if not data:
         return None
     if codec is Codec.JSON:
-        value = _decode_json(data)
+        value = _decode_json(data, limits)
         # The JSON parser knows no length or count limits: check them on the result.
         _check_json(value, limits)
     else:
@@ -137,25 +148,32 @@ def _decode_msgpack(data: bytes, limits: Limits) -> Any:
     except DecodeError:
         raise
     except msgpack.StackError:
-        raise DecodeError(ErrorKind.TOO_LARGE, "payload nested too deeply") from None
+        raise DecodeError(ErrorKind.TOO_LARGE, _too_deep(limits)) from None
     except ValueError as exc:
-        # msgpack reports its length limits as ValueError("... exceeds max_..._len(...)")
-        if "exceeds max" in str(exc):
-            raise DecodeError(ErrorKind.TOO_LARGE, "an array, map or string is too long") from None
+        # msgpack reports its length limits as ValueError("20 exceeds max_str_len(10)").
+        exceeded = _EXCEEDS.search(str(exc))
+        if exceeded is not None:
+            what, limit = _LENGTH_LIMITS[exceeded[1]], exceeded[2]
+            raise DecodeError(ErrorKind.TOO_LARGE, what.format(limit=limit)) from None
         raise DecodeError(ErrorKind.MALFORMED, "payload is not valid msgpack") from None
     except Exception:
         # ExtraData, FormatError, UnicodeDecodeError, TypeError (unhashable map key), ...
         raise DecodeError(ErrorKind.MALFORMED, "payload is not valid msgpack") from None
 
 
-def _decode_json(data: bytes) -> Any:
+def _decode_json(data: bytes, limits: Limits) -> Any:
     try:
         # pydantic-core's parser is fast, bounds recursion and rejects huge integers.
         return pydantic_core.from_json(data, allow_inf_nan=False)
     except ValueError as exc:
         if "recursion" in str(exc).lower():
-            raise DecodeError(ErrorKind.TOO_LARGE, "payload nested too deeply") from None
+            raise DecodeError(ErrorKind.TOO_LARGE, _too_deep(limits)) from None
         raise DecodeError(ErrorKind.MALFORMED, "payload is not valid JSON") from None
+
+
+def _too_deep(limits: Limits) -> str:
+    # The parsers' own recursion limits are deeper than max_depth: past them, so is it.
+    return f"payload nested deeper than {limits.max_depth} levels"
 
 
 def _check_depth(value: Any, max_depth: int) -> None:
@@ -164,7 +182,7 @@ def _check_depth(value: Any, max_depth: int) -> None:
         item, depth = stack.pop()
         children = item.values() if isinstance(item, dict) else item
         if depth > max_depth:
-            raise DecodeError(ErrorKind.TOO_LARGE, f"payload nested deeper than {max_depth}")
+            raise DecodeError(ErrorKind.TOO_LARGE, f"payload nested deeper than {max_depth} levels")
         stack.extend((c, depth + 1) for c in children if isinstance(c, dict | list))
 
 
@@ -175,7 +193,10 @@ def _check_json(value: Any, limits: Limits) -> None:
         item, depth = stack.pop()
         if isinstance(item, str):
             if len(item) > limits.max_length:
-                raise DecodeError(ErrorKind.TOO_LARGE, "a string is too long")
+                raise DecodeError(
+                    ErrorKind.TOO_LARGE,
+                    f"a string is longer than the limit of {limits.max_length} characters",
+                )
             continue
         if isinstance(item, float):
             if not math.isfinite(item):
@@ -185,9 +206,17 @@ def _check_json(value: Any, limits: Limits) -> None:
             continue
         containers += 1
         if depth > limits.max_depth:
-            raise DecodeError(ErrorKind.TOO_LARGE, f"payload nested deeper than {limits.max_depth}")
-        if containers > limits.max_containers or len(item) > limits.max_length:
-            raise DecodeError(ErrorKind.TOO_LARGE, "payload holds too many or too long containers")
+            raise DecodeError(ErrorKind.TOO_LARGE, _too_deep(limits))
+        if containers > limits.max_containers:
+            raise DecodeError(
+                ErrorKind.TOO_LARGE,
+                f"payload holds more than {limits.max_containers} arrays and objects",
+            )
+        if len(item) > limits.max_length:
+            raise DecodeError(
+                ErrorKind.TOO_LARGE,
+                f"an array or object has more items than the limit of {limits.max_length}",
+            )
         if isinstance(item, dict):
             stack.extend((k, depth) for k in item)
             stack.extend((v, depth + 1) for v in item.values())

@@ -31,6 +31,7 @@ __all__ = [
     "decode_document",
     "load_as",
     "loc_path",
+    "loc_problems",
     "parse_as",
     "problems_of",
     "read_document",
@@ -91,18 +92,23 @@ def loc_path(loc: Iterable[str | int]) -> str:
 
 def problems_of(exc: ValidationError) -> list[Problem]:
     """Every problem pydantic found, at its path, with a reason a person can act on."""
-    problems: list[Problem] = []
+    return [Problem(loc_path(loc), reason) for loc, reason in loc_problems(exc)]
+
+
+def loc_problems(exc: ValidationError) -> list[tuple[Loc, str]]:
+    """:func:`problems_of` with each path as a ``Loc`` (for a validator to raise as Checks)."""
+    problems: list[tuple[Loc, str]] = []
     for error in exc.errors(include_input=False, include_url=False):
         loc = tuple(error["loc"])
         if loc and loc[-1] == "[key]":
             loc = loc[:-1]
         cause = error.get("ctx", {}).get("error")
         if isinstance(cause, Checks):
-            problems += [Problem(loc_path(loc + rel), reason) for rel, reason in cause.problems]
+            problems += [(loc + rel, reason) for rel, reason in cause.problems]
         elif isinstance(cause, ValueError):
-            problems.append(Problem(loc_path(loc), str(cause)))
+            problems.append((loc, str(cause)))
         else:
-            problems.append(Problem(loc_path(loc), _REASONS.get(error["type"], error["msg"])))
+            problems.append((loc, _REASONS.get(error["type"], error["msg"])))
     return problems
 
 

@@ -184,6 +184,8 @@ class StatusReport(_Wire):
     client: str = Field(max_length=256)
     kind: Literal["client", "gateway", "service"] = "client"
     services: dict[str, Applied] = Field(default_factory=dict, max_length=10_000)
+    interval: float = Field(default=10.0, gt=0, le=3600)  # seconds to the next report
+    left: bool = False  # the client closed: its last report
 
 
 class ApplyReply(_Wire):
@@ -201,9 +203,31 @@ class StatusRow(_Wire):
     service: str
     applied: int
     latest: int
-    state: Literal["SYNCED", "STALE", "REJECTED"]
+    state: Literal["SYNCED", "STALE", "REJECTED", "GONE"]
     reason: str = ""
+
+
+class SchemaConflict(_Wire):
+    """Instances of one service, subset and endpoint that publish different schemas.
+
+    ``instances`` groups the instance ids by the schema they publish, one group per
+    variant: a caller validating replies against one of them fails on the others.
+    """
+
+    service: str
+    subset: str
+    endpoint: str
+    part: Literal["request", "response"]
+    instances: tuple[tuple[str, ...], ...]
+
+    def __str__(self) -> str:
+        groups = " vs ".join(", ".join(ids) for ids in self.instances)
+        return (
+            f"{self.service} {self.subset} {self.endpoint}: {len(self.instances)} different"
+            f" {self.part} schemas among its instances ({groups})"
+        )
 
 
 class StatusView(_Wire):
     rows: tuple[StatusRow, ...] = ()
+    conflicts: tuple[SchemaConflict, ...] = ()

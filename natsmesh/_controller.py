@@ -44,8 +44,8 @@ from natsmesh._control import (
     OutlierReport,
     RegistryTable,
     RouteTable,
+    SchemaConflict,
     StatusReport,
-    StatusRow,
     StatusView,
     control_subject,
     eject_subject,
@@ -56,9 +56,10 @@ from natsmesh._control import (
 )
 from natsmesh._ejector import Ejector
 from natsmesh._kv import Conflict, Entry, Tables, Unavailable
-from natsmesh._registry import Registry
+from natsmesh._registry import Registry, schema_conflicts
 from natsmesh._route_warnings import Live, empty_targets
 from natsmesh._routes import RouteConfig
+from natsmesh._status import Clients
 from natsmesh._subjects import default_subset
 from natsmesh._tasks import stop
 from natsmesh._transport import NATS, Msg, connect
@@ -86,7 +87,6 @@ class Controller:
         self._prefix = prefix
         self._lease_period = lease
         self._scan_interval = scan_interval
-        self._status_ttl = status_ttl
         self._replicas = replicas
         self.registry = Registry(expiry=expiry, foreign_expiry=2.5 * scan_interval)
         self.ejector = Ejector()
@@ -95,7 +95,8 @@ class Controller:
         self._tables: Tables | None = None
         self._entries: dict[str, Entry] = {}  # the bucket as last seen, from the watch
         self._dirty: set[str] = set()
-        self._status: dict[str, tuple[StatusReport, float]] = {}
+        self._clients = Clients(ttl=status_ttl)
+        self._conflicts: dict[str, list[SchemaConflict]] = {}
         self._fetching: set[tuple[str, str]] = set()
         self._logged: set[str] = set()
         self._tasks: list[asyncio.Task[Any]] = []
@@ -256,7 +257,7 @@ class Controller:
     async def _on_status(self, msg: Msg) -> None:
         report = self._parse(StatusReport, msg)
         if report is not None:
-            self._status[report.client] = (report, time.monotonic())
+            self._clients.report(report, time.monotonic())
 
     # -- loops -------------------------------------------------------------------------
 
@@ -328,9 +329,25 @@ class Controller:
             if self.is_leader and self._dirty:
                 dirty, self._dirty = self._dirty, set()
                 for service in sorted(dirty):
+                    self._check_schemas(service)
                     table = self.registry.table(service).model_dump_json().encode()
                     if not await self._write(registry_key(service), table):
                         self._dirty.add(service)
+
+    def _check_schemas(self, service: str) -> None:
+        """Log a schema conflict among ``service``'s instances once, when it appears."""
+        found = schema_conflicts(self.registry.instances(service))
+        before = self._conflicts.get(service, [])
+        for conflict in found:
+            if conflict not in before:
+                log.warning("schema conflict: %s", conflict)
+        for conflict in before:
+            if conflict not in found:
+                log.info("schema conflict resolved: %s", conflict)
+        if found:
+            self._conflicts[service] = found
+        else:
+            self._conflicts.pop(service, None)
 
     async def _write(self, key: str, value: bytes) -> bool:
         """Compare-and-swap ``key`` to ``value`` unless it already holds it; False to retry."""
@@ -356,9 +373,7 @@ class Controller:
         while True:
             await asyncio.sleep(self.registry.expiry / 4)
             self._dirty |= self.registry.expire(time.monotonic())
-            cutoff = time.monotonic() - self._status_ttl
-            for client in [c for c, (_, seen) in self._status.items() if seen < cutoff]:
-                del self._status[client]
+            self._clients.expire(time.monotonic())
 
     async def _scan_loop(self) -> None:
         while True:
@@ -453,33 +468,11 @@ class Controller:
             await msg.respond(self.status().model_dump_json().encode())
 
     def status(self) -> StatusView:
-        """Every reporting client's applied revisions against the latest, per service."""
-        rows = []
-        for client, (report, _) in sorted(self._status.items()):
-            for service, applied in sorted(report.services.items()):
-                # A gateway reports the http table as HTTP_TABLE, its revision as "routes".
-                http = service == _control.HTTP_TABLE
-                routes_rev = self._revision(_control.HTTP_KEY if http else routes_key(service))
-                registry_rev = 0 if http else self._revision(registry_key(service))
-                latest = max(routes_rev, registry_rev)
-                current = max(applied.routes, applied.registry)
-                state = "REJECTED" if applied.rejected else "SYNCED"
-                if not applied.rejected and (
-                    applied.routes < routes_rev or applied.registry < registry_rev
-                ):
-                    state = "STALE"
-                rows.append(
-                    StatusRow(
-                        client=client,
-                        kind=report.kind,
-                        service=service,
-                        applied=current,
-                        latest=latest,
-                        state=state,
-                        reason=applied.rejected,
-                    )
-                )
-        return StatusView(rows=tuple(rows))
+        """Every reporting client's applied revisions against the latest, per service,
+        and the schema conflicts among the instances of every service.
+        """
+        conflicts = [c for s in sorted(self._conflicts) for c in self._conflicts[s]]
+        return self._clients.view(self._revision, time.monotonic(), conflicts)
 
     def _revision(self, key: str) -> int:
         entry = self._entries.get(key)

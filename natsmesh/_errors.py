@@ -249,7 +249,9 @@ def parse_causes(value: object) -> tuple[Cause, ...]:
     """The causes of an error body (a list of dicts), bounded; malformed entries skipped."""
     if not isinstance(value, list):
         return ()
-    parsed = (Cause.parse(v) for v in value[: MAX_CAUSES * 4])
+    read = MAX_CAUSES * 4  # however many were sent; the last is the root cause
+    entries = value if len(value) <= read else [*value[:read], value[-1]]
+    parsed = (Cause.parse(v) for v in entries)
     return bound_causes([c for c in parsed if c is not None])
 
 

@@ -1,17 +1,25 @@
 """The controller's view of which instances run: pure state, ``now`` passed in.
 
 Announcements add or replace an instance, heartbeats keep it, a leave or a
-missed deadline removes it. Every operation returns the services whose table
-changed, so the controller rewrites only those keys; a heartbeat that changes
-nothing costs no write at all, which is what lets thousands of instances
-heartbeat without the KV bucket seeing them.
+missed deadline removes it. Instances of one service, subset and endpoint that
+publish different schemas are a *conflict* (:func:`schema_conflicts`): callers
+validating against one fail on the other, one call in N.
+
+Every operation returns the services whose table changed, so the controller
+rewrites only those keys; a heartbeat that changes nothing costs no write at
+all, which is what lets thousands of instances heartbeat without the KV bucket
+seeing them.
 """
 
 from __future__ import annotations
 
+import functools
+import json
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Literal
 
-from natsmesh._control import Announcement, Heartbeat, Leave, RegistryTable
+from natsmesh._control import Announcement, Heartbeat, Leave, RegistryTable, SchemaConflict
 
 
 @dataclass(slots=True)
@@ -98,3 +106,42 @@ class Registry:
             service=service,
             instances=tuple(members[i].announcement for i in sorted(members)),
         )
+
+
+def schema_conflicts(instances: Iterable[Announcement]) -> list[SchemaConflict]:
+    """Every service, subset, endpoint and part (request, response) whose instances
+    publish more than one schema (instances that publish none are left out).
+    """
+    Part = Literal["request", "response"]
+    groups: dict[tuple[str, str, str, Part], dict[str, list[str]]] = {}
+    for instance in instances:
+        for endpoint in instance.endpoints:
+            parts: tuple[tuple[Part, str], ...] = (
+                ("request", endpoint.request_schema),
+                ("response", endpoint.response_schema),
+            )
+            for part, text in parts:
+                if text:
+                    key = (instance.service, instance.subset, endpoint.name, part)
+                    variants = groups.setdefault(key, {})
+                    variants.setdefault(_canonical(text), []).append(instance.id)
+    return [
+        SchemaConflict(
+            service=service,
+            subset=subset,
+            endpoint=endpoint,
+            part=part,
+            instances=tuple(sorted(tuple(sorted(ids)) for ids in variants.values())),
+        )
+        for (service, subset, endpoint, part), variants in sorted(groups.items())
+        if len(variants) > 1
+    ]
+
+
+@functools.lru_cache(maxsize=1024)
+def _canonical(text: str) -> str:
+    # Key order and spacing are no difference; the same schema text is parsed once.
+    try:
+        return json.dumps(json.loads(text), sort_keys=True, separators=(",", ":"))
+    except (ValueError, RecursionError):
+        return text

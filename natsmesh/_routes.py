@@ -18,22 +18,39 @@ import json
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Final, Literal
+from typing import Annotated, Any, Final, Literal
 
 from pydantic import (
     AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
+    ModelWrapValidatorHandler,
     Strict,
     StrictInt,
     StrictStr,
+    ValidationError,
     field_serializer,
     model_validator,
 )
 
-from natsmesh._config import Checks, ConfigError, Loc, load_as, parse_as, validate_as
+from natsmesh._config import (
+    Checks,
+    ConfigError,
+    Loc,
+    load_as,
+    loc_problems,
+    parse_as,
+    validate_as,
+)
 from natsmesh._errors import InvalidName
+from natsmesh._route_checks import (
+    config_checks,
+    fault_checks,
+    hedging_checks,
+    policy_checks,
+    retries_checks,
+)
 from natsmesh._subjects import validate_name
 
 MAX_PATH_LEN: Final = 256
@@ -105,9 +122,32 @@ Method = Literal["GET", "POST", "PUT", "PATCH", "DELETE"]
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    @classmethod
+    def _cross_checks(cls, data: Mapping[str, Any]) -> list[tuple[Loc, str]]:
+        """The checks across this model's fields, over plain data (see _route_checks)."""
+        return []
+
     def canonical(self) -> bytes:
         """Canonical JSON (sorted keys, defaults included, no whitespace) to compare configs."""
         return _canonical(self.model_dump(mode="json"))
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _every_problem(cls, data: Any, handler: ModelWrapValidatorHandler[Any]) -> Any:
+        # The cross-field checks run whether or not the fields validated, so that one
+        # answer lists every problem (pydantic alone would skip them after a bad field).
+        try:
+            model = handler(data)
+        except ValidationError as exc:
+            extra = cls._cross_checks(data) if isinstance(data, Mapping) else []
+            if not extra:
+                raise
+            raise Checks([*loc_problems(exc), *extra]) from None
+        if not isinstance(data, cls):
+            problems = cls._cross_checks(model.model_dump())
+            if problems:
+                raise Checks(problems)
+        return model
 
 
 class Retries(_Model):
@@ -127,15 +167,13 @@ class Retries(_Model):
     budget_ratio: Ratio = 0.2
     budget_min_per_second: NonNegative = 10.0
 
+    @classmethod
+    def _cross_checks(cls, data: Mapping[str, Any]) -> list[tuple[Loc, str]]:
+        return retries_checks(data)
+
     @field_serializer("retry_on")
     def _sorted(self, value: frozenset[str]) -> list[str]:
         return sorted(value)
-
-    @model_validator(mode="after")
-    def _check(self) -> Retries:
-        if self.max_backoff < self.backoff:
-            raise Checks([(("max_backoff",), "must not be less than backoff")])
-        return self
 
 
 class Hedging(_Model):
@@ -145,11 +183,9 @@ class Hedging(_Model):
     percentile: Annotated[float, Strict(), Field(ge=50, le=99.9, allow_inf_nan=False)] | None = None
     max_ratio: Ratio = 0.1
 
-    @model_validator(mode="after")
-    def _check(self) -> Hedging:
-        if (self.delay is None) == (self.percentile is None):
-            raise Checks([((), "give exactly one of delay and percentile")])
-        return self
+    @classmethod
+    def _cross_checks(cls, data: Mapping[str, Any]) -> list[tuple[Loc, str]]:
+        return hedging_checks(data)
 
 
 class Subset(_Model):
@@ -181,21 +217,9 @@ class Fault(_Model):
     abort_code: Annotated[StrictInt, Field(ge=400, le=599)] | None = None
     abort_percent: Percent | None = None
 
-    @model_validator(mode="after")
-    def _check(self) -> Fault:
-        problems: list[tuple[Loc, str]] = []
-        for value, percent in (("delay", "delay_percent"), ("abort_code", "abort_percent")):
-            value_set = getattr(self, value) is not None
-            percent_set = getattr(self, percent) is not None
-            if value_set and not percent_set:
-                problems.append(((percent,), f"required with {value}"))
-            elif percent_set and not value_set:
-                problems.append(((value,), f"required with {percent}"))
-        if self.delay is None and self.abort_code is None and not problems:
-            problems.append(((), "injects nothing: give delay or abort_code"))
-        if problems:
-            raise Checks(problems)
-        return self
+    @classmethod
+    def _cross_checks(cls, data: Mapping[str, Any]) -> list[tuple[Loc, str]]:
+        return fault_checks(data)
 
 
 class Outlier(_Model):
@@ -225,78 +249,9 @@ class ServicePolicy(_Model):
     # order, then any other (zones are NATS cluster names, or NATSMESH_ZONE).
     zones: Annotated[list[ZoneName], Field(max_length=MAX_ZONES)] = []
 
-    @model_validator(mode="after")
-    def _check(self) -> ServicePolicy:
-        problems = self._balancer_problems() + self._subset_problems() + self._zone_problems()
-        problems += _cycles(self.failover)
-        if problems:
-            raise Checks(problems)
-        return self
-
-    def _balancer_problems(self) -> list[tuple[Loc, str]]:
-        if self.load_balancer == "hash" and self.hash_header is None:
-            return [(("hash_header",), "required when load_balancer is 'hash'")]
-        if self.load_balancer != "hash" and self.hash_header is not None:
-            return [(("hash_header",), "only used when load_balancer is 'hash'")]
-        return []
-
-    def _zone_problems(self) -> list[tuple[Loc, str]]:
-        problems: list[tuple[Loc, str]] = []
-        if self.zones and self.load_balancer == "queue":
-            # NATS itself prefers queue subscribers in the local cluster of a supercluster.
-            why = "only used when load_balancer is 'p2c' or 'hash'"
-            why += " (queue groups prefer the local cluster)"
-            problems.append((("zones",), why))
-        first: dict[str, int] = {}
-        for i, zone in enumerate(self.zones):
-            if zone in first:
-                why = f"duplicate zone {zone!r} (also zones[{first[zone]}])"
-                problems.append((("zones", i), why))
-            first.setdefault(zone, i)
-        return problems
-
-    def _subset_problems(self) -> list[tuple[Loc, str]]:
-        problems: list[tuple[Loc, str]] = []
-        first: dict[str, int] = {}
-        for i, subset in enumerate(self.subsets):
-            if subset.name in first:
-                why = f"duplicate subset {subset.name!r} (also subsets[{first[subset.name]}])"
-                problems.append((("subsets", i, "name"), why))
-            first.setdefault(subset.name, i)
-        total = sum(s.weight for s in self.subsets)
-        if self.subsets and total != 100:
-            problems.append((("subsets",), f"weights sum to {total}, not 100"))
-
-        def undeclared(loc: Loc, name: str, what: str = "subset") -> None:
-            if name not in first:
-                problems.append((loc, f"{what} {name!r} is not declared in subsets"))
-
-        for i, match in enumerate(self.matches):
-            undeclared(("matches", i, "subset"), match.subset)
-        for source, target in self.failover.items():
-            undeclared(("failover", source), source)
-            if target != source:  # a self-loop is reported once, as a cycle
-                undeclared(("failover", source), target, "failover target")
-        if self.mirror is not None:
-            undeclared(("mirror", "subset"), self.mirror.subset)
-        return problems
-
-
-def _cycles(failover: Mapping[str, str]) -> list[tuple[Loc, str]]:
-    """A problem per failover cycle (each subset has one next, so cycles cannot share nodes)."""
-    problems: list[tuple[Loc, str]] = []
-    done: set[str] = set()
-    for start in sorted(failover):
-        chain: list[str] = []
-        node: str | None = start
-        while node is not None and node not in done and node not in chain:
-            chain.append(node)
-            node = failover.get(node)
-        if node is not None and node in chain:
-            cycle = [*chain[chain.index(node) :], node]
-            problems.append((("failover",), f"cycle {' -> '.join(cycle)}"))
-        done.update(chain)
-    return problems
+    @classmethod
+    def _cross_checks(cls, data: Mapping[str, Any]) -> list[tuple[Loc, str]]:
+        return policy_checks(data)
 
 
 def _template(path: str) -> str:
@@ -357,24 +312,25 @@ class RouteConfig(_Model):
     services: dict[ServiceName, ServicePolicy] = {}
     http: list[HttpRoute] = []
 
-    @model_validator(mode="after")
-    def _check(self) -> RouteConfig:
-        problems: list[tuple[Loc, str]] = []
-        seen: dict[str, int] = {}
-        for i, route in enumerate(self.http):
-            # Parameter names do not matter to matching: /a/{id} and /a/{key} conflict.
-            shape = f"{route.method} {_PARAM_SEGMENT.sub('{}', route.path)}"
-            if shape in seen:
-                why = f"{route.method} {route.path} conflicts with http[{seen[shape]}]"
-                problems.append((("http", i), why))
-            seen.setdefault(shape, i)
-        if problems:
-            raise Checks(problems)
-        return self
+    @classmethod
+    def _cross_checks(cls, data: Mapping[str, Any]) -> list[tuple[Loc, str]]:
+        http = data.get("http")
+        if isinstance(http, list) and not all(isinstance(r, HttpRoute) for r in http):
+            # Only routes that are valid on their own can conflict (the others are reported).
+            data = {**data, "http": [r if _valid(HttpRoute, r) else None for r in http]}
+        return config_checks(data)
 
     def http_canonical(self) -> bytes:
         """Canonical JSON of the HTTP routes alone (the gateway's table)."""
         return _canonical([route.model_dump(mode="json") for route in self.http])
+
+
+def _valid(model: type[_Model], data: object) -> bool:
+    try:
+        model.model_validate(data)
+    except ValidationError:
+        return False
+    return True
 
 
 def _canonical(data: object) -> bytes:

@@ -7,7 +7,8 @@ same keys again because a watch can stall for tens of seconds when a cluster's
 stream leader dies. Each change builds a new immutable :class:`Snapshot`, so
 readers on the call path never block (the grpc Picker style). Every applied or
 rejected change, and a keepalive every ``report_interval``, is published as a
-:class:`StatusReport` on ``<prefix>._ctl.status`` for the controller's status view.
+:class:`StatusReport` on ``<prefix>._ctl.status`` for the controller's status view;
+a last one, on closing, says the client left.
 
 The gateway's ``http`` table rides on the same machinery under the name
 ``HTTP_TABLE`` (which no service can have): ``ensure(HTTP_TABLE)`` loads and
@@ -128,6 +129,10 @@ class TableCache:
         tasks = [*self._tasks, *self._loading.values(), *self._watchers.values()]
         self._tasks, self._loading, self._watchers = [], {}, {}
         await stop(tasks)
+        if self._snapshots:
+            # The controller drops this client from its status at once, instead of
+            # listing it as stale until it stops expecting reports.
+            await self._report(left=True)
 
     # -- the call path: lookups that never block -------------------------------------
 
@@ -260,11 +265,13 @@ class TableCache:
             if self._snapshots:
                 await self._report()
 
-    async def _report(self) -> None:
+    async def _report(self, *, left: bool = False) -> None:
         report = StatusReport(
             client=self.client_name,
             kind=self.kind,
             services={s: snap.applied for s, snap in list(self._snapshots.items())[:10_000]},
+            interval=min(self.report_interval, 3600.0),
+            left=left,
         )
         try:
             await self._nc.publish(self._status_subject, report.model_dump_json().encode())
