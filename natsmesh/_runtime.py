@@ -39,18 +39,13 @@ from natsmesh._context import Context
 from natsmesh._control import Announcement, Heartbeat, Leave, instance_subject
 from natsmesh._deadlines import Deadlines
 from natsmesh._describe import EndpointState, Instance, announcement, info, ping, stats
+from natsmesh._error_replies import ErrorReplies, validation_details
 from natsmesh._errors import (
-    KIND_CODES,
     CallError,
-    Cause,
     DeadlineExceeded,
     ErrorKind,
-    RemoteError,
     ServiceError,
-    causes_of,
-    clean_message,
 )
-from natsmesh._headers import Trace, new_trace
 from natsmesh._membership import QueueMembership
 from natsmesh._spec import EndpointSpec, ServiceSpec, spec_of
 from natsmesh._subjects import Subjects, srv_subjects
@@ -108,6 +103,7 @@ class ServiceRunner:
         # writes the frame nats-py would, for a fraction of its cost.
         self._loop: asyncio.AbstractEventLoop
         self._replies: Requester
+        self._errors: ErrorReplies
         self._mesh: Mesh | None = None
         self._endpoints: list[EndpointState] = []
         self._request_subs: list[Subscription] = []  # the per-instance ones
@@ -138,6 +134,7 @@ class ServiceRunner:
                 self._nc = await connect(self._nats, name=f"{self.spec.name}/{self.id}")
                 stack.push_async_callback(_close, self._nc)
             self._replies = Requester(self._nc)
+            self._errors = ErrorReplies(self._replies, service=self.spec.name, instance_id=self.id)
             self._queues = QueueMembership(
                 self._nc,
                 prefix=self._subjects.prefix,
@@ -307,15 +304,20 @@ class ServiceRunner:
                     codec = _codec.codec_for(content_type)
             if self._in_flight >= self._max_concurrency:
                 ep.shed += 1
-                await self._reply_error(msg, ep, codec, ErrorKind.OVERLOADED, "overloaded, retry")
+                await self._errors.send(msg, ep, codec, ErrorKind.OVERLOADED, "overloaded, retry")
                 return
             argument = self._decode(ep.spec, msg.data, codec)
         except DecodeError as exc:
-            await self._reply_error(msg, ep, codec, exc.kind, exc.reason)
+            await self._errors.send(msg, ep, codec, exc.kind, exc.reason)
             return
         except pydantic.ValidationError as exc:
-            await self._reply_error(
-                msg, ep, codec, ErrorKind.VALIDATION, "request failed validation", _details(exc)
+            await self._errors.send(
+                msg,
+                ep,
+                codec,
+                ErrorKind.VALIDATION,
+                "request failed validation",
+                validation_details(exc),
             )
             return
         deadline = received + (DEFAULT_BUDGET if budget is None else budget)
@@ -387,32 +389,16 @@ class ServiceRunner:
                 return
             payload = self._encode(spec, result, codec)
         except ServiceError as exc:
-            await self._reply_error(msg, ep, codec, ErrorKind.SERVICE, exc.message, code=exc.code)
+            await self._errors.send(msg, ep, codec, ErrorKind.SERVICE, exc.message, code=exc.code)
         except DeadlineExceeded:
             if time.monotonic() >= deadline:
                 ep.error(504, "deadline exceeded")  # as above: nobody is waiting any more
             else:
-                await self._reply_error(msg, ep, codec, ErrorKind.DEADLINE, "deadline exceeded")
+                await self._errors.send(msg, ep, codec, ErrorKind.DEADLINE, "deadline exceeded")
         except CallError as exc:
-            trace = _trace_of(msg.headers, context)
-            self._log_failed_call(ep, exc, trace)
-            await self._reply_error(
-                msg,
-                ep,
-                codec,
-                ErrorKind.UPSTREAM,
-                f"call to {exc.service}.{exc.endpoint} failed",
-                causes=causes_of(exc),
-                trace=trace,
-            )
+            await self._errors.failed_call(msg, ep, codec, exc, context)
         except Exception:
-            trace = _trace_of(msg.headers, context)
-            log.exception(
-                "%s.%s: handler failed (trace %s)", self.spec.name, ep.spec.name, trace.trace_id
-            )
-            await self._reply_error(
-                msg, ep, codec, ErrorKind.INTERNAL, "internal error", trace=trace
-            )
+            await self._errors.internal(msg, ep, codec, context)
         else:
             if msg.reply:
                 headers = None if codec is Codec.MSGPACK else _JSON_REPLY_HEADERS
@@ -447,58 +433,6 @@ class ServiceRunner:
             )
         return _codec.encode(response.adapter.dump_python(result, mode="json"), codec)
 
-    def _log_failed_call(self, ep: EndpointState, exc: CallError, trace: Trace) -> None:
-        """One line where a nested call's failure began, none where it only passes through.
-
-        An upstream error carries its causes, and a service's own internal error was
-        logged (with its stack) by that service: the hops above only relay them.
-        """
-        if isinstance(exc, RemoteError) and exc.kind in (ErrorKind.UPSTREAM, ErrorKind.INTERNAL):
-            return
-        log.warning(
-            "%s.%s: call to %s.%s failed: %s (trace %s)",
-            self.spec.name,
-            ep.spec.name,
-            exc.service,
-            exc.endpoint,
-            clean_message(str(exc), 512),
-            trace.trace_id,
-        )
-
-    async def _reply_error(
-        self,
-        msg: Msg,
-        ep: EndpointState,
-        codec: Codec,
-        kind: ErrorKind,
-        message: str,
-        details: list[dict[str, Any]] | None = None,
-        *,
-        code: int | None = None,
-        causes: tuple[Cause, ...] = (),
-        trace: Trace | None = None,
-    ) -> None:
-        code = code if code is not None else KIND_CODES[kind]
-        ep.error(code, message)
-        if not msg.reply:
-            return
-        body: dict[str, Any] = {"code": code, "kind": kind.value, "message": message}
-        if details:
-            body["details"] = details
-        if causes:
-            body["causes"] = [c.as_dict() for c in causes]
-        headers = {
-            _headers.ERROR: message,
-            _headers.ERROR_CODE: str(code),
-            _headers.ERROR_KIND: kind.value,
-            _headers.INSTANCE: self.id,
-        }
-        if trace is not None:
-            headers[_headers.TRACERESPONSE] = trace.child().header()
-        if codec is Codec.JSON:
-            headers[_codec.CONTENT_TYPE] = _codec.JSON_TYPE
-        await self._replies.publish(msg.reply, _codec.encode({"error": body}, codec), headers)
-
     # -- the NATS Services API ----------------------------------------------------------
 
     def _ping(self) -> bytes:
@@ -524,18 +458,3 @@ async def _close(nc: NATS) -> None:
         if nc.is_connected:
             await nc.flush()
     await nc.close()
-
-
-def _trace_of(headers: dict[str, str] | None, context: Context | None) -> Trace:
-    """The trace of a request that failed: the handler's, the caller's, or a new one."""
-    if context is not None:
-        return context.trace
-    return _headers.parse_traceparent((headers or {}).get(_headers.TRACEPARENT)) or new_trace()
-
-
-def _details(exc: pydantic.ValidationError) -> list[dict[str, Any]]:
-    # Field paths and reasons only: echoing the input could reflect hostile data.
-    return [
-        {"loc": [str(p) for p in err["loc"]], "msg": err["msg"], "type": err["type"]}
-        for err in exc.errors(include_url=False, include_input=False, include_context=False)
-    ]

@@ -330,11 +330,13 @@ async def test_status_shows_each_client_synced_then_stale_then_synced(nats_url: 
                     if r.client == "status-client"
                 )
             )
-        from test_cli import run
+            from test_cli import run
 
-        done = await run("status", "--json", "--nats", nats_url)
-        assert done.returncode == 0, done.stderr
-        assert any(r["client"] == "status-client" for r in json.loads(done.stdout)["rows"])
+            done = await run("status", "--json", "--nats", nats_url)
+            assert done.returncode == 0, done.stderr
+            assert any(r["client"] == "status-client" for r in json.loads(done.stdout)["rows"])
+        # It said so on closing: gone from the status at once.
+        await eventually(lambda: not state(), within=2)
 
 
 async def test_status_marks_stale_and_rejected_clients(nats_url: str) -> None:

@@ -11,8 +11,10 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 from gateway_env import TEST_ROUTES, Shop, running_shop
+from test_controller import eventually
 
 import gateway._app
+from natsmesh import ServiceRunner, endpoint, service
 
 pytestmark = pytest.mark.anyio
 
@@ -128,3 +130,36 @@ async def test_the_index_and_the_icon_are_open_with_auth_on(nats_url: str) -> No
                 assert (await client.get("/docs")).status_code == 401
         finally:
             await app.stop()
+
+
+@service("boom", version="1.0.0", description="a handler with a bug")
+class Boom:
+    @endpoint
+    async def now(self) -> None:
+        raise RuntimeError("a bug in the service")
+
+
+async def test_a_service_500_is_one_gateway_line_naming_the_services_trace(
+    shop: Shop, client: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="natsmesh")
+    async with ServiceRunner(Boom(), nats=shop.url):
+        await eventually(lambda: shop.app.directory.find("boom", "now"))
+        caplog.clear()
+        r = await client.post("/boom/now", json={})
+    assert (r.status_code, r.json()["error"]["kind"]) == (500, "internal")
+    [line] = [rec for rec in caplog.records if rec.name == "natsmesh.gateway"]
+    assert line.exc_info is None
+    assert line.levelno == logging.WARNING
+    message = line.getMessage()
+    assert message.startswith("POST boom.now: 500 internal from the service (trace ")
+    # The service logged its own stack once, under the same trace id.
+    [service_line] = [
+        rec
+        for rec in caplog.records
+        if rec.name == "natsmesh.service" and rec.levelno >= logging.WARNING
+    ]
+    assert service_line.exc_info is not None
+    trace = message.rsplit("trace ", 1)[1].rstrip(")")
+    assert len(trace) == 32
+    assert f"(trace {trace})" in service_line.getMessage()

@@ -1,0 +1,72 @@
+"""A client's own proof that an instance is gone, and what lifts it (pure bookkeeping)."""
+
+from __future__ import annotations
+
+from natsmesh._control import Announcement, RegistryTable
+from natsmesh._traffic import DEFAULT_POLICY, GONE_RECHECK, ServiceTraffic
+from natsmesh._zones import pick
+
+
+def _instance(ident: str, *, healthy: bool = True) -> Announcement:
+    return Announcement(service="shop", id=ident, version="1.0.0", subset="v1", healthy=healthy)
+
+
+def _registry(*instances: Announcement) -> RegistryTable:
+    return RegistryTable(service="shop", instances=instances)
+
+
+def test_a_gone_instance_stays_out_until_the_registry_says_something_new() -> None:
+    traffic = ServiceTraffic(DEFAULT_POLICY)
+    a, b = _instance("a"), _instance("b")
+    traffic.follow_registry(_registry(a, b))
+    assert traffic.mark_gone("a", now=100.0)
+    assert not traffic.mark_gone("a", now=100.1)  # once
+    assert traffic.gone_now(100.2) == {"a"}
+    # The registry rewritten for another reason, "a" unchanged: still out.
+    traffic.follow_registry(_registry(a, b, _instance("c")))
+    assert traffic.gone_now(101.0) == {"a"}
+    # Announced anew (here: its health changed): back in choice.
+    traffic.follow_registry(_registry(_instance("a", healthy=False), b))
+    assert traffic.gone_now(101.0) == frozenset()
+
+
+def test_a_gone_mark_ends_when_the_registry_drops_the_instance_or_after_the_recheck() -> None:
+    traffic = ServiceTraffic(DEFAULT_POLICY)
+    a, b = _instance("a"), _instance("b")
+    traffic.follow_registry(_registry(a, b))
+    traffic.mark_gone("a", now=0.0)
+    traffic.follow_registry(_registry(b))
+    assert traffic.gone_now(1.0) == frozenset()
+
+    traffic.follow_registry(_registry(a, b))
+    traffic.mark_gone("b", now=10.0)
+    assert traffic.gone_now(10.0 + GONE_RECHECK - 0.01) == {"b"}
+    assert traffic.gone_now(10.0 + GONE_RECHECK) == frozenset()
+
+
+def test_pick_never_chooses_a_gone_instance() -> None:
+    import random
+
+    tiers = (("a", "b", "c"),)
+    rng = random.Random(7)
+    for _ in range(200):
+        chosen = pick(
+            tiers,
+            exclude=set(),
+            ejected=lambda i: i == "b",  # ejected may still be chosen when all else fails
+            load=lambda i: 0.0,
+            rng=rng,
+            gone={"a", "c"},
+        )
+        assert chosen.instance == "b"
+    assert (
+        pick(
+            tiers,
+            exclude={"b"},
+            ejected=lambda i: False,
+            load=lambda i: 0.0,
+            rng=rng,
+            gone={"a", "c"},
+        ).instance
+        is None
+    )
