@@ -38,12 +38,13 @@ from natsmesh._errors import (
     InstanceLost,
     NoResponders,
     Overloaded,
+    PermissionDenied,
     RemoteError,
 )
 from natsmesh._outlier_report import QueueReporter, instance_of
 from natsmesh._policy import backoff
 from natsmesh._routes import ServicePolicy
-from natsmesh._subjects import Subjects
+from natsmesh._subjects import Subjects, srv_request_subject
 from natsmesh._traffic import ServiceTraffic
 from natsmesh._transport import NATS, Lost, Msg, NoReply, NoResponse, Requester
 from natsmesh._zones import TierCache, pick
@@ -92,7 +93,9 @@ class Call(NamedTuple):
 
 
 _PROCESSED = frozenset({"timeout", "unavailable"})  # retry_on kinds that may repeat work
-_NO_SUBSET: tuple[str | None] = (None,)  # the failover chain of a policy without subsets
+_NO_SUBSET: tuple[str | None] = (None,)
+# How long a caller asks a silent instance whether it is dead or draining (see _gone).
+_PING_WAIT = 0.25  # the failover chain of a policy without subsets
 
 
 class _Failed(Exception):
@@ -309,7 +312,7 @@ class Caller:
             except NoResponse:
                 ok = True  # gone, not slow: no outlier evidence
                 if instance is not None:
-                    self._gone(route, traffic, instance)
+                    await self._gone(route, traffic, instance, call.deadline)
                 raise _Failed(
                     NoResponders(
                         f"no responders for {route.service}.{route.endpoint}"
@@ -360,19 +363,41 @@ class Caller:
                 population = len(registry.instances) if registry is not None else 0
                 traffic.finished(instance, now - started, ok, now, population)
 
-    def _gone(self, route: Route, traffic: ServiceTraffic, instance: str) -> None:
-        """No responders on ``instance``'s own subject: it is gone, whatever the registry
-        says yet. No call of this client chooses it any more, and its requests still
-        waiting for a reply fail at once (retried where that is safe) instead of
-        waiting out their budgets.
+    async def _gone(
+        self, route: Route, traffic: ServiceTraffic, instance: str, deadline: float
+    ) -> None:
+        """No responders on ``instance``'s own subject: no call of this client chooses it
+        any more, until the registry announces it again.
+
+        Dead, or draining (it stops listening there first, but answers what it already
+        took)? Its ``$SRV.PING`` tells: an instance that answers nothing at all is dead,
+        and its requests still waiting for a reply fail at once (retried where that is
+        safe) instead of waiting out their budgets.
         """
-        if traffic.mark_gone(instance, time.monotonic()):
+        if not traffic.mark_gone(instance, time.monotonic()):
+            return
+        wait = min(_PING_WAIT, deadline - time.monotonic())
+        if wait <= 0:
+            return
+        try:
+            await self._requester.request(
+                srv_request_subject("PING", route.service, instance),
+                b"",
+                timeout=wait,
+                headers=None,
+            )
+        except NoResponse:
+            lost = self._requester.lose(self._subjects.instance_prefix(route.service, instance))
             log.info(
-                "%s/%s: no responders on its own subject, taken out of choice",
+                "%s/%s is gone (no responders): out of choice, %d waiting requests failed",
                 route.service,
                 instance,
+                lost,
             )
-            self._requester.lose(self._subjects.instance_prefix(route.service, instance))
+        except (NoReply, PermissionDenied):
+            pass  # no proof either way: its requests wait for their replies or budgets
+        else:
+            log.info("%s/%s is draining: out of choice", route.service, instance)
 
     # -- choices -------------------------------------------------------------------------
 

@@ -335,14 +335,17 @@ class Controller:
                         self._dirty.add(service)
 
     def _check_schemas(self, service: str) -> None:
-        """Log a schema conflict among ``service``'s instances once, when it appears."""
+        """Log a schema conflict among ``service``'s instances once, when it appears
+        (not again as instances come and go on either side of it), and when it ends.
+        """
         found = schema_conflicts(self.registry.instances(service))
-        before = self._conflicts.get(service, [])
-        for conflict in found:
-            if conflict not in before:
+        before = {_where(c): c for c in self._conflicts.get(service, [])}
+        now = {_where(c): c for c in found}
+        for where, conflict in now.items():
+            if where not in before:
                 log.warning("schema conflict: %s", conflict)
-        for conflict in before:
-            if conflict not in found:
+        for where, conflict in before.items():
+            if where not in now:
                 log.info("schema conflict resolved: %s", conflict)
         if found:
             self._conflicts[service] = found
@@ -477,6 +480,10 @@ class Controller:
     def _revision(self, key: str) -> int:
         entry = self._entries.get(key)
         return 0 if entry is None else entry.revision
+
+
+def _where(conflict: SchemaConflict) -> tuple[str, str, str, str]:
+    return (conflict.service, conflict.subset, conflict.endpoint, conflict.part)
 
 
 def from_info(info: _micro.Info) -> Announcement:

@@ -2,7 +2,18 @@
 
 from __future__ import annotations
 
+import os
+from typing import Any
+
+import anyio
+import pytest
+from nats.errors import NoRespondersError
+from services import Echo
+from test_controller import eventually
+
+from natsmesh import Mesh, NoResponders, ServiceRunner
 from natsmesh._control import Announcement, RegistryTable
+from natsmesh._controller import Controller
 from natsmesh._traffic import DEFAULT_POLICY, GONE_RECHECK, ServiceTraffic
 from natsmesh._zones import pick
 
@@ -70,3 +81,53 @@ def test_pick_never_chooses_a_gone_instance() -> None:
         ).instance
         is None
     )
+
+
+@pytest.mark.anyio
+async def test_a_draining_instance_still_answers_what_it_took(nats_url: str) -> None:
+    # A draining instance stops listening on its subjects before it finishes what it
+    # took: the no responders a caller meets then is no proof of death, and the calls
+    # it is still working on must get their replies, not InstanceLost.
+    async with Controller(nats_url, lease=1.0) as controller:
+        await eventually(lambda: controller.is_leader)
+        runner = await ServiceRunner(Echo(), nats=nats_url).__aenter__()
+        mesh = await Mesh(nats_url).__aenter__()
+        try:
+            assert mesh.tables is not None
+            await mesh.tables.ensure("echo", wait=5)
+            await eventually(lambda: mesh.tables.snapshot("echo").registry)  # type: ignore[union-attr]
+        except BaseException:
+            await mesh.__aexit__(None, None, None)
+            await runner.__aexit__(None, None, None)
+            raise
+    # The controller is gone: the client's registry keeps listing the instance.
+    try:
+        subject = f"mesh._i.echo.{runner.id}.slow"
+        async with anyio.create_task_group() as tg:
+            slow: list[Any] = []
+
+            async def call_slow() -> None:
+                slow.append(await mesh.call("echo.slow", {"seconds": 1.0}))
+
+            tg.start_soon(call_slow)
+            await eventually(lambda: runner.stats().endpoints[1].num_requests == 1)
+            tg.start_soon(runner.drain)
+
+            async def unsubscribed() -> bool:
+                try:
+                    await mesh.nats.request(subject, b"", timeout=1)
+                except NoRespondersError:
+                    return True
+                except Exception:
+                    return False
+                return False
+
+            await eventually(unsubscribed)
+            with pytest.raises(NoResponders):
+                await mesh.call("echo.slow", {"seconds": 0})
+        assert slow
+        assert slow[0]["pid"] == os.getpid()
+        assert runner.id in mesh._caller.traffic["echo"].gone  # type: ignore[union-attr]
+    finally:
+        await mesh.__aexit__(None, None, None)
+        await runner.__aexit__(None, None, None)
