@@ -129,7 +129,7 @@ class TableCache:
         tasks = [*self._tasks, *self._loading.values(), *self._watchers.values()]
         self._tasks, self._loading, self._watchers = [], {}, {}
         await stop(tasks)
-        if self._snapshots:
+        if self._snapshots and self.follow:
             # The controller drops this client from its status at once, instead of
             # listing it as stale until it stops expecting reports.
             await self._report(left=True)

@@ -62,7 +62,7 @@ async def test_call_prints_the_reply_as_json(nats_url: str) -> None:
             "not valid: key must be a string at line 1 column 2",
         ),
         (["call", "echo.echo", '{"id": 1,\n "name": }'], 2, "at line 2 column 10"),
-        (["call", "echo.echo", "[" * 100_000], 2, "nested too deeply"),
+        (["call", "echo.echo", "[" * 100_000], 2, "nested deeper than 64 levels"),
         (["call", "echo.slow", '{"seconds": 5}', "--timeout", "0.3"], 4, "deadline"),
         (["call", "echo.nothing", "{}"], 5, "404"),
         (["call", "ec*ho.echo"], 2, "invalid service name"),
