@@ -93,9 +93,9 @@ class Call(NamedTuple):
 
 
 _PROCESSED = frozenset({"timeout", "unavailable"})  # retry_on kinds that may repeat work
-_NO_SUBSET: tuple[str | None] = (None,)
+_NO_SUBSET: tuple[str | None] = (None,)  # the failover chain of a policy without subsets
 # How long a caller asks a silent instance whether it is dead or draining (see _gone).
-_PING_WAIT = 0.25  # the failover chain of a policy without subsets
+_PING_WAIT = 0.25
 
 
 class _Failed(Exception):
