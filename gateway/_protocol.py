@@ -10,14 +10,22 @@ complete, so what a slow or oversized request costs is bounded below it:
 - the head's size: h11 bounds it itself (``h11_max_incomplete_event_size``);
   httptools does not, so :mod:`gateway._protocol_httptools` counts it.
 
+Every connection gets ``TCP_NODELAY`` here (:func:`no_delay`), whatever loop
+accepted it and however its listening socket was made: uvicorn writes a response
+in two sends (head, body), and with Nagle on the second waits for the client's
+delayed ACK, about 40 ms per keep-alive request. And the two become one send
+(:class:`OneSend`): a send on a TCP socket is the costliest line of a request.
+
 The app checks the complete head (field count and bytes) and the body's size.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.util
-from typing import Any, ClassVar
+import socket
+from typing import Any, ClassVar, cast
 
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
@@ -34,6 +42,59 @@ def raw_response(status: int, kind: str, message: str) -> bytes:
         b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
         b"connection: close\r\n\r\n%s" % (status, _REASONS.get(status, b"Error"), len(body), body)
     )
+
+
+def no_delay(transport: asyncio.BaseTransport) -> None:
+    """Turn Nagle's algorithm off on a TCP connection (a no-op on other transports)."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+        # asyncio sets it only when the listener's proto is IPPROTO_TCP; uvloop always does.
+        with contextlib.suppress(OSError):  # the peer may be gone already
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+class OneSend:
+    """A connection's transport whose writes in one turn of the event loop leave in one send.
+
+    uvicorn writes a response's head and its body separately, back to back: this
+    holds the first write until the next one (then sends both at once) or until the
+    loop's next turn, whichever comes first, so nothing waits longer than that and
+    the order of bytes is kept. Everything but ``write`` and ``close`` is the transport's.
+    """
+
+    __slots__ = ("_held", "_loop", "_transport")
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._held: bytes | None = None
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        held = self._held
+        if held is None:
+            if not data:
+                return
+            self._held = bytes(data)
+            self._loop.call_soon(self._flush)
+        else:
+            self._held = None
+            self._transport.write(held + data)
+
+    def _flush(self) -> None:
+        held = self._held
+        if held is not None:
+            self._held = None
+            self._transport.write(held)
+
+    def close(self) -> None:
+        self._flush()
+        self._transport.close()
+
+    def is_closing(self) -> bool:
+        return self._transport.is_closing()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
 
 
 class _HeadDeadline:
@@ -76,9 +137,10 @@ class LimitedH11(H11Protocol):
     limits: ClassVar[GatewayLimits] = GatewayLimits()
 
     def connection_made(self, transport: Any) -> None:
-        super().connection_made(transport)
+        no_delay(transport)
+        super().connection_made(cast(asyncio.Transport, OneSend(transport, self.loop)))
         self._head = _HeadDeadline()
-        self._head.arm(transport, self.limits.read_timeout)
+        self._head.arm(self.transport, self.limits.read_timeout)
 
     def data_received(self, data: bytes) -> None:
         before = self.cycle
@@ -113,5 +175,5 @@ def protocol_class(limits: GatewayLimits, http: str = "auto") -> type[asyncio.Pr
 
         base = LimitedHttpTools
     elif http == "httptools":
-        raise ValueError("httptools is not installed: pip install 'natsmesh[fast]'")
+        raise ValueError("httptools is not installed (pip install httptools)")
     return type(base.__name__, (base,), {"limits": limits})

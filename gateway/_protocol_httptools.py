@@ -8,12 +8,13 @@ is not complete yet and refuses it (431, the connection closed) once they pass
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+import asyncio
+from typing import Any, ClassVar, cast
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from gateway._limits import GatewayLimits
-from gateway._protocol import _after_data, _HeadDeadline, raw_response
+from gateway._protocol import OneSend, _after_data, _HeadDeadline, no_delay, raw_response
 
 # The request line and the separators, beyond the URL and header bytes counted.
 _SLACK = 1024
@@ -25,9 +26,10 @@ class LimitedHttpTools(HttpToolsProtocol):
     limits: ClassVar[GatewayLimits] = GatewayLimits()
 
     def connection_made(self, transport: Any) -> None:
-        super().connection_made(transport)
+        no_delay(transport)
+        super().connection_made(cast(asyncio.Transport, OneSend(transport, self.loop)))
         self._head = _HeadDeadline()
-        self._head.arm(transport, self.limits.read_timeout)
+        self._head.arm(self.transport, self.limits.read_timeout)
         self._refused = False
         self._pending = 0  # bytes of the head not complete yet
 

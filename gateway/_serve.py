@@ -7,9 +7,11 @@ lifespan startup. ``run_workers()`` is ``--workers N``: the socket is bound once
 here, and each worker process builds its own app and Mesh with :func:`factory`
 (``gateway._serve:factory``) from ``NATS_URL``.
 
-uvicorn runs with uvloop and httptools where they are installed (``natsmesh[fast]``),
-the gateway's protocol limits (:mod:`gateway._protocol`), no access log (the
-metrics count every request), no ``Server`` header and no proxy-header trust.
+uvicorn runs with httptools where it is installed (a dependency where it has
+wheels), the gateway's protocol limits (:mod:`gateway._protocol`), no access log
+(the metrics count every request), no ``Server`` header and no proxy-header
+trust. ``serve()`` runs on the caller's loop; workers on the loop the parent names
+(``natsmesh gateway --loop``: uvloop where installed by default).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import asyncio
 import contextlib
 import dataclasses
 import json
+import logging
 import os
 import socket
 import sys
@@ -39,7 +42,11 @@ ENV_LIMITS: Final = "NATSMESH_GATEWAY_LIMITS"  # JSON of GatewayLimits fields, f
 # The auth file's path, for workers: each loads it (and its keys) itself, since keys
 # are not passed through the environment and key objects cannot be pickled over.
 ENV_AUTH: Final = "NATSMESH_GATEWAY_AUTH"
+# The parent's log level, for workers: ``natsmesh -v gateway --workers N`` logs in each.
+ENV_LOG_LEVEL: Final = "NATSMESH_GATEWAY_LOG_LEVEL"
 KEEP_ALIVE: Final = 5.0
+LOOPS: Final = ("auto", "uvloop", "asyncio")
+logger = logging.getLogger("gateway")
 
 
 def config(
@@ -51,18 +58,22 @@ def config(
     workers: int = 1,
     http: type[asyncio.Protocol] | str | None = None,
     factory: bool = False,
+    loop: str = "auto",
 ) -> uvicorn.Config:
     """The uvicorn config of a gateway (``app`` an ASGI app, or an import string).
 
-    ``http`` is the protocol: by default the gateway's, with ``limits``.
+    ``http`` is the protocol: by default the gateway's, with ``limits``. ``loop`` is
+    the event loop of the processes uvicorn starts (``auto``: uvloop where installed).
     """
+    if loop not in LOOPS:
+        raise ValueError(f"unknown event loop {loop!r} (one of {', '.join(LOOPS)})")
     return uvicorn.Config(
         app,
         host=host,
         port=port,
         workers=workers,
         factory=factory,
-        loop="auto",
+        loop=loop,
         http=protocol_class(limits) if http is None else http,
         ws="none",
         lifespan="on",
@@ -81,9 +92,15 @@ def config(
 
 
 def bind(host: str, port: int) -> socket.socket:
-    """A listening-ready TCP socket (raises OSError: port taken, bad address)."""
+    """A listening-ready TCP socket (raises OSError: port taken, bad address).
+
+    Its ``proto`` is ``IPPROTO_TCP``, not 0: asyncio's selector loop sets ``TCP_NODELAY``
+    on an accepted connection only when the listening socket says so, and without it a
+    keep-alive response written in two sends (head, body) waits ~40 ms for the client's
+    delayed ACK. (The gateway's protocols set it on every connection too.)
+    """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host, port))
@@ -157,6 +174,12 @@ def factory() -> Any:
     """The app of one ``--workers`` process: its own Mesh from ``NATS_URL``, owned by the app."""
     from gateway import GatewayAuth, create_app
 
+    level = os.environ.get(ENV_LOG_LEVEL)
+    if level:
+        logging.basicConfig(
+            level=int(level), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        )
+    logger.debug("worker %d: event loop: %s", os.getpid(), _running_loop())
     limits = GatewayLimits(**_limits_from_env())
     auth_file = os.environ.get(ENV_AUTH)
     auth = GatewayAuth.load(auth_file) if auth_file else None
@@ -164,6 +187,11 @@ def factory() -> Any:
     app = create_app(mesh, limits=limits, owns_mesh=True, auth=auth)
     app.freeze_gc = True  # a worker process serves this one app
     return app
+
+
+def _running_loop() -> str:
+    # uvicorn builds the app inside the worker's running loop.
+    return type(asyncio.get_running_loop()).__module__.split(".")[0]
 
 
 def _limits_from_env() -> dict[str, Any]:
@@ -200,11 +228,14 @@ def run_workers(
     limits: GatewayLimits,
     ready: Callable[[str], None],
     auth_file: str | None = None,
+    loop: str = "auto",
 ) -> None:
     """Run ``workers`` gateway processes on ``sock`` until SIGINT or SIGTERM (blocks).
 
-    ``auth_file`` is loaded by each worker (load it here first to fail fast).
+    ``auth_file`` is loaded by each worker (load it here first to fail fast); each
+    worker runs on ``loop`` (``auto``, ``uvloop`` or ``asyncio``).
     """
+    os.environ[ENV_LOG_LEVEL] = str(logging.getLogger().getEffectiveLevel())
     if nats:
         os.environ[ENV_NATS] = nats
     if auth_file:
@@ -216,6 +247,7 @@ def run_workers(
         workers=workers,
         factory=True,
         http="gateway._serve:WorkerProtocol",
+        loop=loop,
     )
     url = url_of(sock)
     _Supervisor(cfg, [sock], lambda: ready(url)).run()

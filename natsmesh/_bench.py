@@ -15,7 +15,8 @@ The caller measures each at every concurrency in alternating rounds (raw and
 mesh swap places every round), so drift on a shared machine hits all alike. It
 reports rps, p50 and p99 over all rounds, and each mesh/raw ratio as the median
 of the rounds' own ratios: a burst of load from a neighbour spoils one round's
-pair, not the figure.
+pair, not the figure. Every worker of a round makes at least one call, however
+short the round: a round always has figures.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import anyio.streams.text
 import msgpack
 import pydantic
 
+from natsmesh._bench_env import BenchError
 from natsmesh._client import Mesh
 from natsmesh._runtime import ServiceRunner
 from natsmesh._spec import endpoint, service
@@ -40,6 +42,12 @@ from natsmesh._transport import NATS, connect
 RAW_SUBJECT = "bench.raw.echo"
 BARE_SUBJECT = "bench.bare.echo"
 KINDS = ("raw", "mesh", "bare")
+LEGEND = (
+    "raw:  hand-written nats-py: nc.request() of the pydantic model as msgpack, validated back",
+    "mesh: the same echo as a natsmesh @service, called with Mesh.call",
+    "bare: nats-py request/reply of raw bytes, no model: the floor, for reference",
+)
+FEW_CALLS = 200  # per kind and level: fewer, and the figures are noise
 
 
 class Item(pydantic.BaseModel):
@@ -62,6 +70,7 @@ SAMPLE = Item(id=42, name="widget", price=9.99, tags=["a", "b", "c"])
 @dataclass(frozen=True)
 class Figures:
     concurrency: int
+    calls: int
     rps: float
     p50_ms: float
     p99_ms: float
@@ -94,10 +103,13 @@ async def _measure(
     stop_at = time.perf_counter() + seconds
 
     async def worker() -> None:
-        while time.perf_counter() < stop_at:
+        while True:  # at least one call: a round that ends before its workers start has figures
             t0 = time.perf_counter()
             await call()
-            latencies.append(time.perf_counter() - t0)
+            done = time.perf_counter()
+            latencies.append(done - t0)
+            if done >= stop_at:
+                break
 
     started = time.perf_counter()
     async with anyio.create_task_group() as tg:
@@ -110,8 +122,11 @@ def _figures(concurrency: int, runs: list[tuple[int, float, list[float]]]) -> Fi
     count = sum(r[0] for r in runs)
     elapsed = sum(r[1] for r in runs)
     lat = sorted(x for r in runs for x in r[2])
+    if not lat or elapsed <= 0:
+        raise BenchError(f"no call completed at concurrency {concurrency}")
     return Figures(
         concurrency=concurrency,
+        calls=count,
         rps=count / elapsed,
         p50_ms=lat[len(lat) // 2] * 1000,
         p99_ms=lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1000,
@@ -119,17 +134,26 @@ def _figures(concurrency: int, runs: list[tuple[int, float, list[float]]]) -> Fi
 
 
 async def run_bench(
-    url: str, *, concurrencies: tuple[int, ...] = (1, 128), seconds: float = 2.0, rounds: int = 7
+    url: str,
+    *,
+    concurrencies: tuple[int, ...] = (1, 128),
+    seconds: float = 2.0,
+    rounds: int = 7,
+    loop: str = "auto",
 ) -> dict[str, Any]:
-    """Run the benchmark against the server at ``url``; returns the figures as a dict."""
+    """Run the benchmark against the server at ``url``; returns the figures as a dict.
+
+    The service process runs on ``loop`` (``auto``, ``uvloop``, ``asyncio``). Raises
+    BenchError when it does not start.
+    """
     async with await anyio.open_process(
-        [sys.executable, "-m", "natsmesh._bench", "--serve", url]
+        [sys.executable, "-m", "natsmesh._bench", "--serve", url, loop], stderr=None
     ) as child:
         assert child.stdout is not None
         assert child.stdin is not None
-        line = await anext(anyio.streams.text.TextReceiveStream(child.stdout))
+        line = await anext(anyio.streams.text.TextReceiveStream(child.stdout), "")
         if line.strip() != "ready":
-            raise RuntimeError(f"bench service failed to start: {line!r}")
+            raise BenchError(f"the bench service did not start: {line.strip()!r}")
         try:
             nc = await connect(url, name="bench")
             try:
@@ -190,21 +214,24 @@ async def _compare(
 
 
 def format_table(results: dict[str, Any]) -> str:
-    lines = [f"{'':6} {'conc':>5} {'rps':>10} {'p50 ms':>8} {'p99 ms':>8}"]
+    lines = [*LEGEND, f"{'':6} {'conc':>5} {'calls':>8} {'rps':>10} {'p50 ms':>8} {'p99 ms':>8}"]
     for kind in KINDS:
         for f in results[kind]:
             conc, rps, p50, p99 = f["concurrency"], f["rps"], f["p50_ms"], f["p99_ms"]
-            lines.append(f"{kind:6} {conc:>5} {rps:>10.0f} {p50:>8.3f} {p99:>8.3f}")
+            lines.append(f"{kind:6} {conc:>5} {f['calls']:>8} {rps:>10.0f} {p50:>8.3f} {p99:>8.3f}")
     for r in results["ratio"]:
         lines.append(
-            f"mesh/raw {r['concurrency']:>3}: throughput {r['throughput']:.2f}  "
-            f"p50 {r['p50']:.2f}  p99 {r['p99']:.2f}"
+            f"mesh/raw {r['concurrency']:>3}: throughput {r['throughput']:.2f} (bar >= 1.00)  "
+            f"p50 {r['p50']:.2f}{' (bar <= 1.10)' if r['concurrency'] == 1 else ''}  "
+            f"p99 {r['p99']:.2f}"
         )
+    if any(f["calls"] < FEW_CALLS for kind in KINDS for f in results[kind]):
+        lines.append(f"note: fewer than {FEW_CALLS} calls at some level: noise; raise --seconds")
     return "\n".join(lines)
 
 
 if __name__ == "__main__":
-    # The child side of run_bench: natsmesh._bench --serve URL
-    from natsmesh._cli import backend_options
+    # The child side of run_bench: natsmesh._bench --serve URL LOOP
+    from natsmesh._loop import backend_options
 
-    anyio.run(_serve, sys.argv[2], backend_options=backend_options())
+    anyio.run(_serve, sys.argv[2], backend_options=backend_options(sys.argv[3]))

@@ -19,6 +19,7 @@ import anyio
 import anyio.abc
 import anyio.streams.text
 
+from natsmesh._bench_env import BenchError
 from natsmesh._client import Mesh
 from natsmesh._control import (
     ALLOW_EMPTY,
@@ -48,16 +49,18 @@ def _routes(timeout: float) -> bytes:
     return f"[services.converge]\ntimeout = {timeout}\n".encode()
 
 
-async def _controller(url: str) -> anyio.abc.Process:
+async def _controller(url: str, loop: str) -> anyio.abc.Process:
     proc = await anyio.open_process(
-        [sys.executable, "-m", "natsmesh", "controller", "--nats", url],
+        [sys.executable, "-m", "natsmesh", "controller", "--nats", url, "--loop", loop],
         stdout=-1,
         stderr=-3,  # DEVNULL
     )
     assert proc.stdout is not None
-    line = await anext(anyio.streams.text.TextReceiveStream(proc.stdout))
+    line = await anext(anyio.streams.text.TextReceiveStream(proc.stdout), "")
     if "running" not in line:
-        raise RuntimeError(f"controller failed to start: {line!r}")
+        proc.kill()
+        await proc.wait()
+        raise BenchError(f"the controller did not start: {line.strip()!r}")
     return proc
 
 
@@ -79,8 +82,10 @@ def _percentile(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, int(len(ordered) * p))]
 
 
-async def convergence(url: str, *, clients: int = 50, applies: int = 20) -> dict[str, Any]:
-    proc = await _controller(url)
+async def convergence(
+    url: str, *, clients: int = 50, applies: int = 20, loop: str = "auto"
+) -> dict[str, Any]:
+    proc = await _controller(url, loop)
     try:
         nc = await connect(url, name="bench-control")
         applied: dict[str, int] = {}
@@ -156,9 +161,14 @@ def _rss_mib(pid: int) -> float:
 
 
 async def scale(
-    url: str, *, services: int = 1000, instances: int = 5000, seconds: float = 10.0
+    url: str,
+    *,
+    services: int = 1000,
+    instances: int = 5000,
+    seconds: float = 10.0,
+    loop: str = "auto",
 ) -> dict[str, Any]:
-    proc = await _controller(url)
+    proc = await _controller(url, loop)
     try:
         nc = await connect(url, name="bench-instances")
         fleet = [(f"svc{i % services}", f"inst{i}") for i in range(instances)]
@@ -221,12 +231,23 @@ async def _registered(nc: NATS, services: int) -> int:
 
 
 async def run(
-    url: str, *, clients: int, applies: int, instances: int, seconds: float = 10.0
+    url: str,
+    *,
+    clients: int,
+    applies: int,
+    instances: int,
+    seconds: float = 10.0,
+    loop: str = "auto",
 ) -> dict[str, Any]:
+    """Convergence, then scale; the controller's process runs on ``loop``."""
     return {
-        "convergence": await convergence(url, clients=clients, applies=applies),
+        "convergence": await convergence(url, clients=clients, applies=applies, loop=loop),
         "scale": await scale(
-            url, instances=instances, services=max(1, instances // 5), seconds=seconds
+            url,
+            instances=instances,
+            services=max(1, instances // 5),
+            seconds=seconds,
+            loop=loop,
         ),
     }
 

@@ -17,6 +17,7 @@ import anyio
 import anyio.abc
 import anyio.streams.text
 
+from natsmesh._bench_env import BenchError
 from natsmesh._client import Mesh
 from natsmesh._controller import Controller
 from natsmesh._runtime import ServiceRunner
@@ -45,14 +46,16 @@ class Tail:
         return "done"
 
 
-async def _instances(url: str, slow: int) -> anyio.abc.Process:
+async def _instances(url: str, slow: int, loop: str) -> anyio.abc.Process:
     proc = await anyio.open_process(
-        [sys.executable, "-m", "natsmesh._bench_traffic", url, str(slow)], stderr=-3
+        [sys.executable, "-m", "natsmesh._bench_traffic", url, str(slow), loop], stderr=-3
     )
     assert proc.stdout is not None
-    line = await anext(anyio.streams.text.TextReceiveStream(proc.stdout))
+    line = await anext(anyio.streams.text.TextReceiveStream(proc.stdout), "")
     if not line.startswith("ready"):
-        raise RuntimeError(f"instances failed to start: {line!r}")
+        proc.kill()
+        await proc.wait()
+        raise BenchError(f"the instances did not start: {line.strip()!r}")
     return proc
 
 
@@ -61,10 +64,12 @@ async def _load(mesh: Mesh, *, concurrency: int, seconds: float) -> list[float]:
     stop_at = time.monotonic() + seconds
 
     async def worker() -> None:
-        while time.monotonic() < stop_at:
+        while True:  # at least one call, however short the run
             started = time.perf_counter()
             await mesh.call("tail.work")
             latencies.append(time.perf_counter() - started)
+            if time.monotonic() >= stop_at:
+                break
 
     async with anyio.create_task_group() as tg:
         for _ in range(concurrency):
@@ -90,14 +95,17 @@ async def _run_mode(
         return _summary(await _load(mesh, concurrency=concurrency, seconds=seconds))
 
 
-async def run(url: str, *, concurrency: int = 16, seconds: float = 4.0) -> dict[str, Any]:
+async def run(
+    url: str, *, concurrency: int = 16, seconds: float = 4.0, loop: str = "auto"
+) -> dict[str, Any]:
+    """Healthy, then each mode with one slow instance; the instances' process runs on ``loop``."""
     results: dict[str, Any] = {"concurrency": concurrency, "slow_factor": 10}
     async with Controller(url, lease=1.0) as controller:
         with anyio.fail_after(15):
             while not controller.is_leader:
                 await controller.leader_changed.wait()
         for slow, modes in ((0, {"healthy": MODES["p2c"]}), (1, MODES)):
-            proc = await _instances(url, slow)
+            proc = await _instances(url, slow, loop)
             try:
                 with anyio.fail_after(15):  # all four instances in the registry
                     while len(controller.registry.table("tail").instances) < 4:  # noqa: ASYNC110  (the registry has no change event)
@@ -139,5 +147,12 @@ async def _serve_instances(url: str, slow: int) -> None:
 
 
 if __name__ == "__main__":
-    # The child side of run(): natsmesh._bench_traffic URL SLOW_COUNT
-    anyio.run(_serve_instances, sys.argv[1], int(sys.argv[2]))
+    # The child side of run(): natsmesh._bench_traffic URL SLOW_COUNT LOOP
+    from natsmesh._loop import backend_options
+
+    anyio.run(
+        _serve_instances,
+        sys.argv[1],
+        int(sys.argv[2]),
+        backend_options=backend_options(sys.argv[3]),
+    )

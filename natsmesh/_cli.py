@@ -19,7 +19,6 @@ import argparse
 import contextlib
 import errno
 import functools
-import importlib.util
 import json
 import logging
 import socket
@@ -55,6 +54,8 @@ from natsmesh._controller import Controller, from_info
 from natsmesh._discovery import gather
 from natsmesh._errors import NoResponders
 from natsmesh._registry import schema_conflicts
+from natsmesh._loop import add_loop_options
+from natsmesh._loop import run as run_on_loop
 from natsmesh._runtime import ServiceRunner
 from natsmesh._schema_text import printable, schema_text
 from natsmesh._serve import load_target, serve, wait_for_signal
@@ -89,12 +90,7 @@ def _main(argv: Sequence[str] | None) -> int:
 
 
 def _run(command: Callable[[argparse.Namespace], Awaitable[int]], args: argparse.Namespace) -> int:
-    return anyio.run(command, args, backend_options=backend_options())
-
-
-def backend_options() -> dict[str, Any]:
-    """uvloop where it is installed (``pip install natsmesh[fast]``), else asyncio's loop."""
-    return {"use_uvloop": True} if importlib.util.find_spec("uvloop") else {}
+    return run_on_loop(command, args, loop=getattr(args, "loop", "auto"))
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -251,6 +247,7 @@ def _parser() -> argparse.ArgumentParser:
         help="client port (default: 4222, else any free port, which the ready line shows;"
         " a port given here that is taken is an error; 0: any free port)",
     )
+    add_loop_options(sub.choices)
 
     return parser
 
@@ -382,6 +379,7 @@ async def _gateway(args: argparse.Namespace) -> int:
             limits=limits,
             ready=announce,
             auth_file=args.auth,
+            loop=args.loop,
         )
         return 0
     async with (

@@ -24,11 +24,11 @@ import pydantic
 from nats.aio.subscription import Subscription
 
 from natsmesh._control import MAX_CONTROL_MESSAGE, EjectCommand, eject_subject
-from natsmesh._transport import NATS, Msg
+from natsmesh._transport import NATS, Msg, subscribe_direct
 
 log = logging.getLogger("natsmesh.service")
 
-Callback = Callable[[Msg], Awaitable[None]]
+Deliver = Callable[[Msg], None]  # called as each message is read: see subscribe_direct
 
 
 class QueueMembership:
@@ -48,7 +48,7 @@ class QueueMembership:
         self._id = instance_id
         self._subject = eject_subject(prefix, service, instance_id)
         self._on_change = on_change
-        self._wanted: list[tuple[str, str, Callback]] = []
+        self._wanted: list[tuple[str, str, Deliver]] = []
         self.subscriptions: list[Subscription] = []
         self.healthy = True
         self.ejections = 0
@@ -57,10 +57,13 @@ class QueueMembership:
         self._closed = False
         self._lock = asyncio.Lock()
 
-    async def join(self, subject: str, queue: str, cb: Callback) -> None:
+    async def join(self, subject: str, queue: str, deliver: Deliver) -> None:
         """Subscribe to ``subject`` in queue group ``queue``, now and after every ejection."""
-        self._wanted.append((subject, queue, cb))
-        self.subscriptions.append(await self._nc.subscribe(subject, queue, cb=cb))
+        self._wanted.append((subject, queue, deliver))
+        self.subscriptions.append(await self._subscribe(subject, queue, deliver))
+
+    async def _subscribe(self, subject: str, queue: str, deliver: Deliver) -> Subscription:
+        return await subscribe_direct(self._nc, subject, deliver, queue=queue)
 
     async def listen(self) -> None:
         """Take eject commands from the controller."""
@@ -117,8 +120,8 @@ class QueueMembership:
         async with self._lock:
             if self._closed or self.healthy:
                 return
-            for subject, queue, cb in self._wanted:
-                self.subscriptions.append(await self._nc.subscribe(subject, queue, cb=cb))
+            for subject, queue, deliver in self._wanted:
+                self.subscriptions.append(await self._subscribe(subject, queue, deliver))
             await self._nc.flush()
             self.healthy = True
             self.rejoins += 1

@@ -20,7 +20,7 @@ import itertools
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from contextlib import AsyncExitStack
 from datetime import UTC, datetime
 from types import TracebackType
@@ -50,7 +50,14 @@ from natsmesh._membership import QueueMembership
 from natsmesh._spec import EndpointSpec, ServiceSpec, spec_of
 from natsmesh._subjects import Subjects, srv_subjects
 from natsmesh._tasks import stop
-from natsmesh._transport import NATS, Msg, Requester, connect, server_cluster
+from natsmesh._transport import (
+    NATS,
+    Msg,
+    Requester,
+    connect,
+    server_cluster,
+    subscribe_direct,
+)
 
 log = logging.getLogger("natsmesh.service")
 
@@ -112,6 +119,8 @@ class ServiceRunner:
         # Requests being handled, by a per-runner number (cheaper to look up from
         # inside the task than asyncio.current_task()).
         self._running: dict[int, asyncio.Task[None]] = {}
+        # Error replies that had to wait (see _soon): kept, so none is collected meanwhile.
+        self._callbacks: set[asyncio.Task[None]] = set()
         self._request_ids = itertools.count()
         # Handlers still running when their budget ends are cancelled: the caller
         # has stopped waiting, so the work is abandoned (at most one tick late).
@@ -215,7 +224,7 @@ class ServiceRunner:
             task.cancel()
 
     async def _cancel_running(self) -> None:
-        await stop(list(self._running.values()))
+        await stop([*self._running.values(), *self._callbacks])
 
     # -- the control plane -------------------------------------------------------------
 
@@ -258,13 +267,13 @@ class ServiceRunner:
             handler = getattr(self._target, spec.attribute)
             ep = EndpointState(spec, handler, s.endpoint(name, spec.name))
             self._endpoints.append(ep)
-            callback = functools.partial(self._on_request, ep)
+            deliver = functools.partial(self._on_request, ep)
             assert self._queues is not None
-            await self._queues.join(ep.subject, s.queue_group(name), callback)
+            await self._queues.join(ep.subject, s.queue_group(name), deliver)
             subset_subject = s.subset(name, subset, spec.name)
-            await self._queues.join(subset_subject, s.queue_group(name, subset), callback)
+            await self._queues.join(subset_subject, s.queue_group(name, subset), deliver)
             own = s.instance(name, self.id, spec.name)
-            self._request_subs.append(await self._nc.subscribe(own, cb=callback))
+            self._request_subs.append(await subscribe_direct(self._nc, own, deliver))
 
     async def _subscribe_srv(self) -> None:
         assert self._nc is not None
@@ -283,7 +292,8 @@ class ServiceRunner:
 
     # -- the request path ------------------------------------------------------------
 
-    async def _on_request(self, ep: EndpointState, msg: Msg) -> None:
+    def _on_request(self, ep: EndpointState, msg: Msg) -> None:
+        # Called as nats-py reads the message (see subscribe_direct): nothing here waits.
         received = time.monotonic()
         ep.num_requests += 1
         headers = msg.headers
@@ -304,20 +314,24 @@ class ServiceRunner:
                     codec = _codec.codec_for(content_type)
             if self._in_flight >= self._max_concurrency:
                 ep.shed += 1
-                await self._errors.send(msg, ep, codec, ErrorKind.OVERLOADED, "overloaded, retry")
+                self._soon(
+                    self._errors.send(msg, ep, codec, ErrorKind.OVERLOADED, "overloaded, retry")
+                )
                 return
             argument = self._decode(ep.spec, msg.data, codec)
         except DecodeError as exc:
-            await self._errors.send(msg, ep, codec, exc.kind, exc.reason)
+            self._soon(self._errors.send(msg, ep, codec, exc.kind, exc.reason))
             return
         except pydantic.ValidationError as exc:
-            await self._errors.send(
-                msg,
-                ep,
-                codec,
-                ErrorKind.VALIDATION,
-                "request failed validation",
-                validation_details(exc),
+            self._soon(
+                self._errors.send(
+                    msg,
+                    ep,
+                    codec,
+                    ErrorKind.VALIDATION,
+                    "request failed validation",
+                    validation_details(exc),
+                )
             )
             return
         deadline = received + (DEFAULT_BUDGET if budget is None else budget)
@@ -344,6 +358,18 @@ class ServiceRunner:
         if task is not None:
             self._running[rid] = task
             self._deadlines.add(rid, deadline)
+
+    def _soon(self, reply: Coroutine[Any, Any, None]) -> None:
+        """Send an error reply now, or (if it must wait) from a task kept until it is sent."""
+        task = _eager.start(reply, self._loop)
+        if task is not None:
+            self._callbacks.add(task)
+            task.add_done_callback(self._replied)
+
+    def _replied(self, task: asyncio.Task[None]) -> None:
+        self._callbacks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("%s: an error reply was not sent: %s", self.spec.name, task.exception())
 
     def _decode(self, spec: EndpointSpec, data: bytes, codec: Codec) -> Any:
         request = spec.request

@@ -2,7 +2,21 @@
 
 Everything else speaks in subjects, bytes and headers; this module (with
 :mod:`natsmesh._connection`, whose names it re-exports) alone knows nats-py's
-connect options and exception types.
+connect options and exception types, and where the mesh's hot path reaches past
+nats-py's public API (the README's table of dependency internals lists them with
+the others):
+
+- :class:`Requester` writes PUB/HPUB frames straight into the connection's
+  outgoing buffer (``_pending``, ``_pending_data_size``, ``_flush_queue``):
+  ``publish()`` spends more on a few headers than the rest of a call. Without
+  those attributes: ``publish()``.
+- :func:`hand_over` replaces the reply subscription's pending queue
+  (``_pending_queue``, ``_pending_size``, ``_wait_for_msgs_task``) by a
+  hand-over to the waiting request: a reply otherwise takes a queue, a task
+  switch and a callback coroutine to reach it. On a nats-py not in
+  ``TESTED_NATS_PY``: the subscription's callback, as nats-py runs it.
+- :func:`connect` gives its connections a faster ``_parse_header_lines`` (see
+  :mod:`natsmesh._connection`).
 """
 
 from __future__ import annotations
@@ -14,7 +28,7 @@ import os
 import re
 import time
 import weakref
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Final, Self
 
 from nats.aio.client import Client as NATS
@@ -23,7 +37,15 @@ from nats.aio.subscription import Subscription
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 
-from natsmesh._connection import DEFAULT_URL, connect, describe, nats_url, redact, server_urls
+from natsmesh._connection import (
+    DEFAULT_URL,
+    connect,
+    describe,
+    nats_url,
+    redact,
+    server_urls,
+    tested_nats_py,
+)
 from natsmesh._deadlines import Deadlines
 from natsmesh._errors import PermissionDenied
 
@@ -42,10 +64,12 @@ __all__ = [
     "Requester",
     "connect",
     "describe",
+    "hand_over",
     "nats_url",
     "redact",
     "request",
     "server_urls",
+    "subscribe_direct",
 ]
 
 
@@ -78,6 +102,79 @@ async def request(
         raise NoResponse from None
     except NatsTimeoutError:
         raise NoReply from None
+
+
+class _HandOver:
+    """Stands in for a subscription's pending queue: every message goes on at once.
+
+    nats-py's reader puts each message in the queue (``put_nowait``) after adding its
+    size to the subscription's pending bytes; a task per subscription then takes it
+    out and awaits the callback. Here the reader's ``put_nowait`` hands the message
+    to ``deliver`` (plain code, never raising), in the reader's own step.
+    """
+
+    __slots__ = ("_deliver", "_sub")
+
+    def __init__(self, sub: Subscription, deliver: Callable[[Msg], None]) -> None:
+        self._sub = sub
+        self._deliver = deliver
+
+    def put_nowait(self, msg: Msg) -> None:
+        self._sub._pending_size -= len(msg.data)
+        try:
+            self._deliver(msg)
+        except Exception:  # never into nats-py's reader, which would drop the connection
+            log.exception("delivering a reply failed")
+
+    # What nats-py asks a subscription's queue elsewhere (pending counts, drain).
+    def qsize(self) -> int:
+        return 0
+
+    def empty(self) -> bool:
+        return True
+
+    def task_done(self) -> None:
+        pass
+
+    async def join(self) -> None:
+        return None
+
+
+def hand_over(sub: Subscription, deliver: Callable[[Msg], None]) -> bool:
+    """Deliver ``sub``'s messages to ``deliver`` as nats-py reads them, instead of its callback.
+
+    Only on a subscription with nothing pending (a new one) and a tested nats-py;
+    returns False (the callback goes on) otherwise.
+    """
+    if not tested_nats_py():
+        return False
+    queue = getattr(sub, "_pending_queue", None)
+    task = getattr(sub, "_wait_for_msgs_task", None)
+    if not isinstance(queue, asyncio.Queue) or not queue.empty() or task is None:
+        return False
+    if not hasattr(sub, "_pending_size"):
+        return False
+    sub._pending_queue = _HandOver(sub, deliver)  # type: ignore[assignment]
+    task.cancel()  # it waits on the old queue, which nothing fills any more
+    return True
+
+
+async def subscribe_direct(
+    nc: NATS, subject: str, deliver: Callable[[Msg], None], *, queue: str = ""
+) -> Subscription:
+    """Subscribe with ``deliver`` called as each message is read (see :func:`hand_over`).
+
+    ``deliver`` is plain code that must not block: what waits, it starts as a task of
+    its own. On a nats-py that :func:`hand_over` does not know, nats-py's subscription
+    task calls it, one message after the other, as it would a callback.
+    """
+
+    async def callback(msg: Msg) -> None:
+        deliver(msg)
+
+    sub = await nc.subscribe(subject, queue, cb=callback)
+    hand_over(sub, deliver)
+    return sub
 
 
 _REFUSED: Final = re.compile(r'permissions violation for publish to "([^"]+)"')
@@ -136,7 +233,14 @@ class Requester:
     # (CR/LF would start a new protocol line).
     _HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
     _BAD_SUBJECT = re.compile(r"\s")
-    _BUFFER = ("_pending", "_pending_data_size", "_max_pending_size", "_flush_queue", "_status")
+    _BUFFER = (
+        "_pending",
+        "_pending_data_size",
+        "_max_pending_size",
+        "_flush_queue",
+        "_flusher_task",
+        "_status",
+    )
     _CHECKED = 4096  # subjects and header names remembered as checked
 
     def __init__(self, nc: NATS, *, tick: float = 0.005) -> None:
@@ -160,6 +264,7 @@ class Requester:
         if self._BAD_SUBJECT.search(self._prefix):
             self._direct = False  # reply subjects are written unchecked below
         self._sub = await self._nc.subscribe(f"{self._prefix}*", cb=self._on_reply)
+        hand_over(self._sub, self._reply)
         await self._stack.enter_async_context(self._deadlines.running())
         _refusals(self._nc).add(self)
         self._stack.callback(_refusals(self._nc).discard, self)
@@ -174,6 +279,9 @@ class Requester:
             future.cancel()
 
     async def _on_reply(self, msg: Msg) -> None:
+        self._reply(msg)
+
+    def _reply(self, msg: Msg) -> None:
         future = self._pending.pop(msg.subject[len(self._prefix) :], None)
         if future is not None and not future.done():
             future.set_result(msg)
@@ -256,7 +364,13 @@ class Requester:
         if 0 < nc._max_pending_size < nc._pending_data_size:
             await nc._flush_pending(force_flush=True)
         if nc._flush_queue is not None and nc._flush_queue.empty():
-            await nc._flush_pending()
+            flusher, loop = nc._flusher_task, self._loop
+            if loop is not None and flusher is not None and not flusher.done():
+                # What _flush_pending() does then, minus two coroutines and the loop
+                # lookup of asyncio.Future() (a getpid() system call on 3.11).
+                nc._flush_queue.put_nowait(loop.create_future())
+            else:
+                await nc._flush_pending()
 
     def _frame(
         self, subject: str, reply: str, payload: bytes, headers: dict[str, str] | None

@@ -19,6 +19,7 @@ from services import Echo
 
 from natsmesh import Mesh, ServiceRunner
 from natsmesh._controller import Controller
+from natsmesh.testing import free_port
 
 pytestmark = pytest.mark.anyio
 
@@ -160,13 +161,114 @@ async def test_nats_command_runs_a_server_in_the_foreground() -> None:
         assert await anyio.to_thread.run_sync(proc.popen.wait, 20) == 0
 
 
+# -- the event loop -------------------------------------------------------------------------
+
+LOOP_LINE = "natsmesh.loop: event loop: "
+
+
+async def _loop_line(proc: Proc) -> str:
+    with anyio.fail_after(20):
+        while not (lines := [x for x in proc.stderr_lines if LOOP_LINE in x]):  # noqa: ASYNC110  (a thread reads stderr)
+            await anyio.sleep(0.05)
+    return lines[0].split(LOOP_LINE)[1].strip()
+
+
+@pytest.mark.parametrize(
+    ("command", "loop", "expected"),
+    [
+        (["serve", "services:Echo"], None, "uvloop"),
+        (["serve", "services:Echo"], "asyncio", "asyncio"),
+        (["controller"], "asyncio", "asyncio"),
+        (["controller"], "uvloop", "uvloop"),
+        (["gateway", "--port", "0"], None, "uvloop"),
+        (["gateway", "--port", "0"], "asyncio", "asyncio"),
+        (["up"], "asyncio", "asyncio"),
+    ],
+)
+async def test_long_running_commands_run_on_the_loop_asked_for(
+    nats_url: str, command: list[str], loop: str | None, expected: str
+) -> None:
+    args = ["-v", *command, *(["--loop", loop] if loop else [])]
+    if command[0] == "up":
+        args += ["--port", str(free_port())]  # not 8080: it may be taken
+    with Proc(*args, nats_url=nats_url) as proc:
+        await anyio.to_thread.run_sync(lambda: proc.wait_ready(60))
+        assert (await _loop_line(proc)).split()[0] == expected
+
+
+async def test_loop_uvloop_without_uvloop_is_one_line() -> None:
+    # `import uvloop` fails as where it has no wheels (Windows, PyPy).
+    code = "import sys; sys.modules['uvloop'] = None; from natsmesh._cli import main; main()"
+    for command in (["serve", "services:Echo"], ["gateway"], ["bench"]):
+        done = await anyio.to_thread.run_sync(
+            lambda c=command: subprocess.run(
+                [
+                    sys.executable,
+                    "-c",
+                    code,
+                    *c,
+                    "--loop",
+                    "uvloop",
+                    "--nats",
+                    "nats://127.0.0.1:1",
+                ],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
+                env={**os.environ, "PYTHONPATH": str(TESTS)},
+            )
+        )
+        assert done.returncode == 1, done.stderr
+        assert done.stderr.strip() == (
+            "natsmesh: --loop uvloop: uvloop is not installed (it has no wheels for Windows"
+            " or PyPy); use --loop asyncio"
+        )
+
+
+async def test_an_unknown_loop_is_a_usage_error() -> None:
+    done = await run("serve", "services:Echo", "--loop", "trio")
+    assert done.returncode == 2
+    assert "invalid choice: 'trio'" in done.stderr
+
+
+# -- bench ---------------------------------------------------------------------------------
+
+ENVIRONMENT = {"python", "loop", "nats_py", "uvicorn", "nats_server", "cpus"}
+
+
+def _environment(out: dict[str, Any], *, http: bool = False) -> None:
+    env = out["environment"]
+    assert set(env) == ENVIRONMENT | ({"http"} if http else set())
+    assert env["loop"].startswith("uvloop ")
+    assert env["nats_server"].count(".") >= 2
+    assert env["cpus"] >= 1
+    if http:
+        assert env["http"].startswith("httptools ")
+
+
 async def test_bench_reports_both_sides_and_ratios(nats_url: str) -> None:
     done = await run("bench", "--json", "--seconds", "0.3", "--nats", nats_url)
     assert done.returncode == 0, done.stderr
     out = json.loads(done.stdout)
+    _environment(out)
     assert [r["concurrency"] for r in out["ratio"]] == [1, 128]
     for side in ("raw", "mesh", "bare"):
         assert all(f["rps"] > 0 and f["p99_ms"] >= f["p50_ms"] > 0 for f in out[side])
+
+
+async def test_a_bench_too_short_for_a_call_still_has_figures(nats_url: str) -> None:
+    # 0.01 s over 7 rounds of 3 kinds: rounds end before their workers start.
+    done = await run("bench", "--seconds", "0.01", "--loop", "asyncio", "--nats", nats_url)
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("CPython ") or lines[0].startswith("PyPy ")
+    assert "| loop asyncio |" in lines[0]
+    assert "HTTP" not in lines[0]  # no HTTP in the data bench
+    assert [x.split(":")[0] for x in lines[1:4]] == ["raw", "mesh", "bare"]  # the legend
+    assert "mesh/raw 128: throughput" in done.stdout
+    assert "raise --seconds" in done.stdout
 
 
 async def test_bench_control_reports_convergence_and_controller_cost(nats_url: str) -> None:
@@ -176,6 +278,7 @@ async def test_bench_control_reports_convergence_and_controller_cost(nats_url: s
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     out = json.loads(done.stdout)
+    _environment(out)
     convergence, scale = out["convergence"], out["scale"]
     assert convergence["clients"] == 3
     assert convergence["p99_ms"] >= convergence["p50_ms"] >= 0
@@ -187,10 +290,44 @@ async def test_bench_traffic_compares_balancers_against_the_healthy_p99(nats_url
     done = await run("bench", "traffic", "--json", "--seconds", "0.5", "--nats", nats_url)
     assert done.returncode == 0, done.stderr
     out = json.loads(done.stdout)
+    _environment(out)
     for mode in ("healthy", "queue", "p2c", "p2c+hedging"):
         assert out[mode]["calls"] > 0
         assert out[mode]["p99_ms"] >= out[mode]["p50_ms"] > 0
     assert set(out["ratio_to_healthy_p99"]) == {"queue", "p2c", "p2c+hedging"}
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["traffic"],
+        ["control", "--clients", "2", "--applies", "1", "--instances", "10"],
+        ["gateway", "--concurrency", "2", "--load", "builtin"],
+    ],
+)
+async def test_every_bench_survives_a_run_too_short_for_a_call(
+    nats_url: str, args: list[str]
+) -> None:
+    done = await run("bench", *args, "--json", "--seconds", "0.01", "--nats", nats_url)
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr
+    out = json.loads(done.stdout)
+    _environment(out, http=args[0] == "gateway")
+    if args[0] == "gateway":
+        assert out["load"] == "builtin"
+        assert out["keep_alive"]["gateway"]["mean_ms"] > 0
+        assert out["gateway"]["errors"] == 0
+
+
+async def test_bench_gateway_prints_what_it_ran_on(nats_url: str) -> None:
+    done = await run(
+        "bench", "gateway", "--seconds", "0.01", "--concurrency", "2", "--nats", nats_url
+    )
+    assert done.returncode == 0, done.stderr
+    header = done.stdout.splitlines()[0]
+    for part in ("| loop uvloop ", "| HTTP httptools ", "| nats-py ", "| uvicorn ", "CPUs"):
+        assert part in header, header
+    assert "one keep-alive connection: mean latency" in done.stdout
 
 
 def test_stats_show_an_instance_the_controller_took_out_of_its_queue_group() -> None:

@@ -3,7 +3,10 @@ and as a user runs it: ``natsmesh gateway`` (one worker and two) and ``natsmesh 
 
 from __future__ import annotations
 
+import asyncio
+import os
 import signal
+import socket
 import time
 from collections.abc import AsyncIterator
 
@@ -14,6 +17,7 @@ import httpx
 import pytest
 from gateway_env import Shop, recording, running_shop
 from procs import Proc
+from sockets import children, keep_alive, no_delay, server_end
 
 from gateway import GatewayLimits, bind, create_app, serve
 from natsmesh.testing import free_port
@@ -38,6 +42,9 @@ ENCODED_INJECTIONS = [
     "/echo%2Fecho",
     "/echo%09/echo",
 ]
+
+
+ECHO = b'{"id": 1, "name": "a"}'
 
 
 @pytest.fixture(params=["h11", "httptools"])
@@ -136,6 +143,78 @@ async def test_large_heads_and_bodies_are_refused(served: tuple[Shop, str]) -> N
     answer = await raw(url, head + chunks)
     assert answer.startswith(b"HTTP/1.1 413 ")
     assert b"connection: close" in answer.lower()
+
+
+# -- TCP_NODELAY: without it asyncio's loop makes every keep-alive answer wait ~40 ms ----------
+
+
+def test_bind_makes_a_tcp_socket_that_asyncio_sets_tcp_nodelay_on() -> None:
+    # asyncio sets TCP_NODELAY on accepted sockets only when the listener's proto says TCP.
+    with bind("127.0.0.1", 0) as sock:
+        assert sock.proto == socket.IPPROTO_TCP
+
+
+async def _server_end_of_keep_alive(url: str) -> tuple[socket.socket, socket.socket]:
+    client = await anyio.to_thread.run_sync(lambda: keep_alive(url, "/echo/echo", ECHO))
+    return client, server_end([os.getpid()], client)
+
+
+async def test_every_connection_has_tcp_nodelay_on_asyncios_loop(served: tuple[Shop, str]) -> None:
+    # uvloop sets TCP_NODELAY itself, and hid the missing one: these tests run without it.
+    assert type(asyncio.get_running_loop()).__module__.startswith("asyncio.")
+    _, url = served
+    client, server = await _server_end_of_keep_alive(url)
+    with client, server:
+        assert no_delay(server)
+
+
+@pytest.mark.parametrize("http", ["h11", "httptools"])
+async def test_a_listener_made_elsewhere_gets_tcp_nodelay_too(nats_url: str, http: str) -> None:
+    # A socket handed to serve() by its caller (proto 0, as bind() once made it): the
+    # gateway's protocol sets TCP_NODELAY on each connection itself.
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    assert listener.proto == 0
+    async with running_shop(nats_url) as shop, anyio.create_task_group() as tg:
+        app = create_app(shop.mesh, limits=LIMITS)
+        url = await tg.start(
+            lambda task_status: serve(
+                app, listener, limits=LIMITS, http=http, task_status=task_status
+            )
+        )
+        client, server = await _server_end_of_keep_alive(url)
+        with client, server:
+            assert no_delay(server)
+        tg.cancel_scope.cancel()
+
+
+async def _stderr_says(proc: Proc, needle: str, count: int) -> list[str]:
+    with anyio.fail_after(20):
+        while len(lines := [x for x in proc.stderr_lines if needle in x]) < count:  # noqa: ASYNC110  (a thread reads stderr)
+            await anyio.sleep(0.05)
+    return lines
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_natsmesh_gateway_on_asyncios_loop_sets_tcp_nodelay(
+    nats_url: str, workers: int
+) -> None:
+    port = free_port()
+    args = ["-v", "gateway", "--loop", "asyncio", "--port", str(port), "--workers", str(workers)]
+    async with running_shop(nats_url) as shop:
+        with Proc(*args, nats_url=shop.url) as proc:
+            await anyio.to_thread.run_sync(lambda: proc.wait_ready(60))
+            # The processes that serve really run asyncio's loop (each worker says so).
+            await _stderr_says(proc, "natsmesh.loop: event loop: asyncio", 1)
+            if workers > 1:
+                lines = await _stderr_says(proc, ": event loop: asyncio", 1 + workers)
+                assert not [x for x in lines if "uvloop" in x]
+            url = f"http://127.0.0.1:{port}"
+            client = await anyio.to_thread.run_sync(lambda: keep_alive(url, "/echo/echo", ECHO))
+            with client, server_end([proc.pid, *children(proc.pid)], client) as server:
+                assert no_delay(server)
+            assert await _stop(proc) == 0
 
 
 # -- as a user runs it ------------------------------------------------------------------------

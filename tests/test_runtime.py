@@ -23,6 +23,7 @@ from natsmesh import (
     endpoint,
     service,
 )
+from natsmesh._transport import _HandOver
 
 pytestmark = pytest.mark.anyio
 
@@ -353,3 +354,24 @@ async def test_absent_headers_carry_their_defaults(nats_url: str) -> None:
             await nc.close()
         stats = {e.name: e for e in runner.stats().endpoints}
         assert stats["whoami"].data["retries_received"] == 1  # only the explicit attempt 3
+
+
+async def test_requests_reach_the_runtime_as_read_and_garbage_costs_one_error_reply(
+    nats_url: str,
+) -> None:
+    async with ServiceRunner(Echo, nats=nats_url) as runner, Mesh(nats_url) as mesh:
+        assert runner._queues is not None
+        subs = [*runner._request_subs, *runner._queues.subscriptions]
+        assert subs
+        assert all(isinstance(s._pending_queue, _HandOver) for s in subs)
+        nc = mesh.nats
+        subjects = ("mesh.echo.echo", "mesh.echo.v1.echo", f"mesh._i.echo.{runner.id}.echo")
+        garbage = (b"\xc1", b"\x80" * 10_000, b"\x91" * 500, msgpack.packb({"id": "x"}))
+        for subject in subjects:
+            for data in garbage:
+                reply = await nc.request(subject, data, timeout=5)
+                assert reply.headers is not None
+                assert reply.headers["Nats-Service-Error-Code"] in {"400", "413", "422"}
+        assert await mesh.call("echo.echo", {"id": 1, "name": "a"}) == {"id": 1, "name": "a"}
+        echo = next(e for e in runner.stats().endpoints if e.name == "echo")
+        assert echo.num_errors == len(subjects) * len(garbage)
