@@ -53,9 +53,9 @@ from natsmesh._control import Announcement
 from natsmesh._controller import Controller, from_info
 from natsmesh._discovery import gather
 from natsmesh._errors import NoResponders
-from natsmesh._registry import schema_conflicts
 from natsmesh._loop import add_loop_options
 from natsmesh._loop import run as run_on_loop
+from natsmesh._registry import schema_conflicts
 from natsmesh._runtime import ServiceRunner
 from natsmesh._schema_text import printable, schema_text
 from natsmesh._serve import load_target, serve, wait_for_signal
