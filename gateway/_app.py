@@ -47,6 +47,7 @@ from gateway._request import (
     Scope,
     Send,
     allow_list,
+    check_head,
     payload_of,
     read_body,
 )
@@ -60,6 +61,8 @@ ROUTES_RECHECK: Final = 0.02
 #: Paths answered when no HTTP route takes them: an index of the gateway's pages, and
 #: the icon browsers ask every site for.
 _FALLBACKS: Final = frozenset({"/", "/favicon.ico"})
+#: Seconds NATS has to answer a PING for /readyz to say ready (nats-py takes whole seconds).
+READY_PING: Final = 1
 #: Client headers passed on to services unless told otherwise.
 DEFAULT_FORWARD: Final = ("x-request-id", "x-canary")
 
@@ -170,13 +173,14 @@ class Gateway:
             scope = {**scope, "path": path}
         page = self._pages.get(path)
         if page is not None:
-            policy = self._page_policy(path)
-            if policy is not None:
-                try:
+            try:
+                check_head(scope["headers"], self.limits)
+                policy = self._page_policy(path)
+                if policy is not None:
                     self._authenticate(policy, collect(scope["headers"], self._credentials))
-                except GatewayError as refused:
-                    await self._error(send, refused)
-                    return
+            except GatewayError as refused:
+                await self._error(send, refused)
+                return
             await self._page(scope, send, page)
             return
         if path in _FALLBACKS and scope["method"] in ("GET", "HEAD") and await self._unrouted(path):
@@ -388,11 +392,20 @@ class Gateway:
 
     async def _readyz(self) -> tuple[int, bytes, bytes]:
         await self._routes(wait=1.0)
-        ready = self.mesh.ready
+        # Connected is not enough: a frozen or partitioned server keeps the socket open.
+        ready = self.mesh.ready and await self._nats_answers()
         body = pydantic_core.to_json(
             {"status": "ready" if ready else "not ready", "routes": len(self.router.routes)}
         )
         return (200 if ready else 503), JSON, body
+
+    async def _nats_answers(self) -> bool:
+        try:
+            await self.mesh.nats.flush(timeout=READY_PING)
+        except Exception as exc:  # nats-py's timeout, or a connection closed or reconnecting
+            log.info("readiness: NATS did not answer a ping: %r", exc)
+            return False
+        return True
 
     async def _metrics(self) -> tuple[int, bytes, bytes]:
         return 200, METRICS_TYPE.encode(), self.metrics.render()

@@ -8,7 +8,13 @@ complete, so what a slow or oversized request costs is bounded below it:
   answer has started) and the connection closes. One timer per connection, armed
   only while a request is incomplete: a request that arrives whole costs none;
 - the head's size: h11 bounds it itself (``h11_max_incomplete_event_size``);
-  httptools does not, so :mod:`gateway._protocol_httptools` counts it.
+  httptools does not, so :mod:`gateway._protocol_httptools` counts it;
+- a lingering close: a connection closed while the client is still sending its
+  body (a 413 answered at once) first sends the answer and a FIN, then reads and
+  drops what still comes for up to ``LINGER`` seconds. Closing a socket with
+  unread bytes answers them with a reset, and a client that is still uploading
+  (Python's http.client, urllib, requests) then fails on its next write and
+  never reads the 413 (nginx's lingering close).
 
 Every connection gets ``TCP_NODELAY`` here (:func:`no_delay`), whatever loop
 accepted it and however its listening socket was made: uvicorn writes a response
@@ -25,12 +31,15 @@ import asyncio
 import contextlib
 import importlib.util
 import socket
-from typing import Any, ClassVar, cast
+from typing import Any, ClassVar, Final, cast
 
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from gateway._errors import error_body
 from gateway._limits import GatewayLimits
+
+#: Seconds a connection closed on an unfinished request body keeps draining it.
+LINGER: Final = 2.0
 
 _REASONS = {408: b"Request Timeout", 414: b"URI Too Long", 431: b"Request Header Fields Too Large"}
 
@@ -90,6 +99,10 @@ class OneSend:
         self._flush()
         self._transport.close()
 
+    def write_eof(self) -> None:
+        self._flush()
+        self._transport.write_eof()
+
     def is_closing(self) -> bool:
         return self._transport.is_closing()
 
@@ -131,24 +144,67 @@ class _HeadDeadline:
         transport.close()
 
 
+class Lingering:
+    """The connection's transport, as the protocol sees it: close() lingers on an unfinished body.
+
+    Everything else is the transport's own.
+    """
+
+    def __init__(self, transport: asyncio.Transport, protocol: Any) -> None:
+        self._transport = transport
+        self._protocol = protocol
+        self.lingering = False
+        self._timer: asyncio.TimerHandle | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+    def is_closing(self) -> bool:
+        return self.lingering or self._transport.is_closing()
+
+    def close(self) -> None:
+        transport = self._transport
+        if self.lingering or transport.is_closing():
+            return
+        cycle = self._protocol.cycle
+        if cycle is None or not cycle.more_body or not transport.can_write_eof():
+            transport.close()
+            return
+        # The protocol drops whatever arrives from now on (see ``lingering``); the client's
+        # own FIN (eof_received) or the timer ends the connection.
+        self.lingering = True
+        transport.write_eof()  # once the answer in the buffer is written
+        transport.resume_reading()
+        self._timer = asyncio.get_running_loop().call_later(LINGER, transport.close)
+
+    def lost(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+
 class LimitedH11(H11Protocol):
-    """h11 with a deadline on every request head."""
+    """h11 with a deadline on every request head and a lingering close."""
 
     limits: ClassVar[GatewayLimits] = GatewayLimits()
 
     def connection_made(self, transport: Any) -> None:
         no_delay(transport)
-        super().connection_made(cast(asyncio.Transport, OneSend(transport, self.loop)))
+        self._linger = Lingering(cast(asyncio.Transport, OneSend(transport, self.loop)), self)
+        super().connection_made(self._linger)  # type: ignore[arg-type]  # the transport's stand-in
         self._head = _HeadDeadline()
         self._head.arm(self.transport, self.limits.read_timeout)
 
     def data_received(self, data: bytes) -> None:
+        if self._linger.lingering:
+            return
         before = self.cycle
         super().data_received(data)
         _after_data(self, before)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._head.disarm()
+        self._linger.lost()
         super().connection_lost(exc)
 
 

@@ -14,27 +14,35 @@ from typing import Any, ClassVar, cast
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from gateway._limits import GatewayLimits
-from gateway._protocol import OneSend, _after_data, _HeadDeadline, no_delay, raw_response
+from gateway._protocol import (
+    Lingering,
+    OneSend,
+    _after_data,
+    _HeadDeadline,
+    no_delay,
+    raw_response,
+)
 
 # The request line and the separators, beyond the URL and header bytes counted.
 _SLACK = 1024
 
 
 class LimitedHttpTools(HttpToolsProtocol):
-    """httptools with a deadline on every request head and a bound on its size."""
+    """httptools with a deadline on every request head, a bound on its size, a lingering close."""
 
     limits: ClassVar[GatewayLimits] = GatewayLimits()
 
     def connection_made(self, transport: Any) -> None:
         no_delay(transport)
-        super().connection_made(cast(asyncio.Transport, OneSend(transport, self.loop)))
+        self._linger = Lingering(cast(asyncio.Transport, OneSend(transport, self.loop)), self)
+        super().connection_made(self._linger)  # type: ignore[arg-type]  # the transport's stand-in
         self._head = _HeadDeadline()
         self._head.arm(self.transport, self.limits.read_timeout)
         self._refused = False
         self._pending = 0  # bytes of the head not complete yet
 
     def data_received(self, data: bytes) -> None:
-        if self._refused:
+        if self._refused or self._linger.lingering:
             return
         before = self.cycle
         waiting = before is None or before.response_complete
@@ -50,6 +58,7 @@ class LimitedHttpTools(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._head.disarm()
+        self._linger.lost()
         super().connection_lost(exc)
 
     def _refuse(self) -> None:

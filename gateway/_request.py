@@ -96,9 +96,22 @@ class Head:
                         431, "headers_too_large", f"header {name.decode()} is too long or invalid"
                     )
                 head.forwarded[forward[name]] = value.decode("latin-1")
-        if count > limits.max_headers or size > limits.max_header_bytes:
-            raise GatewayError(431, "headers_too_large", "too many or too large request headers")
+        _within(count, size, limits)
         return head
+
+
+def check_head(headers: Iterable[tuple[bytes, bytes]], limits: GatewayLimits) -> None:
+    """Refuse (431) a head with too many or too large fields: the gateway's pages read none."""
+    count = size = 0
+    for name, value in headers:
+        count += 1
+        size += len(name) + len(value)
+    _within(count, size, limits)
+
+
+def _within(count: int, size: int, limits: GatewayLimits) -> None:
+    if count > limits.max_headers or size > limits.max_header_bytes:
+        raise GatewayError(431, "headers_too_large", "too many or too large request headers")
 
 
 def _content_length(value: bytes, seen: int | None) -> int:
