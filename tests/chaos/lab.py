@@ -1,0 +1,286 @@
+"""One scenario's world: NATS topologies from deploy/, natsmesh processes, the CLI, teardown.
+
+A :class:`Lab` owns a directory (logs, stores, route files) and every process the
+scenario starts, by role ("nats-1", "catalog-2", "controller-a", "gateway"); leaving
+it kills them all by pid, and removes any network namespaces it made. The mesh
+runs as users run it: ``natsmesh serve``, ``natsmesh controller``, ``natsmesh
+gateway`` processes, route changes through ``natsmesh routes apply``, convergence
+read from ``natsmesh status --json``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import signal
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+import anyio
+import nats
+
+from chaos.netns import Network
+from chaos.procs import BIN, Proc, clean_env
+from chaos.servers import NatsNode, routes_env, urls
+
+NATSMESH = str(BIN / "natsmesh")
+#: What ``natsmesh status`` asks the controller (its control subject).
+STATUS_SUBJECT = "mesh._ctl.status.show"
+
+
+def _synced(rows: list[dict[str, Any]], service: str) -> set[str]:
+    return {r["client"] for r in rows if r["service"] == service and r["state"] == "SYNCED"}
+
+
+@dataclass(frozen=True)
+class Done:
+    """A finished CLI command."""
+
+    code: int
+    out: str
+    err: str
+    seconds: float
+
+
+class Lab:
+    def __init__(self, home: Path, *, long: bool = False) -> None:
+        self.home = home
+        self.logs = home / "logs"
+        self.long = long
+        self.roles: dict[str, Proc] = {}
+        self.nodes: dict[str, NatsNode] = {}
+        self.network: Network | None = None
+        self._rss_before: dict[str, int] = {}
+        self._files = 0
+
+    async def __aenter__(self) -> Self:
+        self.logs.mkdir(parents=True, exist_ok=True)
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        # Synchronous, so that no cancellation can cut it short. Clients and services
+        # first, so that the servers do not log their departures as faults; SIGKILL: the
+        # figures are taken, nothing needs a drain.
+        for proc in [p for r, p in self.roles.items() if r not in self.nodes]:
+            proc.kill()
+        for node in self.nodes.values():
+            if node.proc is not None:
+                node.proc.signal(signal.SIGCONT)
+                node.proc.kill()
+        if self.network is not None:
+            self.network.destroy()
+
+    # -- NATS ------------------------------------------------------------------------------
+
+    async def start_node(self, node: NatsNode) -> NatsNode:
+        """Start (or restart) ``node`` and wait for its ready line."""
+        self.nodes[node.name] = node
+        for attempt in range(3):
+            proc = node.start(self.logs)
+            self.roles[node.name] = proc
+            try:
+                await node.wait_ready()
+                return node
+            except RuntimeError:
+                if "address already in use" not in proc.tail() or attempt == 2:
+                    raise
+                # Another process took a port between our probe and the server's bind.
+                node.ports.clear()
+                node.__post_init__()
+        raise AssertionError("unreachable")
+
+    async def wait_healthy(self, nodes: Iterable[NatsNode], within: float = 60.0) -> None:
+        """Until every server's /healthz is 200 (routes up, JetStream current)."""
+        deadline = time.monotonic() + within
+        for node in nodes:
+            while not await node.healthy():
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{node.name} not healthy:\n{self.roles[node.name].tail()}")
+                await anyio.sleep(0.1)
+
+    def make_nodes(
+        self,
+        zone: str,
+        count: int,
+        *,
+        conf: str = "cluster.conf",
+        prefix: str = "nats",
+        netns: Network | None = None,
+    ) -> list[NatsNode]:
+        """``count`` servers of one cluster (not started), their routes set."""
+        nodes = []
+        for i in range(1, count + 1):
+            node = NatsNode(f"{prefix}-{i}", conf, zone, self.home / f"{prefix}-{i}")
+            if netns is not None:  # a namespace of its own: the usual ports, no races
+                node.host, node.netns = netns.hosts[i - 1], netns.namespaces[i - 1]
+                node.ports.update(client=4222, cluster=6222, monitor=8222, gateway=7222, leaf=7422)
+            nodes.append(node)
+        for node in nodes:
+            node.extra_env["NATSMESH_ROUTES"] = routes_env(nodes)
+        return nodes
+
+    async def cluster(
+        self, zone: str, count: int = 3, *, netns: Network | None = None
+    ) -> list[NatsNode]:
+        """``count`` servers of one cluster (deploy/cluster.conf), started and healthy."""
+        nodes = self.make_nodes(zone, count, netns=netns)
+        await self.start_all(nodes)
+        return nodes
+
+    async def start_all(self, nodes: list[NatsNode]) -> None:
+        for node in nodes:
+            await self.start_node(node)
+        await self.wait_healthy(nodes)
+
+    async def restart(self, node: NatsNode) -> float:
+        """Start a stopped server again (same ports, same store); seconds until healthy."""
+        started = time.monotonic()
+        await self.start_node(node)
+        await self.wait_healthy([node])
+        return time.monotonic() - started
+
+    # -- natsmesh processes ----------------------------------------------------------------
+
+    def _mesh(
+        self, role: str, args: list[str], servers: str, ready: str, env: Mapping[str, str]
+    ) -> Proc:
+        old = self.roles.get(role)
+        name = role if old is None else f"{role}.{int(time.monotonic() * 1000) % 100000}"
+        proc = Proc(
+            name,
+            [NATSMESH, *args],
+            env=clean_env({"NATS_URL": servers, **env}),
+            log_dir=self.logs,
+            ready=ready,
+        )
+        self.roles[role] = proc
+        return proc
+
+    async def serve(
+        self, role: str, target: str, servers: str, *, env: Mapping[str, str] | None = None
+    ) -> Proc:
+        """``natsmesh serve MODULE:ATTR``: one instance in its own process, subscribed."""
+        proc = self._mesh(role, ["serve", target], servers, r"^natsmesh serve: ", env or {})
+        await proc.wait_ready()
+        return proc
+
+    async def controller(self, role: str, servers: str, *, replicas: int = 3) -> Proc:
+        args = ["controller", "--replicas", str(replicas)]
+        proc = self._mesh(role, args, servers, r"natsmesh controller (\S+) running", {})
+        await proc.wait_ready()
+        return proc
+
+    async def gateway(self, role: str, servers: str) -> tuple[Proc, str]:
+        """``natsmesh gateway`` on a free port; the process and its URL."""
+        args = ["gateway", "--port", "0"]
+        proc = self._mesh(role, args, servers, r"natsmesh gateway: (http://\S+)", {})
+        match = await proc.wait_ready()
+        return proc, match.group(1)
+
+    async def cli(self, *args: str, servers: str, timeout: float = 30.0) -> Done:
+        """One ``natsmesh`` command to its end."""
+        started = time.monotonic()
+        with anyio.fail_after(timeout):
+            done = await anyio.run_process(
+                [NATSMESH, *args], env=clean_env({"NATS_URL": servers}), check=False
+            )
+        return Done(
+            done.returncode,
+            done.stdout.decode(),
+            done.stderr.decode(),
+            time.monotonic() - started,
+        )
+
+    def route_file(self, text: str) -> Path:
+        self._files += 1
+        path = self.home / f"routes-{self._files}.toml"
+        path.write_text(text)
+        return path
+
+    async def apply(self, text: str, servers: str) -> Done:
+        """``natsmesh routes apply`` of ``text`` (once; see :meth:`apply_until_ok`)."""
+        return await self.cli("routes", "apply", str(self.route_file(text)), servers=servers)
+
+    async def apply_until_ok(
+        self, text: str, servers: str, *, within: float = 60.0
+    ) -> tuple[Done, list[Done]]:
+        """Apply until the controller says ok: the success and the failed attempts before it."""
+        failures: list[Done] = []
+        deadline = time.monotonic() + within
+        while True:
+            done = await self.apply(text, servers)
+            if done.code == 0:
+                return done, failures
+            failures.append(done)
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"routes apply kept failing: {done.err.strip()}")
+            await anyio.sleep(0.2)
+
+    async def status(self, servers: str) -> list[dict[str, Any]]:
+        """``natsmesh status --json``: every client's applied revisions, by the controller."""
+        done = await self.cli("status", "--json", servers=servers)
+        if done.code != 0:
+            return []
+        rows: list[dict[str, Any]] = json.loads(done.out)["rows"]
+        return rows
+
+    async def converge(
+        self,
+        service: str,
+        clients: Iterable[str],
+        servers: str,
+        *,
+        since: float,
+        within: float = 60.0,
+    ) -> float:
+        """Seconds from ``since`` until every named client shows ``service`` SYNCED.
+
+        SYNCED against the controller's latest revisions, which include the change
+        just applied. Polled with the request ``natsmesh status`` makes (a process
+        per poll would cost more CPU than the scenario), then confirmed by the command.
+        """
+        wanted = set(clients)
+        nc = await nats.connect(servers=servers.split(","), name="chaos-status")
+        try:
+            while True:
+                with contextlib.suppress(Exception):
+                    reply = await nc.request(STATUS_SUBJECT, b"", timeout=2)
+                    rows = json.loads(reply.data)["rows"]
+                    if wanted <= _synced(rows, service):
+                        seconds = time.monotonic() - since
+                        break
+                if time.monotonic() > since + within:
+                    raise TimeoutError(
+                        f"{sorted(wanted)} not SYNCED on {service} within {within} s"
+                    )
+                await anyio.sleep(0.05)
+        finally:
+            await nc.close()
+        rows = await self.status(servers)
+        assert wanted <= _synced(rows, service), rows
+        return seconds
+
+    # -- memory ----------------------------------------------------------------------------
+
+    def rss(self) -> dict[str, int]:
+        """Resident memory of every running process, by role."""
+        found = {role: proc.rss() for role, proc in self.roles.items()}
+        return {role: value for role, value in found.items() if value is not None}
+
+    def mark_rss(self) -> None:
+        """Take the "before" memory figures (after warm-up)."""
+        self._rss_before = self.rss()
+
+    def rss_figures(self) -> dict[str, tuple[int, int]]:
+        """(before, after) by role, for the roles running at both times."""
+        after = self.rss()
+        return {r: (b, after[r]) for r, b in self._rss_before.items() if r in after}
+
+    def servers_of(self, names: Iterable[str]) -> str:
+        return urls([self.nodes[n] for n in names])
