@@ -26,20 +26,26 @@ class Figures:
     skipped: str = ""
     seconds: float = 0.0  # the scenario's wall time
 
-    def add(self, loads: list[Load], *, fault: tuple[float, float]) -> None:
-        """Count every call of ``loads``; the fault window is (start, end) in monotonic time."""
+    def add(self, loads: list[Load], *, fault: tuple[float, float], since: float) -> None:
+        """Count the calls of ``loads`` started from ``since`` (the end of the warm-up: what
+        failed while the mesh was still starting is noted apart); the fault window is
+        (start, end); all in monotonic time."""
         debug = os.environ.get("CHAOS_DEBUG")
         for load in loads:
             if debug:
                 load.dump(f"{debug}/{self.scenario}-{load.name}.samples")
-            self.sent += len(load.samples)
-            failures = load.failures()
+            self.sent += len(load.window(since))
+            failures = load.failures(since)
             self.failed += len(failures)
-            self.longest_gap = max(self.longest_gap, load.longest_gap())
+            self.longest_gap = max(self.longest_gap, load.longest_gap(since))
             for f in failures:
                 text = f"{load.name}: {f.served}"
                 if text not in self.errors and len(self.errors) < 10:
                     self.errors.append(text)
+            early = load.failures(0.0, since)
+            if early:
+                key = "failed in warm-up"
+                self.notes[key] = self.notes.get(key, 0) + len(early)
         during: list[Sample] = [s for load in loads for s in load.window(*fault)]
         self.p99_fault = max(self.p99_fault, p99(during))
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import signal
+import sys
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -51,15 +52,22 @@ class Lab:
         self.home = home
         self.logs = home / "logs"
         self.long = long
-        self.roles: dict[str, Proc] = {}
+        self.roles: dict[str, Proc] = {}  # the current process of each role
+        self._started: list[Proc] = []  # every process ever started, restarts included
         self.nodes: dict[str, NatsNode] = {}
         self.network: Network | None = None
         self._rss_before: dict[str, int] = {}
+        self.steady = 0.0  # when the warm-up ended (time.monotonic())
         self._files = 0
 
     async def __aenter__(self) -> Self:
         self.logs.mkdir(parents=True, exist_ok=True)
+        self._begin = time.monotonic()
         return self
+
+    def phase(self, what: str) -> None:
+        """Say where the scenario is (the runner's log, shown when a test fails)."""
+        print(f"{time.monotonic() - self._begin:7.2f} s  {what}", file=sys.stderr, flush=True)
 
     async def __aexit__(
         self, et: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
@@ -67,12 +75,10 @@ class Lab:
         # Synchronous, so that no cancellation can cut it short. Clients and services
         # first, so that the servers do not log their departures as faults; SIGKILL: the
         # figures are taken, nothing needs a drain.
-        for proc in [p for r, p in self.roles.items() if r not in self.nodes]:
+        servers = {id(n.proc) for n in self.nodes.values()}
+        for proc in sorted(self._started, key=lambda p: id(p) in servers):
+            proc.signal(signal.SIGCONT)
             proc.kill()
-        for node in self.nodes.values():
-            if node.proc is not None:
-                node.proc.signal(signal.SIGCONT)
-                node.proc.kill()
         if self.network is not None:
             self.network.destroy()
 
@@ -84,6 +90,7 @@ class Lab:
         for attempt in range(3):
             proc = node.start(self.logs)
             self.roles[node.name] = proc
+            self._started.append(proc)
             try:
                 await node.wait_ready()
                 return node
@@ -137,6 +144,7 @@ class Lab:
         for node in nodes:
             await self.start_node(node)
         await self.wait_healthy(nodes)
+        self.phase(f"healthy: {', '.join(n.name for n in nodes)}")
 
     async def restart(self, node: NatsNode) -> float:
         """Start a stopped server again (same ports, same store); seconds until healthy."""
@@ -160,6 +168,7 @@ class Lab:
             ready=ready,
         )
         self.roles[role] = proc
+        self._started.append(proc)
         return proc
 
     async def serve(
@@ -168,12 +177,14 @@ class Lab:
         """``natsmesh serve MODULE:ATTR``: one instance in its own process, subscribed."""
         proc = self._mesh(role, ["serve", target], servers, r"^natsmesh serve: ", env or {})
         await proc.wait_ready()
+        self.phase(f"serving: {role} (pid {proc.pid})")
         return proc
 
     async def controller(self, role: str, servers: str, *, replicas: int = 3) -> Proc:
         args = ["controller", "--replicas", str(replicas)]
         proc = self._mesh(role, args, servers, r"natsmesh controller (\S+) running", {})
         await proc.wait_ready()
+        self.phase(f"running: {role} (pid {proc.pid})")
         return proc
 
     async def gateway(self, role: str, servers: str) -> tuple[Proc, str]:
@@ -216,6 +227,7 @@ class Lab:
         while True:
             done = await self.apply(text, servers)
             if done.code == 0:
+                self.phase(f"applied: {done.out.strip()}")
                 return done, failures
             failures.append(done)
             if time.monotonic() > deadline:
@@ -264,6 +276,7 @@ class Lab:
             await nc.close()
         rows = await self.status(servers)
         assert wanted <= _synced(rows, service), rows
+        self.phase(f"converged: {sorted(wanted)} on {service} in {seconds:.2f} s")
         return seconds
 
     # -- memory ----------------------------------------------------------------------------
@@ -273,9 +286,26 @@ class Lab:
         found = {role: proc.rss() for role, proc in self.roles.items()}
         return {role: value for role, value in found.items() if value is not None}
 
+    async def rss_mean(self, seconds: float = 5.0) -> dict[str, int]:
+        """Resident memory by role, the mean of one sample a second for ``seconds``.
+
+        A Go or Python heap breathes by a few MiB between collections: one sample of a
+        25 MiB nats-server can be 10 % off its level.
+        """
+        samples: list[dict[str, int]] = []
+        deadline = time.monotonic() + seconds
+        while True:
+            samples.append(self.rss())
+            if time.monotonic() >= deadline:
+                break
+            await anyio.sleep(1.0)
+        roles = set.intersection(*(set(s) for s in samples))
+        return {r: sum(s[r] for s in samples) // len(samples) for r in roles}
+
     def mark_rss(self) -> None:
-        """Take the "before" memory figures (after warm-up)."""
+        """The warm-up is over: take the "before" memory figures, start counting calls."""
         self._rss_before = self.rss()
+        self.steady = time.monotonic()
 
     def rss_figures(self) -> dict[str, tuple[int, int]]:
         """(before, after) by role, for the roles running at both times."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -158,6 +158,20 @@ class Load:
             return until - since if until != float("inf") else float("inf")
         gaps = [b - a for a, b in itertools.pairwise(ends)]
         return max(gaps, default=0.0)
+
+
+async def settle(loads: Iterable[Load], seconds: float = 2.0, *, within: float = 60.0) -> None:
+    """Until every load has had ``seconds`` more of calls (at its rate) come back.
+
+    The targets are taken together, so loads running side by side wait together.
+    """
+    targets = [
+        (load, len(load.samples) + max(20, int((load.rate or 100) * seconds))) for load in loads
+    ]
+    for load, target in targets:
+        await load.until(
+            lambda load=load, target=target: len(load.samples) >= target, within=within
+        )
 
 
 def p99(samples: list[Sample]) -> float:

@@ -19,12 +19,14 @@ from nats.js import JetStreamContext
 
 from chaos.figures import Figures
 from chaos.lab import Lab
-from chaos.load import Load
+from chaos.load import Load, settle
 from chaos.netns import Network
 from chaos.servers import NATS_SERVER, NatsNode, urls
 from chaos.shop import CATALOG, catalog_routes, loaded, running_shop, start_shop
 
 KV_STREAM = "KV_natsmesh"
+#: The catalog's per-try timeout (chaos/shop.py).
+PER_TRY = 0.5
 
 
 def _split(loads: list[Load]) -> tuple[list[Load], list[Load]]:
@@ -33,8 +35,12 @@ def _split(loads: list[Load]) -> tuple[list[Load], list[Load]]:
 
 
 def _puts(figures: Figures, puts: list[Load]) -> None:
+    """The non-idempotent calls: never retried after a timeout, so counted apart."""
     figures.notes["put sent"] = sum(len(p.samples) for p in puts)
     figures.notes["put failed"] = sum(len(p.failures()) for p in puts)
+    kinds = {s.served for p in puts for s in p.failures()}
+    if kinds:
+        figures.notes["put failures"] = sorted(kinds)
 
 
 async def _stream_leader(js: JetStreamContext, *, within: float = 30.0) -> str:
@@ -115,12 +121,11 @@ async def kv_leader(lab: Lab) -> Figures:
             await lab.restart(node)
             await _stream_current(js)
             fault_end = time.monotonic()
-            for load in shop.loads:
-                await load.calls(200)
+            await settle(shop.loads)
         finally:
             await nc.close()
         figures.rss = lab.rss_figures()
-    figures.add(shop.loads, fault=(fault_start, fault_end))
+    figures.add(shop.loads, fault=(fault_start, fault_end), since=lab.steady)
     return figures
 
 
@@ -148,9 +153,9 @@ async def controller_failover(lab: Lab) -> Figures:
             "catalog", shop.meshes, shop.servers, since=time.monotonic() - done.seconds
         )
         fault_end = time.monotonic()
-        await shop.loads[0].calls(200)
+        await settle(shop.loads)
         figures.rss = lab.rss_figures()
-    figures.add(shop.loads, fault=(fault_start, fault_end))
+    figures.add(shop.loads, fault=(fault_start, fault_end), since=lab.steady)
     return figures
 
 
@@ -158,7 +163,7 @@ async def freeze(lab: Lab, balancer: str) -> Figures:
     """SIGSTOP of one of three instances under load, then SIGCONT."""
     figures = Figures(f"sigstop-{balancer}")
     window = 10.0 if lab.long else 6.0
-    async with running_shop(lab, balancer=balancer, puts=25) as shop:
+    async with running_shop(lab, balancer=balancer, rate=200, puts=25) as shop:
         await shop.warm()
         lab.mark_rss()
         frozen = shop.instances[0]
@@ -172,7 +177,11 @@ async def freeze(lab: Lab, balancer: str) -> Figures:
             await load.served_by({str(frozen.pid)}, since=fault_end, within=60)
         figures.converge = await shop.change_routes(balancer=balancer)
         figures.rss = lab.rss_figures()
-    figures.add(gets, fault=(fault_start, fault_end))
+    figures.add(gets, fault=(fault_start, fault_end), since=lab.steady)
+    # A call that waited out two tries was sent to the frozen instance twice.
+    figures.notes["calls past 2 tries"] = sum(
+        s.latency >= 2 * PER_TRY for load in gets for s in load.window(fault_start, fault_end)
+    )
     _puts(figures, puts)
     return figures
 
@@ -195,7 +204,7 @@ async def rolling_restart(lab: Lab) -> Figures:
         figures.converge = await shop.change_routes()
         figures.rss = lab.rss_figures()
     gets, puts = _split(shop.loads)
-    figures.add(gets, fault=(fault_start, fault_end))
+    figures.add(gets, fault=(fault_start, fault_end), since=lab.steady)
     _puts(figures, puts)
     return figures
 
@@ -225,7 +234,7 @@ async def lame_duck(lab: Lab) -> Figures:
         figures.converge = await shop.change_routes()
         figures.rss = lab.rss_figures()
     gets, puts = _split(shop.loads)
-    figures.add(gets, fault=(fault_start, fault_end))
+    figures.add(gets, fault=(fault_start, fault_end), since=lab.steady)
     _puts(figures, puts)
     return figures
 
@@ -287,10 +296,9 @@ async def _partition_load(
         # After the heal, the minority's client catches up with the change it missed.
         figures.converge = await lab.converge("catalog", shop.meshes, major_urls, since=healed)
         fault_end = time.monotonic()
-        for load in shop.loads:
-            await load.calls(200)
+        await settle(shop.loads)
         figures.rss = lab.rss_figures()
-    figures.add(shop.loads, fault=(fault_start, fault_end))
+    figures.add(shop.loads, fault=(fault_start, fault_end), since=lab.steady)
     return figures
 
 

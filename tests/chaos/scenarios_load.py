@@ -12,7 +12,7 @@ import nats
 
 from chaos.figures import Figures
 from chaos.lab import Lab
-from chaos.load import Load, http_call, mesh_call, p99
+from chaos.load import Load, http_call, mesh_call, p99, settle
 from chaos.services import BUSY_CONCURRENCY
 from chaos.shop import catalog_routes, start_shop
 from natsmesh import Mesh
@@ -84,7 +84,7 @@ def _overload_figures(
     done = [s for s in load.samples if s.ok and over[0] <= s.start + s.latency < over[1]]
     goodput = len(done) / (over[1] - over[0])
     settled = load.window(under[0] + 0.5, under[1])  # "at once": from half a second on
-    figures.add([load], fault=over)
+    figures.add([load], fault=over, since=0.0)  # this load starts after the warm-up
     figures.p99_fault = p99(ok)
     figures.notes.update(
         {
@@ -123,7 +123,7 @@ async def slow_consumer(lab: Lab) -> Figures:
         async with anyio.create_task_group() as tg:
             tg.start_soon(load.run)
             await load.served_by({str(p.pid) for p in sinks}, since=time.monotonic())
-            await load.calls(400)
+            await settle([load])
             lab.mark_rss()
             logged = server.proc.watch(r"[Ss]low [Cc]onsumer")  # type: ignore[union-attr]
             client_lines = stalled.watch(r"nats .*:")
@@ -141,10 +141,10 @@ async def slow_consumer(lab: Lab) -> Figures:
             figures.notes["instance back after s"] = recovered - fault_start
             fault_end = time.monotonic()
             figures.notes["instance log"] = client_lines[:2]
-            await load.calls(400)
+            await settle([load])
             figures.rss = lab.rss_figures()
             load.stop()
-    figures.add([load], fault=(fault_start, fault_end))
+    figures.add([load], fault=(fault_start, fault_end), since=lab.steady)
     return figures
 
 
@@ -188,10 +188,11 @@ async def _answers(servers: str, subject: str, *, within: float = 60.0) -> float
 async def soak(lab: Lab) -> Figures:
     """64 concurrent calls for 60 s (10 minutes with --chaos-long), and HTTP through the gateway.
 
-    Memory is taken after a warm-up and at the end: every process within 10 %.
+    Memory is the mean of 5 samples after the warm-up and at the end: every process
+    within 10 %.
     """
     figures = Figures("soak")
-    seconds, warm_up = (600.0, 30.0) if lab.long else (60.0, 10.0)
+    seconds, warm_up = (600.0, 30.0) if lab.long else (60.0, 15.0)
     nodes = await lab.cluster("eu-west", 3)
     shop = await start_shop(lab, nodes)
     _, url = await lab.gateway("gateway", shop.servers)
@@ -208,12 +209,14 @@ async def soak(lab: Lab) -> Figures:
             await anyio.sleep(warm_up)  # the warm-up is a length of time, by definition
             lab.mark_rss()
             start = time.monotonic()
-            await anyio.sleep(seconds)
+            before = await lab.rss_mean()
+            await anyio.sleep(max(0.0, start + seconds - 5.0 - time.monotonic()))
+            after = await lab.rss_mean()
             end = time.monotonic()
-            figures.rss = lab.rss_figures()
+            figures.rss = {r: (b, after[r]) for r, b in before.items() if r in after}
             calls.stop()
             http.stop()
-    figures.add([calls, http], fault=(start, end))
+    figures.add([calls, http], fault=(start, end), since=lab.steady)
     figures.notes["mesh calls per s"] = len(calls.window(start, end)) / (end - start)
     return figures
 

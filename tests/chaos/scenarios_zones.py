@@ -14,7 +14,7 @@ import anyio
 
 from chaos.figures import Figures
 from chaos.lab import Lab
-from chaos.load import Load, Sample, mesh_call, p99
+from chaos.load import Load, Sample, mesh_call, p99, settle
 from chaos.proxy import Proxy
 from chaos.servers import NatsNode, urls
 from chaos.shop import CATALOG, catalog_routes
@@ -68,7 +68,7 @@ async def supercluster(lab: Lab) -> Figures:
             warm = time.monotonic()
             for name, load in loads.items():
                 await load.served_by(set(instances[name.rsplit("-", 1)[0]]), since=warm)
-                await load.calls(300)
+            await settle(loads.values())
             for name, load in loads.items():
                 own = set(instances[name.rsplit("-", 1)[0]])
                 figures.notes[f"{name} in zone"] = _share(load.window(warm), own)
@@ -81,8 +81,8 @@ async def supercluster(lab: Lab) -> Figures:
             for proc in west_procs:
                 await proc.wait(30)
             stopped = time.monotonic()
+            await settle([loads["eu-west-p2c"], loads["eu-west-queue"]])
             for name in ("eu-west-p2c", "eu-west-queue"):
-                await loads[name].calls(300)
                 figures.notes[f"{name} to eu-central while out"] = _share(
                     loads[name].window(stopped), set(instances["eu-central"])
                 )
@@ -110,7 +110,7 @@ async def supercluster(lab: Lab) -> Figures:
             figures.rss = lab.rss_figures()
             for load in loads.values():
                 load.stop()
-    figures.add(list(loads.values()), fault=(fault_start, fault_end))
+    figures.add(list(loads.values()), fault=(fault_start, fault_end), since=lab.steady)
     return figures
 
 
@@ -190,7 +190,7 @@ async def _leaf_load(
             warm = time.monotonic()
             for name, load in loads.items():
                 await load.served_by(pids[flows[name][1]], since=warm, within=60)
-                await load.calls(200)
+            await settle(loads.values())
             lab.mark_rss()
             fault_start = time.monotonic()
             for proxy in proxies:
@@ -205,8 +205,6 @@ async def _leaf_load(
                     lambda load=load: load.samples[-1].ok and load.samples[-1].start > restored,
                     within=60,
                 )
-                ok = [s for s in load.window(restored) if s.ok]
-                figures.notes[f"{name} back after s"] = ok[0].start - restored
             fault_end = time.monotonic()
             # The site's control plane is the hub's: a change made there.
             changed = catalog_routes(change=1) + catalog_routes(service="inventory", change=1)
@@ -217,34 +215,35 @@ async def _leaf_load(
             # The site's callers cannot read the tables (see test_zones.py): what they applied.
             site_rows = [r for r in await lab.status(hub) if r["client"] == "site-client"]
             figures.notes["site tables applied"] = max((r["applied"] for r in site_rows), default=0)
-            for load in loads.values():
-                await load.calls(200)
+            await settle(loads.values())
             figures.rss = lab.rss_figures()
             for load in loads.values():
                 load.stop()
-    _leaf_figures(figures, loads, fault_start, restored, fault_end)
+    _leaf_figures(figures, loads, lab.steady, (fault_start, restored, fault_end))
     return figures
 
 
 def _leaf_figures(
-    figures: Figures, loads: dict[str, Load], down: float, restored: float, end: float
+    figures: Figures, loads: dict[str, Load], steady: float, times: tuple[float, float, float]
 ) -> None:
-    """Local flows: every failure counts. Cross-site flows: calls started while the link
-    was down, until the first success after it came back, are expected to fail, fast and
-    as no responders (from 0.1 s after the drop: a call in flight then may wait out a try);
-    any other failure counts."""
+    """Local flows: every failure counts. Cross-site flows: from the drop on, calls are
+    expected to fail until the link is back, fast and as no responders (a call in flight
+    at the drop may wait out a try, so from 0.1 s after it); a failure before counts."""
+    down, restored, end = times
     local = [loads["hub>hub"], loads["site>site"]]
-    figures.add(local, fault=(down, end))
+    figures.add(local, fault=(down, end), since=steady)
     outage: list[Sample] = []
     for name in ("site>hub", "hub>site"):
         load = loads[name]
-        figures.sent += len(load.samples)
-        back = next(s.start for s in load.window(restored) if s.ok)
-        outage += [s for s in load.window(down + 0.1, back) if not s.ok]
-        unexpected = [s for s in load.failures() if s.start < down or s.start >= back]
-        figures.failed += len(unexpected)
-        figures.errors += [f"{name}: {s.served}" for s in unexpected[:5]]
+        figures.sent += len(load.window(steady))
+        before = load.failures(steady, down)
+        figures.failed += len(before)
+        figures.errors += [f"{name}: {s.served}" for s in before[:5]]
         figures.notes[f"{name} failed at the drop"] = len(load.failures(down, down + 0.1))
+        outage += load.failures(down + 0.1, end)
+        late = load.failures(restored, end)  # the link is up: until the interest is everywhere
+        back = max((s.start + s.latency for s in late), default=restored)
+        figures.notes[f"{name} back after s"] = back - restored
     figures.notes["cross-site failed while down"] = len(outage)
     figures.notes["cross-site failures"] = sorted({s.served for s in outage})
     figures.notes["cross-site failure p99 s"] = p99(outage)

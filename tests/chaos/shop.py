@@ -19,7 +19,7 @@ import anyio.abc
 from nats.aio.client import Client as NATS
 
 from chaos.lab import Lab
-from chaos.load import Load, mesh_call
+from chaos.load import Load, mesh_call, settle
 from chaos.procs import Proc
 from chaos.servers import NatsNode, urls
 from natsmesh import Mesh
@@ -90,21 +90,22 @@ class Shop:
             self.instances.append(proc)
         return proc
 
-    async def change_routes(self, **kwargs: object) -> float:
+    async def change_routes(self, *, balancer: str = "p2c") -> float:
         """Apply a new revision of the catalog's routes; seconds until every client has it."""
         self.changes += 1
-        text = catalog_routes(change=self.changes, **kwargs)  # type: ignore[arg-type]
+        text = catalog_routes(change=self.changes, balancer=balancer)
         done, _ = await self.lab.apply_until_ok(text, self.servers)
         return await self.lab.converge(
             "catalog", self.meshes, self.servers, since=time.monotonic() - done.seconds
         )
 
-    async def warm(self, *, calls: int = 200) -> None:
-        """Until every instance has served calls of every load."""
+    async def warm(self) -> None:
+        """Until every instance has served every client, and then some more calls."""
         now = time.monotonic()
         for load in self.loads:
-            await load.served_by(self.pids, since=now, within=60)
-            await load.calls(calls, within=60)
+            if not load.name.endswith("-put"):
+                await load.served_by(self.pids, since=now, within=60)
+        await settle(self.loads)
 
     def stop_loads(self) -> None:
         for load in self.loads:

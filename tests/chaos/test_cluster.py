@@ -52,6 +52,7 @@ def test_a_frozen_instance_in_p2c_mode_loses_no_idempotent_call(figures: Figures
 )
 def test_a_frozen_instance_in_queue_mode_loses_no_idempotent_call(figures: Figures) -> None:
     assert figures.failed == 0, figures.errors
+    assert figures.notes["calls past 2 tries"] == 0  # no retry went back to the frozen one
     assert figures.p99_fault < BUDGET
     assert figures.longest_gap < BUDGET
 
