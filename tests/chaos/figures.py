@@ -125,4 +125,5 @@ def table(rows: list[tuple[Figures, str]]) -> list[str]:
 def _note(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.3g}"
-    return str(value)
+    text = str(value)
+    return text if len(text) <= 100 else text[:97] + "..."

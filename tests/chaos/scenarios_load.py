@@ -80,9 +80,11 @@ def _overload_figures(
     during = load.window(*over)
     ok = [s for s in during if s.ok]
     shed = [s for s in during if s.shed]
-    # Goodput by completion: replies that came back within the step, per second.
-    done = [s for s in load.samples if s.ok and over[0] <= s.start + s.latency < over[1]]
-    goodput = len(done) / (over[1] - over[0])
+    # Goodput by completion: replies that came back within the step, per second, from
+    # its second second on (the first replies come back a work time after it starts).
+    begin = over[0] + 1.0
+    done = [s for s in load.samples if s.ok and begin <= s.start + s.latency < over[1]]
+    goodput = len(done) / (over[1] - begin)
     settled = load.window(under[0] + 0.5, under[1])  # "at once": from half a second on
     figures.add([load], fault=over, since=0.0)  # this load starts after the warm-up
     figures.p99_fault = p99(ok)
