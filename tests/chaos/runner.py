@@ -50,6 +50,8 @@ async def _run(name: str, out: Path, home: Path, long: bool) -> None:
             try:
                 async with Lab(home, long=long) as lab:
                     figures = await scenario(lab)
+                    if lab.status_answers > 1:
+                        figures.notes["controllers answering status"] = lab.status_answers
             except Unavailable as exc:
                 figures = Figures(name, skipped=str(exc))
             figures.seconds = time.monotonic() - started

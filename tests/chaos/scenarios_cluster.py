@@ -25,6 +25,8 @@ from chaos.servers import NATS_SERVER, NatsNode, urls
 from chaos.shop import CATALOG, catalog_routes, loaded, running_shop, start_shop
 
 KV_STREAM = "KV_natsmesh"
+#: What ``natsmesh routes apply`` asks the controller (its control subject).
+APPLY_SUBJECT = "mesh._ctl.routes.apply"
 #: The catalog's per-try timeout (chaos/shop.py).
 PER_TRY = 0.5
 
@@ -76,6 +78,22 @@ async def _stream_current(js: JetStreamContext, *, within: float = 60.0) -> floa
         await anyio.sleep(0.1)
 
 
+async def _apply_and_kill(url: str, text: str, node: NatsNode) -> dict[str, object]:
+    """Send a route file to the controller, kill ``node`` as it is sent; the reply."""
+    nc = await nats.connect(url)
+    try:
+        inbox = nc.new_inbox()
+        sub = await nc.subscribe(inbox, max_msgs=1)
+        await nc.publish(APPLY_SUBJECT, text.encode(), reply=inbox)
+        await nc.flush()
+        node.proc.kill()  # type: ignore[union-attr]
+        msg = await sub.next_msg(timeout=60)
+        reply: dict[str, object] = json.loads(msg.data)
+        return reply
+    finally:
+        await nc.close()
+
+
 async def kv_leader(lab: Lab) -> Figures:
     """kill -9 of the KV stream leader's server, under load, then again during routes apply."""
     figures = Figures("kv-leader-kill")
@@ -99,22 +117,18 @@ async def kv_leader(lab: Lab) -> Figures:
             figures.notes["applies refused after kill"] = len(refused)
             figures.notes["restart s"] = await lab.restart(node)
             figures.notes["replicas current s"] = await _stream_current(js)
-            # 2. During routes apply: the leader dies while the controller writes.
+            # 2. During routes apply: the leader dies while the controller writes. The
+            # request `natsmesh routes apply` sends, sent here so that the kill follows it
+            # at once (a command's own start-up would put the kill before it).
             node = lab.nodes[await _stream_leader(js)]
             shop.changes += 1
             text = catalog_routes(change=shop.changes)
             applied_at = time.monotonic()
-            async with anyio.create_task_group() as tg:
-                results: list[int] = []
-
-                async def apply() -> None:
-                    results.append((await lab.apply(text, shop.servers)).code)
-
-                tg.start_soon(apply)
-                node.proc.kill()  # type: ignore[union-attr]
-            figures.notes["apply during kill exit"] = results[0]
-            if results[0] != 0:  # refused cleanly: apply again, as an operator would
-                _, refused = await lab.apply_until_ok(text, shop.servers)
+            survivor = next(n for n in shop.nodes if n is not node)
+            reply = await _apply_and_kill(survivor.url, text, node)
+            figures.notes["apply during kill"] = "ok" if reply.get("ok") else reply.get("error")
+            if not reply.get("ok"):  # refused cleanly: apply again, as an operator would
+                await lab.apply_until_ok(text, shop.servers)
             figures.converge = await lab.converge(
                 "catalog", shop.meshes, shop.servers, since=applied_at
             )
