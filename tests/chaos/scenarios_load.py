@@ -50,7 +50,7 @@ async def overload(lab: Lab) -> Figures:
             await closed.calls(100, within=60)  # warm
             lab.mark_rss()
             first, begin = len(closed.samples), time.monotonic()
-            await closed.calls(200 if not lab.long else 2000, within=120)
+            await closed.calls(600 if lab.long else 200, within=120)
             figures.notes["closed-loop per s"] = (len(closed.samples) - first) / (
                 time.monotonic() - begin
             )
