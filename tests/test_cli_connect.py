@@ -159,9 +159,12 @@ async def test_without_a_connect_timeout_a_client_waits_for_its_server_and_says_
     async with anyio.create_task_group() as tg:
         connected = anyio.Event()
 
+        closed = anyio.Event()
+
         async def client() -> None:
             async with Mesh(url, name="patient", tables=False):
                 connected.set()
+            closed.set()
 
         tg.start_soon(client)
         await anyio.to_thread.run_sync(hangup.wait_for, 6)
@@ -169,6 +172,9 @@ async def test_without_a_connect_timeout_a_client_waits_for_its_server_and_says_
         with EmbeddedNats(port=port, jetstream=False):
             with anyio.fail_after(20):
                 await connected.wait()
+                # The server stays until the client has closed: stopped first, it would
+                # reset the client's connection, a real disconnect to report.
+                await closed.wait()
     said = [
         r.getMessage()
         for r in caplog.records
