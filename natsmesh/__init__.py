@@ -4,10 +4,15 @@ Declare a service with ``@service`` and ``@endpoint``, run it with
 ``ServiceRunner`` (or ``natsmesh serve module:attr``), and call it through ``Mesh``.
 """
 
-from natsmesh._client import Mesh
-from natsmesh._codec import Limits
-from natsmesh._context import Context
-from natsmesh._errors import (
+from natsmesh._version import __version__
+from natsmesh.client._client import Mesh
+from natsmesh.services._context import Context
+from natsmesh.services._runtime import ServiceRunner
+from natsmesh.services._serve import serve
+from natsmesh.services._spec import ServiceSpec, endpoint, service, spec_of
+from natsmesh.traffic._routes import HttpRoute, Retries, RouteConfigError, ServicePolicy
+from natsmesh.wire._codec import Limits
+from natsmesh.wire._errors import (
     CallError,
     Cause,
     DeadlineExceeded,
@@ -27,11 +32,6 @@ from natsmesh._errors import (
     SpecError,
     UnknownEndpoint,
 )
-from natsmesh._routes import HttpRoute, Retries, RouteConfigError, ServicePolicy
-from natsmesh._runtime import ServiceRunner
-from natsmesh._serve import serve
-from natsmesh._spec import ServiceSpec, endpoint, service, spec_of
-from natsmesh._version import __version__
 
 __all__ = [
     "CallError",

@@ -1,3 +1,3 @@
-from natsmesh._cli import main
+from natsmesh.cli._main import main
 
 main()

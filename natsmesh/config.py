@@ -18,5 +18,5 @@ paths relative to the model.
 
 from __future__ import annotations
 
-from natsmesh._config import *  # noqa: F403  (the public names of the pure module)
-from natsmesh._config import __all__ as __all__
+from natsmesh.wire._config import *  # noqa: F403  (the public names of the pure module)
+from natsmesh.wire._config import __all__ as __all__

@@ -21,7 +21,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from natsmesh._embedded import EmbeddedNats, NatsServerNotFound, NatsServerStartFailed, free_port
+from natsmesh.ops._embedded import (
+    EmbeddedNats,
+    NatsServerNotFound,
+    NatsServerStartFailed,
+    free_port,
+)
 
 __all__ = [
     "EmbeddedNats",

@@ -16,7 +16,7 @@ from nats.aio.msg import Msg
 from examples.shop import SERVICES
 from gateway import Gateway, GatewayLimits, create_app
 from natsmesh import Context, Mesh, ServiceRunner, endpoint, service
-from natsmesh._controller import Controller
+from natsmesh.control._controller import Controller
 
 ROOT = Path(__file__).parent.parent
 FORWARD = ("x-request-id", "x-canary", "x-instance")

@@ -33,12 +33,12 @@ from examples.shop.catalog import Catalog
 from examples.shop.orders import Orders
 from examples.shop.pricing import PricingV1, PricingV2
 from natsmesh import Mesh, PermissionDenied, ServiceRunner, UnknownEndpoint
-from natsmesh._auth_files import AUTH_CONF, compile_policy
-from natsmesh._controller import Controller
-from natsmesh._credentials import Credentials
-from natsmesh._kv import Tables
-from natsmesh._transport import Requester, connect
+from natsmesh.control._controller import Controller
+from natsmesh.security._auth_files import AUTH_CONF, compile_policy
 from natsmesh.testing import EmbeddedNats
+from natsmesh.transport._credentials import Credentials
+from natsmesh.transport._kv import Tables
+from natsmesh.transport._transport import Requester, connect
 
 pytestmark = pytest.mark.anyio
 

@@ -12,8 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from natsmesh._auth_files import AUTH_CONF, CompileError, compile_policy
-from natsmesh._policy_auth import (
+from natsmesh.security._auth_files import AUTH_CONF, CompileError, compile_policy
+from natsmesh.security._policy import (
     KV_READ,
     Identity,
     Policy,

@@ -1,4 +1,4 @@
-"""Tests of natsmesh._balance: subset choice, failover chains, Peak EWMA, p2c and hashing."""
+"""Tests of natsmesh _balance: subset choice, failover chains, Peak EWMA, p2c and hashing."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from natsmesh._balance import PeakEwma, choose_subset, failover_chain, pick_hash, pick_p2c
-from natsmesh._routes import HeaderMatch, Subset
+from natsmesh.traffic._balance import PeakEwma, choose_subset, failover_chain, pick_hash, pick_p2c
+from natsmesh.traffic._routes import HeaderMatch, Subset
 
 CANARY = [Subset(name="v1", weight=90), Subset(name="v2", weight=10)]
 

@@ -17,9 +17,9 @@ from services import Echo, Frontdesk
 from test_controller import eventually
 
 from natsmesh import DeadlineExceeded, Mesh, NoResponders, ServiceRunner
-from natsmesh._controller import Controller
-from natsmesh._discovery import gather
-from natsmesh._micro import Stats
+from natsmesh.client._discovery import gather
+from natsmesh.control._controller import Controller
+from natsmesh.wire._micro import Stats
 
 pytestmark = pytest.mark.anyio
 

@@ -28,8 +28,8 @@ from natsmesh import (
     endpoint,
     service,
 )
-from natsmesh._controller import Controller
-from natsmesh._errors import MAX_CAUSE_MESSAGE, MAX_CAUSES, parse_causes
+from natsmesh.control._controller import Controller
+from natsmesh.wire._errors import MAX_CAUSE_MESSAGE, MAX_CAUSES, parse_causes
 
 pytestmark = pytest.mark.anyio
 

@@ -18,7 +18,7 @@ from procs import TESTS, Proc
 from services import Echo
 
 from natsmesh import Mesh, ServiceRunner
-from natsmesh._controller import Controller
+from natsmesh.control._controller import Controller
 from natsmesh.testing import free_port
 
 pytestmark = pytest.mark.anyio
@@ -198,7 +198,7 @@ async def test_long_running_commands_run_on_the_loop_asked_for(
 
 async def test_loop_uvloop_without_uvloop_is_one_line() -> None:
     # `import uvloop` fails as where it has no wheels (Windows, PyPy).
-    code = "import sys; sys.modules['uvloop'] = None; from natsmesh._cli import main; main()"
+    code = "import sys; sys.modules['uvloop'] = None; from natsmesh.cli._main import main; main()"
     for command in (["serve", "services:Echo"], ["gateway"], ["bench"]):
         done = await anyio.to_thread.run_sync(
             lambda c=command: subprocess.run(
@@ -332,7 +332,7 @@ async def test_bench_gateway_prints_what_it_ran_on(nats_url: str) -> None:
 
 
 def test_stats_show_an_instance_the_controller_took_out_of_its_queue_group() -> None:
-    from natsmesh._cli import _queue
+    from natsmesh.cli._main import _queue
 
     assert _queue({"queue_ejected": 1, "queue_ejections": 2}) == "out (2 ejections)"
     assert _queue({"queue_ejected": 0, "queue_ejections": 2}) == "in (2 ejections)"
@@ -373,8 +373,8 @@ def _codes(text: str) -> dict[int, str]:
 
 
 def test_the_exit_codes_agree_in_help_docstring_and_readme() -> None:
-    from natsmesh import _cli
-    from natsmesh._cli_exit import EXIT_CODES
+    from natsmesh.cli import _main as _cli
+    from natsmesh.cli._exit import EXIT_CODES
 
     wanted = {code: meaning.split()[0].rstrip(":") for code, meaning in EXIT_CODES.items()}
     shown = natsmesh("--help").stdout

@@ -1,4 +1,4 @@
-"""Tests of natsmesh._codec: round trips, the Content-Type table, and hostile payloads."""
+"""Tests of natsmesh.wire._codec: round trips, the Content-Type table, and hostile payloads."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from natsmesh._codec import (
+from natsmesh.wire._codec import (
     DEFAULT_LIMITS,
     Codec,
     DecodeError,
@@ -23,7 +23,7 @@ from natsmesh._codec import (
     decode,
     encode,
 )
-from natsmesh._errors import ErrorKind
+from natsmesh.wire._errors import ErrorKind
 
 MIB = 1024 * 1024
 

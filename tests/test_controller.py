@@ -19,9 +19,9 @@ from procs import Proc
 from services import Echo
 
 from natsmesh import ServiceRunner
-from natsmesh._control import LEADER_KEY, RegistryTable, control_subject
-from natsmesh._controller import Controller
-from natsmesh._kv import Tables
+from natsmesh.control._controller import Controller
+from natsmesh.transport._kv import Tables
+from natsmesh.wire._control import LEADER_KEY, RegistryTable, control_subject
 
 pytestmark = pytest.mark.anyio
 
@@ -340,7 +340,7 @@ async def test_status_shows_each_client_synced_then_stale_then_synced(nats_url: 
 
 
 async def test_status_marks_stale_and_rejected_clients(nats_url: str) -> None:
-    from natsmesh._control import Applied, StatusReport
+    from natsmesh.wire._control import Applied, StatusReport
 
     async with Controller(nats_url) as controller:
         await eventually(lambda: controller.is_leader)

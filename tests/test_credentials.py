@@ -24,9 +24,9 @@ from nats.errors import Error as NatsError
 from services import Echo, Item
 
 from natsmesh import Mesh, ServiceRunner
-from natsmesh._credentials import Credentials, CredentialsError
-from natsmesh._transport import connect
 from natsmesh.testing import EmbeddedNats
+from natsmesh.transport._credentials import Credentials, CredentialsError
+from natsmesh.transport._transport import connect
 
 pytestmark = pytest.mark.anyio
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from natsmesh import ServicePolicy
-from natsmesh._routes import parse_routes
-from natsmesh._traffic import DEFAULT_POLICY
+from natsmesh.traffic._routes import parse_routes
+from natsmesh.traffic._traffic import DEFAULT_POLICY
 
 ROOT = Path(__file__).parent.parent
 

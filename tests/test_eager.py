@@ -1,4 +1,4 @@
-"""natsmesh._eager: a coroutine's first step runs at once; only one that waits gets a task."""
+"""natsmesh _eager: a coroutine's first step runs at once; only one that waits gets a task."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import anyio
 import anyio.to_thread
 import pytest
 
-from natsmesh._eager import start
+from natsmesh.transport._eager import start
 
 pytestmark = pytest.mark.anyio
 

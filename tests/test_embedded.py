@@ -1,4 +1,4 @@
-"""Tests of natsmesh._embedded and the natsmesh.testing pytest plugin, on real nats-servers."""
+"""Tests of natsmesh.ops._embedded and the natsmesh.testing pytest plugin, on real nats-servers."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import anyio
 import nats
 import pytest
 
-from natsmesh._embedded import (
+from natsmesh.ops._embedded import (
     ENV_NATS_SERVER,
     NatsPortInUse,
     NatsServerStartFailed,

@@ -10,9 +10,9 @@ import anyio
 import anyio.abc
 import pytest
 
-from natsmesh import _bench_gateway
-from natsmesh._bench_env import BenchError
-from natsmesh._bench_load import builtin, parse_wrk, summary
+from natsmesh.bench import _gateway as _bench_gateway
+from natsmesh.bench._env import BenchError
+from natsmesh.bench._load import builtin, parse_wrk, summary
 
 pytestmark = pytest.mark.anyio
 

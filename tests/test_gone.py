@@ -12,10 +12,10 @@ from services import Echo
 from test_controller import eventually
 
 from natsmesh import Mesh, NoResponders, ServiceRunner
-from natsmesh._control import Announcement, RegistryTable
-from natsmesh._controller import Controller
-from natsmesh._traffic import DEFAULT_POLICY, GONE_RECHECK, ServiceTraffic
-from natsmesh._zones import pick
+from natsmesh.control._controller import Controller
+from natsmesh.traffic._traffic import DEFAULT_POLICY, GONE_RECHECK, ServiceTraffic
+from natsmesh.traffic._zones import pick
+from natsmesh.wire._control import Announcement, RegistryTable
 
 
 def _instance(ident: str, *, healthy: bool = True) -> Announcement:

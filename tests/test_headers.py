@@ -1,4 +1,4 @@
-"""Tests of natsmesh._headers: budgets, trace context and caller-supplied headers."""
+"""Tests of natsmesh.wire._headers: budgets, trace context and caller-supplied headers."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from natsmesh._headers import (
+from natsmesh.wire._headers import (
     BUDGET,
     ERROR_CODE,
     MAX_BUDGET_MS,

@@ -8,7 +8,7 @@ import sys
 import anyio
 import pytest
 
-from natsmesh import _loop
+from natsmesh.ops import _loop
 
 
 def test_auto_is_uvloop_where_installed_and_asyncio_on_request() -> None:
@@ -47,7 +47,7 @@ def test_importing_the_library_installs_no_loop_policy() -> None:
     code = (
         "import asyncio, sys\n"
         "import natsmesh, natsmesh.testing, natsmesh.config, gateway\n"
-        "import natsmesh._cli, natsmesh._bench_gateway\n"
+        "import natsmesh.cli._main, natsmesh.bench._gateway\n"
         "async def main():\n"
         "    return type(asyncio.get_running_loop()).__module__\n"
         "print(type(asyncio.get_event_loop_policy()).__module__, asyncio.run(main()),"

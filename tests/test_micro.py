@@ -1,4 +1,4 @@
-"""Tests of natsmesh._micro: $SRV shapes as other implementations send them, and as we dump them."""
+"""Tests of natsmesh _micro: $SRV shapes as other implementations send them, and as we dump them."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta, timezone
 import pydantic
 import pytest
 
-from natsmesh._micro import (
+from natsmesh.wire._micro import (
     INFO_TYPE,
     MESH_KEY,
     PING_TYPE,

@@ -13,8 +13,8 @@ from test_cli import run
 from test_controller import eventually
 
 from natsmesh import Mesh, RemoteError, ServiceRunner
-from natsmesh._controller import Controller
-from natsmesh._transport import connect, describe
+from natsmesh.control._controller import Controller
+from natsmesh.transport._transport import connect, describe
 
 pytestmark = pytest.mark.anyio
 

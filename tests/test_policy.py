@@ -1,4 +1,4 @@
-"""Tests of natsmesh._policy: backoff and budget arithmetic."""
+"""Tests of natsmesh.traffic._backoff: backoff and budget arithmetic."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from natsmesh._policy import backoff, budget, remaining
+from natsmesh.traffic._backoff import backoff, budget, remaining
 
 
 class _Edge(random.Random):

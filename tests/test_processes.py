@@ -174,7 +174,7 @@ async def test_kill_9_of_one_of_three_loses_no_call(nats_url: str) -> None:
     # The default policy, no per-try timeout: the requests the dead instance took with it
     # fail at once when the first no responders proves it gone, and are retried (the
     # endpoint is idempotent); later calls never choose it again.
-    from natsmesh._controller import Controller
+    from natsmesh.control._controller import Controller
 
     async with Controller(nats_url) as _, Mesh(nats_url) as mesh:
         procs = await _fleet(nats_url, mesh, 3)
@@ -212,7 +212,7 @@ async def test_kill_9_of_one_of_three_loses_no_call(nats_url: str) -> None:
 async def test_a_frozen_instance_is_avoided_and_serves_again_after_sigcont(
     nats_url: str,
 ) -> None:
-    from natsmesh._controller import Controller
+    from natsmesh.control._controller import Controller
 
     async with Controller(nats_url) as controller, Mesh(nats_url) as mesh:
         procs = await _fleet(nats_url, mesh, 3)

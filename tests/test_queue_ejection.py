@@ -12,11 +12,11 @@ from test_controller import eventually
 from test_layers import IO_MODULES, ROOT, _imports
 
 from natsmesh import Mesh, ServiceError, ServiceRunner, endpoint, service
-from natsmesh._control import EjectCommand, OutlierReport
-from natsmesh._controller import Controller
-from natsmesh._ejector import Ejector
-from natsmesh._resilience import QueueOutliers
-from natsmesh._routes import Outlier
+from natsmesh.control._controller import Controller
+from natsmesh.control._ejector import Ejector
+from natsmesh.traffic._resilience import QueueOutliers
+from natsmesh.traffic._routes import Outlier
+from natsmesh.wire._control import EjectCommand, OutlierReport
 
 # -- the caller's detector ---------------------------------------------------------------
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from natsmesh._control import Announcement, Heartbeat, Leave, RegistryTable
-from natsmesh._registry import Registry
+from natsmesh.control._registry import Registry
+from natsmesh.wire._control import Announcement, Heartbeat, Leave, RegistryTable
 
 
 def ann(service: str = "svc", id: str = "a", **kw: object) -> Announcement:

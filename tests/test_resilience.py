@@ -1,4 +1,4 @@
-"""Tests of natsmesh._resilience: retry budgets, outlier ejection and latency windows."""
+"""Tests of natsmesh.traffic._resilience: retry budgets, outlier ejection and latency windows."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from natsmesh._resilience import Budget, LatencyWindow, Outliers
+from natsmesh.traffic._resilience import Budget, LatencyWindow, Outliers
 
 # -- Budget -----------------------------------------------------------------------------
 

@@ -15,8 +15,8 @@ from test_cli import run
 from test_controller import eventually
 
 from natsmesh import Mesh, NoResponders, ServiceRunner
-from natsmesh._controller import Controller
-from natsmesh._routes import RouteConfigError, parse_routes
+from natsmesh.control._controller import Controller
+from natsmesh.traffic._routes import RouteConfigError, parse_routes
 
 pytestmark = pytest.mark.anyio
 

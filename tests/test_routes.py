@@ -1,4 +1,4 @@
-"""Tests of natsmesh._routes: the route config models, the loader, and the problems they report."""
+"""Tests of natsmesh _routes: the route config models, the loader, and the problems they report."""
 
 from __future__ import annotations
 
@@ -11,9 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from natsmesh._config import MAX_CONFIG_BYTES, Problem
-from natsmesh._errors import MeshError
-from natsmesh._routes import (
+from natsmesh.traffic._routes import (
     HttpRoute,
     RouteConfig,
     RouteConfigError,
@@ -22,6 +20,8 @@ from natsmesh._routes import (
     parse_routes,
     validate_routes,
 )
+from natsmesh.wire._config import MAX_CONFIG_BYTES, Problem
+from natsmesh.wire._errors import MeshError
 
 ROOT = Path(__file__).parent.parent
 EXAMPLE = ROOT / "examples" / "routes.toml"

@@ -23,7 +23,7 @@ from natsmesh import (
     endpoint,
     service,
 )
-from natsmesh._transport import _HandOver
+from natsmesh.transport._transport import _HandOver
 
 pytestmark = pytest.mark.anyio
 

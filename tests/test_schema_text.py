@@ -9,7 +9,7 @@ import pydantic
 import pytest
 
 from examples.shop.models import OrderRequest, ProductFilter, ProductList
-from natsmesh._schema_text import MAX_RAW, MAX_TEXT, printable, schema_text
+from natsmesh.wire._schema_text import MAX_RAW, MAX_TEXT, printable, schema_text
 
 
 class Node(pydantic.BaseModel):
@@ -18,7 +18,7 @@ class Node(pydantic.BaseModel):
 
 
 def text_of(kind: Any) -> str:
-    # As services publish them (natsmesh._spec): keys sorted.
+    # As services publish them (natsmesh.services._spec): keys sorted.
     return schema_text(json.dumps(pydantic.TypeAdapter(kind).json_schema(), sort_keys=True))
 
 

@@ -28,11 +28,11 @@ from examples.shop.catalog import Catalog
 from examples.shop.orders import Orders
 from examples.shop.pricing import PricingV1, PricingV2
 from natsmesh import Mesh, ServiceRunner
-from natsmesh._auth_files import compile_policy
-from natsmesh._controller import Controller
-from natsmesh._credentials import Credentials
-from natsmesh._transport import NATS, connect
+from natsmesh.control._controller import Controller
+from natsmesh.security._auth_files import compile_policy
 from natsmesh.testing import EmbeddedNats, free_port
+from natsmesh.transport._credentials import Credentials
+from natsmesh.transport._transport import NATS, connect
 
 pytestmark = pytest.mark.anyio
 
@@ -130,7 +130,7 @@ def _wait_healthy(server: EmbeddedNats) -> None:
 def test_the_repo_nats_conf_validates_with_the_compiled_authorization(
     deployment: Deployment,
 ) -> None:
-    from natsmesh._embedded import find_nats_server
+    from natsmesh.ops._embedded import find_nats_server
 
     done = subprocess.run(
         [find_nats_server(), "-c", "nats.conf", "-t"],

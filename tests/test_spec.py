@@ -1,4 +1,4 @@
-"""Tests of natsmesh._spec: what @service and @endpoint accept, reject and record."""
+"""Tests of natsmesh.services._spec: what @service and @endpoint accept, reject and record."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pydantic
 import pytest
 
 from natsmesh import Context, InvalidName, SpecError, endpoint, service, spec_of
-from natsmesh._spec import DEFAULT_MAX_CONCURRENCY, EndpointSpec
+from natsmesh.services._spec import DEFAULT_MAX_CONCURRENCY, EndpointSpec
 
 
 class Order(pydantic.BaseModel):

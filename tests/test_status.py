@@ -15,9 +15,9 @@ from test_cli import run
 from test_controller import eventually
 
 from natsmesh import Mesh, ServiceRunner
-from natsmesh._control import StatusReport
-from natsmesh._controller import Controller
-from natsmesh._status import Clients
+from natsmesh.control._controller import Controller
+from natsmesh.control._status import Clients
+from natsmesh.wire._control import StatusReport
 
 pytestmark = pytest.mark.anyio
 
@@ -45,7 +45,7 @@ async def test_a_client_that_leaves_is_gone_from_status_at_once(nats_url: str) -
 VANISHING = textwrap.dedent(
     """
     import sys, anyio, nats
-    from natsmesh._tables import TableCache
+    from natsmesh.client._tables import TableCache
 
     async def main():
         nc = await nats.connect(sys.argv[1])

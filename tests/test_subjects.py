@@ -1,4 +1,4 @@
-"""Tests of natsmesh._subjects: which names may become subject tokens, and the subjects built."""
+"""Tests of natsmesh _subjects: which names may become subject tokens, and the subjects built."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from natsmesh._errors import InvalidName
-from natsmesh._subjects import (
+from natsmesh.wire._errors import InvalidName
+from natsmesh.wire._subjects import (
     MAX_NAME_LEN,
     Subjects,
     default_subset,

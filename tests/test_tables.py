@@ -19,7 +19,11 @@ from services import Echo
 from test_controller import eventually
 
 from natsmesh import DeadlineExceeded, HttpRoute, Mesh, ServiceRunner
-from natsmesh._control import (
+from natsmesh.client._tables import TableCache
+from natsmesh.control._controller import Controller
+from natsmesh.testing import EmbeddedNats
+from natsmesh.transport._kv import Tables
+from natsmesh.wire._control import (
     HTTP_KEY,
     HTTP_TABLE,
     Announcement,
@@ -32,10 +36,6 @@ from natsmesh._control import (
     registry_key,
     routes_key,
 )
-from natsmesh._controller import Controller
-from natsmesh._kv import Tables
-from natsmesh._tables import TableCache
-from natsmesh.testing import EmbeddedNats
 
 pytestmark = pytest.mark.anyio
 

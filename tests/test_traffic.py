@@ -22,7 +22,7 @@ from natsmesh import (
     endpoint,
     service,
 )
-from natsmesh._controller import Controller
+from natsmesh.control._controller import Controller
 
 pytestmark = pytest.mark.anyio
 

@@ -1,4 +1,4 @@
-"""natsmesh._transport's Requester against a real nats-server: the frames it writes itself."""
+"""natsmesh _transport's Requester against a real nats-server: the frames it writes itself."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from natsmesh import _connection, _transport
-from natsmesh._connection import header_lines
-from natsmesh._transport import (
+from natsmesh.transport import _connection, _transport
+from natsmesh.transport._connection import header_lines
+from natsmesh.transport._transport import (
     NATS,
     NoResponse,
     Requester,

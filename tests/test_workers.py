@@ -20,7 +20,7 @@ from procs import Proc
 from test_controller import eventually
 
 from natsmesh import Mesh, Retries, ServicePolicy, _micro
-from natsmesh._discovery import gather
+from natsmesh.client._discovery import gather
 
 pytestmark = pytest.mark.anyio
 

@@ -16,10 +16,10 @@ from test_controller import eventually
 from test_layers import IO_MODULES, ROOT, _imports
 
 from natsmesh import Mesh, ServiceError, ServiceRunner, endpoint, service
-from natsmesh._control import Announcement, EndpointEntry, RegistryTable
-from natsmesh._controller import Controller
-from natsmesh._routes import RouteConfigError, parse_routes
-from natsmesh._zones import TierCache, pick, tiers, zone_rank
+from natsmesh.control._controller import Controller
+from natsmesh.traffic._routes import RouteConfigError, parse_routes
+from natsmesh.traffic._zones import TierCache, pick, tiers, zone_rank
+from natsmesh.wire._control import Announcement, EndpointEntry, RegistryTable
 
 ZONES = ["a", "b", "c", "d"]
 
@@ -203,7 +203,7 @@ def test_zones_are_validated_with_precise_paths() -> None:
 
 
 def test_the_example_routes_set_a_zone_order() -> None:
-    from natsmesh._routes import load_routes
+    from natsmesh.traffic._routes import load_routes
 
     config = load_routes(ROOT / "examples" / "routes.toml")
     assert any(policy.zones for policy in config.services.values())

@@ -1,0 +1,1 @@
+"""``natsmesh bench``: every benchmark against its baseline in one run."""

@@ -1,0 +1,1 @@
+"""The ``natsmesh`` command line."""

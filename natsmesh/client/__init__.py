@@ -1,0 +1,1 @@
+"""The caller's side: the ``Mesh`` client, its attempt loop and its copy of the tables."""

@@ -1,0 +1,524 @@
+"""The ``Mesh`` client: call ``service.endpoint`` with a budget, typed results and typed errors.
+
+The call path: resolve the target to a subject (by convention for natsmesh
+services; through ``$SRV`` discovery for micro services in other languages,
+which are sent JSON) → encode → send with the remaining budget in a header →
+on *no responders* or *overloaded*, retry within the budget → decode the reply
+or raise the error it carries.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import random
+import time
+from collections.abc import Mapping
+from types import TracebackType
+from typing import Any, Final, Literal, Self, TypeVar, overload
+
+import pydantic
+import pydantic_core
+
+from natsmesh.client import _discovery
+from natsmesh.client._caller import Call, Caller, Route
+from natsmesh.client._tables import Snapshot, TableCache
+from natsmesh.client._upstream import Upstream
+from natsmesh.traffic._backoff import budget
+from natsmesh.traffic._routes import HttpRoute, ServicePolicy
+from natsmesh.traffic._traffic import DEFAULT_POLICY
+from natsmesh.transport._transport import NATS, Msg, Requester, connect, server_cluster
+from natsmesh.wire import _codec, _headers, _micro
+from natsmesh.wire._codec import Codec, DecodeError, Limits
+from natsmesh.wire._control import HTTP_TABLE
+from natsmesh.wire._errors import (
+    CallError,
+    Cause,
+    DeadlineExceeded,
+    ErrorKind,
+    InvalidReply,
+    NoResponders,
+    UnknownEndpoint,
+    parse_causes,
+    remote_error_class,
+)
+from natsmesh.wire._subjects import Subjects, parse_target, validate_name, validate_token
+
+log = logging.getLogger("natsmesh.client")
+T = TypeVar("T")
+
+DEFAULT_TIMEOUT: Final = 5.0
+# Seconds a first call waits for its service's tables (then it goes on without them),
+# never past its budget; and for a $SRV answer after no responders, the same.
+FIRST_LOAD_WAIT: Final = 0.25
+ONE_SHOT_LOAD_WAIT: Final = 2.0  # the same, for a client that does not watch them
+_DISCOVERY_WAIT: Final = 0.5
+# Error bodies larger than this are not read for details and causes (the headers suffice).
+_MAX_ERROR_BODY: Final = 64 * 1024
+
+
+_NO_TABLES = Snapshot()
+
+
+class Mesh:
+    """A client of the mesh.
+
+    ``nats`` is a server URL (default: ``NATS_URL``, then ``nats://127.0.0.1:4222``)
+    or a connection the caller owns. ``name`` identifies the caller to services
+    (the ``Mesh-Caller`` header). Use as an async context manager.
+
+    With ``tables`` (the default) the client loads the control plane's tables
+    of each service it calls, on the first call, and keeps them current; without
+    a controller it works the same, by convention. With ``watch=False`` it reads
+    each service's tables once (two KV gets, no KV watch, no status reports): for
+    a one-shot tool that makes a call or two and leaves.
+
+    ``connect_timeout`` (seconds) makes a client that connects itself give up
+    with :class:`NatsUnreachable` when no server answers in time (and at once
+    when the server refuses the credentials); None, the default, keeps trying,
+    as a long-running process started before its server wants.
+
+    ``zone`` is where this client runs (default ``NATSMESH_ZONE``, else its NATS
+    server's cluster name): p2c and hash prefer instances in it, then the route's
+    ``zones`` in order, then any other.
+    """
+
+    def __init__(
+        self,
+        nats: str | NATS | None = None,
+        *,
+        name: str = "client",
+        prefix: str = "mesh",
+        timeout: float = DEFAULT_TIMEOUT,
+        policy: ServicePolicy | None = None,
+        limits: Limits = _codec.DEFAULT_LIMITS,
+        tables: bool = True,
+        kind: Literal["client", "gateway", "service"] = "client",
+        zone: str | None = None,
+        watch: bool = True,
+        connect_timeout: float | None = None,
+    ) -> None:
+        if timeout <= 0:
+            raise ValueError("timeout must be positive")
+        if connect_timeout is not None and connect_timeout <= 0:
+            raise ValueError("connect_timeout must be positive")
+        self._nats = nats
+        self.name = name
+        self._subjects = Subjects(prefix)
+        self.timeout = timeout
+        self.policy = policy or DEFAULT_POLICY
+        self._limits = limits
+        self._nc: NATS | None = None
+        self._owns_connection = False
+        self._routes: dict[str, Route] = {}
+        self._rng = random.Random()
+        self._requester: Requester | None = None
+        self._caller: Caller | None = None
+        self._context: Upstream | None = None
+        self._use_tables = tables
+        self._watch = watch
+        self._connect_timeout = connect_timeout
+        self._kind = kind
+        # Instances in this zone are preferred (p2c, hash); default: NATSMESH_ZONE, else
+        # the NATS cluster name of the server this client is connected to.
+        self.zone = zone if zone is not None else os.environ.get("NATSMESH_ZONE")
+        self._tables: TableCache | None = None
+
+    async def __aenter__(self) -> Self:
+        if isinstance(self._nats, NATS):
+            self._nc = self._nats
+        else:
+            self._nc = await connect(
+                self._nats, name=self.name, give_up_after=self._connect_timeout
+            )
+            self._owns_connection = True
+        self._requester = await Requester(self._nc).__aenter__()
+        self._caller = Caller(
+            self._nc, self._requester, self._subjects, name=self.name, rng=self._rng
+        )
+        self._caller.zone = self.zone if self.zone is not None else server_cluster(self._nc)
+        if self._use_tables:
+            cache = TableCache(
+                self._nc,
+                client_name=self.name,
+                kind=self._kind,
+                prefix=self._subjects.prefix,
+                follow=self._watch,
+            )
+            self._tables = await cache.__aenter__()
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._tables is not None:
+            await self._tables.__aexit__(None, None, None)
+            self._tables = None
+        if self._requester is not None:
+            await self._requester.__aexit__(None, None, None)
+            self._requester = None
+            self._caller = None
+        if self._owns_connection and self._nc is not None:
+            await self._nc.drain()
+        self._nc = None
+
+    def bound(self, context: Upstream) -> Mesh:
+        """This client, making every call as a nested call of ``context``'s request."""
+        view = copy.copy(self)  # shares the connection, routes, requester and tables
+        view._context = context
+        return view
+
+    @property
+    def tables(self) -> TableCache | None:
+        """The control plane's tables of the services called so far (None: ``tables=False``)."""
+        return self._tables
+
+    @property
+    def nats(self) -> NATS:
+        """The NATS connection (for discovery and tools)."""
+        if self._nc is None:
+            raise RuntimeError("use 'async with Mesh(...)' before calling")
+        return self._nc
+
+    @overload
+    async def call(
+        self,
+        target: str,
+        payload: Any = None,
+        *,
+        response: type[T],
+        timeout: float | None = None,
+        headers: Mapping[str, str] | None = None,
+        context: Upstream | None = None,
+        caller: str | None = None,
+    ) -> T: ...
+
+    @overload
+    async def call(
+        self,
+        target: str,
+        payload: Any = None,
+        *,
+        response: None = None,
+        timeout: float | None = None,
+        headers: Mapping[str, str] | None = None,
+        context: Upstream | None = None,
+        caller: str | None = None,
+    ) -> Any: ...
+
+    async def call(
+        self,
+        target: str,
+        payload: Any = None,
+        *,
+        response: Any = None,
+        timeout: float | None = None,
+        headers: Mapping[str, str] | None = None,
+        context: Upstream | None = None,
+        caller: str | None = None,
+    ) -> Any:
+        """Call ``"service.endpoint"`` and return its reply.
+
+        ``payload`` is a pydantic model, JSON-able values, or raw bytes. With
+        ``response`` (a model or any type pydantic validates) the reply is
+        validated into it; otherwise the decoded value (or bytes for a raw
+        endpoint) is returned. ``timeout`` is the whole call's budget, retries
+        included, capped by ``context``'s remaining budget for a nested call;
+        without either, the service's route timeout, else the client's.
+
+        ``caller`` names who this call is made for in the ``Mesh-Caller`` header
+        (``ctx.caller`` in the service) instead of the client's ``name``: a front
+        door such as the HTTP gateway passes the identity it verified. It is
+        printable ASCII, 1 to 256 characters, else ValueError.
+
+        Raises NoResponders, DeadlineExceeded, RemoteError (InvalidRequest,
+        UnknownEndpoint, Overloaded), InvalidReply, or InvalidName for a bad target.
+        """
+        runner = self._caller
+        if runner is None:
+            raise RuntimeError("use 'async with Mesh(...)' before calling")
+        context = context or self._context
+        route = self._routes.get(target) or self._convention(target)
+        started = time.monotonic()
+        # The budget as known before the tables are read (raises ValueError for a bad one).
+        left = budget(
+            self.timeout if timeout is None else timeout,
+            None if context is None else context.remaining,
+        )
+        tables = self._tables
+        snapshot = _NO_TABLES
+        if tables is not None:
+            if route.service not in tables:
+                # Only the first calls of a service wait, and never past their budget.
+                await tables.ensure(route.service, wait=self._first_load_wait(left))
+            snapshot = tables.snapshot(route.service)
+        policy = snapshot.policy or self.policy
+        if timeout is None and context is None and snapshot.policy is not None:
+            left = snapshot.policy.timeout  # the route's timeout, from the call's start
+        deadline = started + left
+        extra = _headers.check_user_headers(headers) if headers else {}
+        if caller is not None:
+            # After the check, which refuses Mesh-Caller among the user's headers, so only
+            # this keyword can name the caller; the call's headers are laid over the
+            # defaults (the client's name) when the request is sent.
+            extra[_headers.CALLER] = _check_caller(caller)
+        # A call outside any trace sends no traceparent: the callee starts the trace
+        # (see _headers), and a sampled traceparent costs nats-server a header parse.
+        traceparent = context.trace.child().header() if context is not None else None
+        upstream_retries = context is not None and context.headers.get(_headers.RETRYING) == "1"
+
+        def decode(route: Route, msg: Msg) -> Any:
+            return self._reply(route, msg, response)
+
+        if not route.subject:
+            route = await self._reroute(target, route, deadline) or route
+            if not route.subject:
+                raise NoResponders(
+                    f"no responders for {target}",
+                    service=route.service,
+                    endpoint=route.endpoint,
+                    subject="",
+                )
+        while True:
+            call = Call(
+                route=route,
+                body=_encode_payload(payload, route.codec),
+                deadline=deadline,
+                headers=extra,
+                traceparent=traceparent,
+                upstream_retries=upstream_retries,
+                decode=decode,
+            )
+            try:
+                return await runner.run(call, policy, snapshot.registry)
+            except NoResponders:
+                # Perhaps a micro service outside the natsmesh convention: ask $SRV once.
+                rerouted = await self._reroute(target, route, deadline)
+                if rerouted is None or rerouted == route:
+                    raise
+                route = rerouted
+
+    def _first_load_wait(self, left: float) -> float:
+        # A watching client goes on by convention after a moment: its tables follow.
+        # A one-shot client has no later call to apply them to, so it waits for its
+        # snapshot (two KV gets), within half of the call's budget.
+        if self._watch:
+            return min(FIRST_LOAD_WAIT, left)
+        return min(ONE_SHOT_LOAD_WAIT, left / 2)
+
+    def metrics(self) -> dict[str, dict[str, int]]:
+        """Counters per service called: requests, retries, hedges, failovers, ejections, ..."""
+        if self._caller is None:
+            return {}
+        return {name: t.metrics() for name, t in sorted(self._caller.traffic.items())}
+
+    # -- resolution --------------------------------------------------------------------
+
+    def _convention(self, target: str) -> Route:
+        service, endpoint = parse_target(target)
+        route = Route(service, endpoint, self._subjects.endpoint(service, endpoint), Codec.MSGPACK)
+        try:
+            validate_name("endpoint", endpoint)
+        except ValueError:
+            # Never a subject token of anyone's ('.', '*', '>', whitespace): refuse.
+            validate_token("endpoint", endpoint)
+            # A micro service may use names natsmesh does not: only discovery can
+            # tell where such an endpoint lives (an empty subject means "look it up").
+            route = Route(service, endpoint, "", Codec.JSON, discovered_at=0.0)
+        if len(self._routes) < 10_000:
+            self._routes[target] = route
+        return route
+
+    async def _reroute(self, target: str, route: Route, deadline: float) -> Route | None:
+        """After *no responders*: ask ``$SRV`` where the endpoint lives, within the budget.
+
+        Returns a new route for a micro service outside natsmesh's subject
+        convention; raises UnknownEndpoint when the service runs without that
+        endpoint; None when no instance of the service answers at all, or not
+        before ``deadline``.
+        """
+        now = time.monotonic()
+        if route.subject and route.discovered_at and now - route.discovered_at < 1.0:
+            return None  # looked up a moment ago: the service is simply gone
+        wait = min(_DISCOVERY_WAIT, deadline - now)
+        if wait <= 0.001:
+            return None
+        info = await _discovery.first_info(self.nats, route.service, timeout=wait)
+        if info is None:
+            return None
+        for ep in info.endpoints:
+            if ep.name == route.endpoint:
+                if info.is_mesh and route.conventional:
+                    return None  # the convention holds: the subset tried is simply down
+                codec = Codec.MSGPACK if info.is_mesh else Codec.JSON
+                found = Route(route.service, route.endpoint, ep.subject, codec, discovered_at=now)
+                self._routes[target] = found
+                return found
+        raise UnknownEndpoint(
+            f"service {route.service!r} has no endpoint {route.endpoint!r}",
+            code=404,
+            kind=ErrorKind.UNKNOWN_ENDPOINT,
+            service=route.service,
+            endpoint=route.endpoint,
+            subject=route.subject,
+        )
+
+    # -- replies --------------------------------------------------------------------------
+
+    def _reply(self, route: Route, msg: Msg, response: Any) -> Any:
+        hdrs = msg.headers
+        if hdrs and _headers.ERROR_CODE in hdrs:
+            raise _remote_error(route, hdrs, msg.data, self._limits)
+        if response is bytes:
+            return msg.data
+        try:
+            value = _codec.decode(msg.data, route.codec, self._limits)
+            if response is None:
+                return value
+            return _adapter(response).validate_python(value)
+        except (DecodeError, pydantic.ValidationError) as exc:
+            raise InvalidReply(
+                f"invalid reply from {route.service}.{route.endpoint}: {_reason(exc)}",
+                service=route.service,
+                endpoint=route.endpoint,
+                subject=route.subject,
+            ) from None
+
+    async def services(self, name: str | None = None, *, timeout: float = 1.0) -> list[_micro.Info]:
+        """INFO of every running service instance (natsmesh or not), optionally of one name."""
+        return await _discovery.gather(self.nats, "INFO", _micro.Info, name=name, timeout=timeout)
+
+    # -- for front doors (the HTTP gateway) ---------------------------------------------
+
+    async def http_routes(self, *, wait: float = 0.25) -> tuple[HttpRoute, ...]:
+        """The HTTP routes of the control plane's ``http`` table, validated.
+
+        The first call loads the table and watches it, waiting at most ``wait``
+        seconds (the routes are empty until it is loaded); later calls answer at
+        once from the current snapshot. Empty without a controller, or with
+        ``tables=False``.
+        """
+        tables = self._tables
+        if tables is None:
+            return ()
+        if HTTP_TABLE not in tables:
+            await tables.ensure(HTTP_TABLE, wait=wait)
+        return tables.snapshot(HTTP_TABLE).http
+
+    async def route_timeout(self, service: str) -> float:
+        """The budget a call to ``service`` gets when it names none: its route's, else ours.
+
+        Loads ``service``'s tables as its first call would. Raises InvalidName.
+        """
+        validate_name("service", service)
+        tables = self._tables
+        if tables is None:
+            return self.timeout
+        if service not in tables:
+            await tables.ensure(service)
+        timeout = tables.timeout(service)
+        return self.timeout if timeout is None else timeout
+
+    @property
+    def ready(self) -> bool:
+        """Connected to NATS, and the first load of every table asked for is over."""
+        nc = self._nc
+        if nc is None or not nc.is_connected:
+            return False
+        return self._tables is None or self._tables.loaded
+
+
+_adapters: dict[Any, pydantic.TypeAdapter[Any]] = {}
+
+
+def _adapter(kind: Any) -> pydantic.TypeAdapter[Any]:
+    adapter = _adapters.get(kind)
+    if adapter is None:
+        adapter = _adapters[kind] = pydantic.TypeAdapter(kind)
+    return adapter
+
+
+def _encode_payload(payload: Any, codec: Codec) -> bytes:
+    if isinstance(payload, bytes | bytearray | memoryview):
+        return bytes(payload)
+    if payload is None:
+        return b""
+    if codec is Codec.JSON:
+        return pydantic_core.to_json(payload)
+    if isinstance(payload, pydantic.BaseModel):
+        payload = payload.__pydantic_serializer__.to_python(payload, mode="json")
+    elif not isinstance(payload, dict | list | str | int | float | bool):
+        payload = pydantic_core.to_jsonable_python(payload)
+    return _codec.encode(payload, codec)
+
+
+def _remote_error(route: Route, hdrs: Mapping[str, str], data: bytes, limits: Limits) -> CallError:
+    raw_code = hdrs.get(_headers.ERROR_CODE, "")
+    code = int(raw_code) if raw_code.isdigit() and len(raw_code) < 4 else 500
+    message = hdrs.get(_headers.ERROR, "")[:1024] or "error"
+    kind = hdrs.get(_headers.ERROR_KIND, "")
+    if kind == ErrorKind.DEADLINE:
+        # The budget ran out downstream: to the caller that is the same condition.
+        return DeadlineExceeded(
+            f"deadline exceeded inside {route.service}.{route.endpoint}",
+            service=route.service,
+            endpoint=route.endpoint,
+            subject=route.subject,
+        )
+    details: list[dict[str, Any]] = []
+    causes: tuple[Cause, ...] = ()
+    # Only bodies that carry more than the headers say, and only small ones: an error
+    # body's details and causes are bounded, whatever a service sends.
+    if kind in (ErrorKind.VALIDATION, ErrorKind.UPSTREAM) and len(data) <= _MAX_ERROR_BODY:
+        try:
+            error = _codec.decode(data, route.codec, limits)["error"]
+            found = error.get("details")
+            if isinstance(found, list):
+                details = [d for d in found if isinstance(d, dict)][:100]
+            causes = parse_causes(error.get("causes"))
+        except (DecodeError, KeyError, TypeError, AttributeError):
+            pass
+    return remote_error_class(kind)(
+        message,
+        code=code,
+        kind=kind,
+        service=route.service,
+        endpoint=route.endpoint,
+        subject=route.subject,
+        details=details,
+        causes=causes,
+        trace_id=_trace_id(hdrs.get(_headers.TRACERESPONSE)),
+    )
+
+
+def _trace_id(value: str | None) -> str | None:
+    trace = _headers.parse_traceparent(value) if value else None
+    return None if trace is None else trace.trace_id
+
+
+def _reason(exc: Exception) -> str:
+    if isinstance(exc, pydantic.ValidationError):
+        first = exc.errors(include_input=False, include_url=False)[0]
+        return f"{'.'.join(str(p) for p in first['loc']) or 'value'}: {first['msg']}"
+    return str(exc)
+
+
+MAX_CALLER: Final = 256
+
+
+def _check_caller(caller: str) -> str:
+    # Printable ASCII: nats-py writes header values as UTF-8 but may read them back
+    # through an email parser; CR/LF would end the header, spaces at the ends are
+    # stripped. The value itself is not shown: it may come from a token.
+    if (
+        not isinstance(caller, str)
+        or not 0 < len(caller) <= MAX_CALLER
+        or not (caller.isascii() and caller.isprintable())
+        or caller != caller.strip()
+    ):
+        raise ValueError(
+            f"caller must be printable ASCII, 1 to {MAX_CALLER} characters,"
+            " without spaces at either end"
+        )
+    return caller

@@ -1,0 +1,1 @@
+"""The control plane: the controller, its registry, ejections and status."""

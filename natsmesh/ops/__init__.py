@@ -1,0 +1,1 @@
+"""Running things for development: an embedded nats-server, the event loop."""

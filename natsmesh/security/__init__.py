@@ -1,0 +1,1 @@
+"""The mesh access policy and its compilation to nats-server authorization."""

@@ -1,0 +1,458 @@
+"""The mesh access policy, and its compilation to nats-server permissions (pure, no I/O).
+
+A policy file (TOML, ``examples/policy.toml``) names every identity that may
+connect and what it may call::
+
+    [[identity]]
+    name = "orders"             # a service identity's name is its service's name
+    kind = "service"            # service | gateway | controller | operator
+    calls = ["pricing.quote", "catalog.*"]
+
+    [[identity]]
+    name = "ops"
+    kind = "operator"
+    admin = true                # may apply route configs
+    auth = "password"           # else an nkey (the default)
+
+:func:`permissions` turns one identity into the publish and subscribe grants
+nats-server enforces; :func:`render_authorization` writes them, with each user's
+public nkey or bcrypt hash, as an ``authorization { users = [...] }`` block.
+Secrets are made and kept by the caller (``natsmesh.security._auth_files``): this module
+only decides who may do what. What each kind gets, and why:
+
+- every identity reads its replies under its own inbox prefix
+  (``_INBOX_<identity>``, :func:`inbox_prefix`) and nowhere else, so nobody can
+  read another identity's replies;
+- ``calls`` become publish grants on exactly those endpoints: the queue-group
+  subject, every subset's subject and every instance's subject of each;
+- a service subscribes to its own subjects only, and to its queue subjects
+  only inside its own queue groups (``mesh.<svc>.* <svc>``,
+  ``mesh.<svc>.*.* <svc>.*``), plus its instance subjects and its own ``$SRV``
+  subjects; it replies through ``allow_responses`` (one reply per request it
+  received); it may announce, heartbeat and leave under its own name only, and
+  hears eject commands (``_ctl.eject.<svc>.<id>``) for its own instances only;
+- a caller listing ``calls`` may report queue-mode outliers of exactly those
+  services (``_ctl.outlier.<svc>``); a ``*`` caller reports none (the control
+  plane deny below covers it), and its calls rely on retries and hedging;
+- the gateway publishes requests (and ``$SRV`` discovery) and nothing on the
+  control plane but its status reports;
+- the controller alone may use the JetStream API (it creates and writes the
+  ``natsmesh`` KV bucket); it hears announcements, heartbeats, leaves, outlier
+  reports and status reports, answers the operators' control requests, and is
+  the only one that may publish eject commands (``_ctl.eject.>``);
+- operators may show routes and status; an ``admin`` may also apply routes;
+- every reader of the tables gets the few JetStream subjects a KV get and an
+  ordered watch of the ``natsmesh`` bucket need (:data:`KV_READ`), no ``$JS.>``.
+
+No grant anywhere subscribes to a subject of a service other than the
+identity's own, so a request to an unknown service meets no subscriber and
+fails with no responders at once.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Final, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictStr,
+    model_validator,
+)
+
+from natsmesh.traffic._routes import _named
+from natsmesh.wire._config import Checks, ConfigError, Loc, load_as, parse_as, validate_as
+from natsmesh.wire._control import BUCKET, control_subject, eject_subject, instance_subject
+from natsmesh.wire._errors import InvalidName
+from natsmesh.wire._subjects import (
+    DEFAULT_PREFIX,
+    Subjects,
+    srv_subjects,
+    validate_name,
+    validate_prefix,
+)
+
+__all__ = [
+    "KV_READ",
+    "Identity",
+    "NkeyUser",
+    "PasswordUser",
+    "Permissions",
+    "Policy",
+    "PolicyError",
+    "env_text",
+    "inbox_prefix",
+    "load_policy",
+    "parse_policy",
+    "permissions",
+    "render_authorization",
+]
+
+Kind = Literal["service", "gateway", "controller", "operator"]
+ANY: Final = "*"
+_SRV_VERBS: Final = ("PING", "INFO", "STATS")
+_KV_STREAM: Final = f"KV_{BUCKET}"
+_WILDCARD = "*"
+
+#: What reading the ``natsmesh`` KV bucket takes with nats-py: open (stream info), get
+#: (a message get: the controller does not create the bucket for direct gets) and watch
+#: (an ordered push consumer delivered to an inbox, whose info is read once, and which
+#: answers flow control under load). Checked against a real server, which reports the
+#: message get and the consumer info as violations without them. Gets and the ordered
+#: consumer carry the key in the request body, not the subject, so reads cannot be
+#: narrowed per key: a reader may read every table (none holds a secret).
+KV_READ: Final = (
+    f"$JS.API.STREAM.INFO.{_KV_STREAM}",
+    f"$JS.API.STREAM.MSG.GET.{_KV_STREAM}",
+    f"$JS.API.CONSUMER.CREATE.{_KV_STREAM}",
+    f"$JS.API.CONSUMER.INFO.{_KV_STREAM}.*",
+    f"$JS.FC.{_KV_STREAM}.>",
+)
+
+
+class PolicyError(ConfigError):
+    """A policy that cannot be compiled; ``problems`` lists each ``path: reason``."""
+
+
+def _call(value: str) -> str:
+    """Validate a ``calls`` entry: ``service.endpoint``, ``service.*`` or ``*``."""
+    if value == ANY:
+        return value
+    service, sep, endpoint = value.partition(".")
+    if not sep:
+        raise ValueError("expected 'service.endpoint', 'service.*' or '*'")
+    try:
+        validate_name("service", service)
+        if endpoint != _WILDCARD:
+            validate_name("endpoint", endpoint)
+    except InvalidName as exc:
+        where = "a wildcard may only be a whole endpoint ('service.*') or '*' alone"
+        bad = any(c in value for c in "*>")
+        raise ValueError(where if bad else f"invalid {exc.kind} name: {exc.reason}") from None
+    return value
+
+
+def _prefix(value: str) -> str:
+    try:
+        return validate_prefix(value)
+    except InvalidName as exc:
+        raise ValueError(f"invalid subject prefix: {exc.reason}") from None
+
+
+Call = Annotated[StrictStr, AfterValidator(_call)]
+
+
+class Identity(BaseModel):
+    """One identity: who connects (a service, the gateway, the controller, an operator)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: Annotated[StrictStr, _named("identity")]
+    kind: Kind
+    auth: Literal["nkey", "password"] = "nkey"
+    calls: Annotated[list[Call], Field(max_length=1024)] = []
+    admin: StrictBool = False
+
+    @model_validator(mode="after")
+    def _check(self) -> Identity:
+        problems: list[tuple[Loc, str]] = []
+        if self.admin and self.kind != "operator":
+            problems.append((("admin",), "only an operator may be an admin"))
+        if self.calls and self.kind == "controller":
+            problems.append((("calls",), "the controller calls no service"))
+        if ANY in self.calls and (self.kind == "service" or self.admin):
+            # '*' is granted as mesh.*.* and mesh.*.*.* minus the control plane: an
+            # identity that must publish there itself has to list what it calls.
+            why = "'*' is for gateways and read-only operators: list the calls"
+            problems.append((("calls", self.calls.index(ANY)), why))
+        seen: dict[str, int] = {}
+        for i, call in enumerate(self.calls):
+            if call in seen:
+                problems.append((("calls", i), f"duplicate of calls[{seen[call]}]"))
+            seen.setdefault(call, i)
+        if problems:
+            raise Checks(problems)
+        return self
+
+
+class Policy(BaseModel):
+    """A whole access policy: the subject prefix and every identity."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    prefix: Annotated[StrictStr, AfterValidator(_prefix)] = DEFAULT_PREFIX
+    identity: Annotated[list[Identity], Field(min_length=1, max_length=10_000)]
+
+    @model_validator(mode="after")
+    def _check(self) -> Policy:
+        problems: list[tuple[Loc, str]] = []
+        first: dict[str, int] = {}
+        for i, identity in enumerate(self.identity):
+            if identity.name in first:
+                why = (
+                    f"duplicate identity {identity.name!r} (also identity[{first[identity.name]}])"
+                )
+                problems.append((("identity", i, "name"), why))
+            first.setdefault(identity.name, i)
+        if problems:
+            raise Checks(problems)
+        return self
+
+
+def validate_policy(data: object) -> Policy:
+    """Validate already decoded data as a policy; raise PolicyError."""
+    return validate_as(Policy, data, PolicyError)
+
+
+def parse_policy(data: bytes | str) -> Policy:
+    """Parse and validate a policy's TOML text; raise PolicyError."""
+    return parse_as(Policy, data, PolicyError, format="toml")
+
+
+def load_policy(path: str | Path) -> Policy:
+    """Read and validate a policy file (TOML, whatever its name); raise PolicyError."""
+    return load_as(Policy, path, PolicyError, format="toml")
+
+
+# -- permissions ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Permissions:
+    """What one identity may publish and subscribe to (subjects as nats-server reads them).
+
+    A subscribe entry ``"<subject> <queue>"`` allows that subject only inside a queue
+    group matching ``<queue>``; ``responses`` allows one reply to each request the
+    identity received (nats-server's ``allow_responses``).
+    """
+
+    publish: tuple[str, ...]
+    subscribe: tuple[str, ...]
+    publish_deny: tuple[str, ...] = ()
+    responses: bool = False
+
+
+def inbox_prefix(identity: str) -> str:
+    """The identity's own inbox prefix: its replies arrive under ``<prefix>.>`` only.
+
+    ``_INBOX_<identity>`` rather than ``_INBOX.<identity>``: a distinct first token,
+    so that no grant on the usual ``_INBOX.>`` could ever cover it.
+    """
+    return f"_INBOX_{validate_name('identity', identity)}"
+
+
+def _calls(subjects: Subjects, calls: Iterable[str]) -> list[str]:
+    """Publish grants for ``calls``: queue-group, subset and instance subjects of each."""
+    grants: list[str] = []
+    for call in calls:
+        if call == ANY:
+            service = endpoint = _WILDCARD
+        else:
+            service, _, endpoint = call.partition(".")
+        grants += [
+            subjects.endpoint(service, endpoint),
+            subjects.subset(service, _WILDCARD, endpoint),
+            subjects.instance(service, _WILDCARD, endpoint),
+        ]
+    return grants
+
+
+def _reports(prefix: str, calls: Iterable[str]) -> list[str]:
+    """Outlier report grants: one per service called by name (never for ``*``)."""
+    services = dict.fromkeys(c.partition(".")[0] for c in calls if c != ANY)
+    return [instance_subject(prefix, "outlier", service) for service in services]
+
+
+def _srv_requests() -> list[str]:
+    """Discovery requests to any service: ``$SRV.<verb>[.<name>[.<id>]]``."""
+    return [s for verb in _SRV_VERBS for s in srv_subjects(verb, _WILDCARD, _WILDCARD)]
+
+
+def _srv_own(service: str) -> list[str]:
+    """The ``$SRV`` subjects an instance of ``service`` answers (ADR-32), its own only."""
+    return [s for verb in _SRV_VERBS for s in srv_subjects(verb, service, _WILDCARD)]
+
+
+_INSTANCE_MESSAGES: Final = ("announce", "heartbeat", "leave")
+
+
+def permissions(policy: Policy, identity: Identity) -> Permissions:
+    """The grants of ``identity`` under ``policy`` (see the module docstring for why)."""
+    if identity.kind == "service":
+        return _service(policy.prefix, identity)
+    if identity.kind == "controller":
+        return _controller(policy.prefix, identity)
+    return _caller(policy.prefix, identity)
+
+
+def _service(prefix: str, identity: Identity) -> Permissions:
+    subjects, name = Subjects(prefix), identity.name
+    own = [instance_subject(prefix, kind, name) for kind in _INSTANCE_MESSAGES]
+    return Permissions(
+        publish=_unique(
+            [
+                *_calls(subjects, identity.calls),
+                *_reports(prefix, identity.calls),
+                *_srv_requests(),
+                *own,
+                control_subject(prefix, "status"),
+                *KV_READ,
+            ]
+        ),
+        # Queue-only grants: a plain subscription (or another queue group) on these
+        # subjects would receive a copy of every request, or a share of another group's.
+        subscribe=_unique(
+            [
+                f"{subjects.endpoint(name, _WILDCARD)} {Subjects.queue_group(name)}",
+                f"{subjects.subset(name, _WILDCARD, _WILDCARD)} "
+                f"{Subjects.queue_group(name, _WILDCARD)}",
+                subjects.instance(name, _WILDCARD, _WILDCARD),
+                *_srv_own(name),
+                eject_subject(prefix, name, _WILDCARD),
+                f"{inbox_prefix(identity.name)}.>",
+            ]
+        ),
+        responses=True,
+    )
+
+
+def _controller(prefix: str, identity: Identity) -> Permissions:
+    hears = [instance_subject(prefix, kind, _WILDCARD) for kind in (*_INSTANCE_MESSAGES, "outlier")]
+    answers = ("routes.apply", "routes.show", "status.show")
+    return Permissions(
+        publish=_unique(
+            [
+                "$JS.API.>",
+                f"$KV.{BUCKET}.>",
+                f"$JS.FC.{_KV_STREAM}.>",
+                *_srv_requests(),
+                control_subject(prefix, "eject.>"),
+            ]
+        ),
+        subscribe=_unique(
+            [
+                *hears,
+                control_subject(prefix, "status"),
+                *(control_subject(prefix, name) for name in answers),
+                f"{inbox_prefix(identity.name)}.>",
+            ]
+        ),
+        responses=True,
+    )
+
+
+def _caller(prefix: str, identity: Identity) -> Permissions:
+    """A gateway or an operator: requests, discovery, table reads; never a responder."""
+    control = []
+    if identity.kind == "operator":
+        control = [control_subject(prefix, "routes.show"), control_subject(prefix, "status.show")]
+        if identity.admin:
+            control.append(control_subject(prefix, "routes.apply"))
+    deny: list[str] = []
+    if ANY in identity.calls:
+        # mesh.*.*.* also covers the control plane's four-token subjects (routes.apply,
+        # announce.<svc>, ...): deny them, as deny wins over any allow in nats-server.
+        deny = [control_subject(prefix, "*.*"), control_subject(prefix, "*.*.*")]
+    calls = _calls(Subjects(prefix), identity.calls)
+    reports = _reports(prefix, identity.calls)
+    return Permissions(
+        publish=_unique(
+            [
+                *calls,
+                *reports,
+                *_srv_requests(),
+                control_subject(prefix, "status"),
+                *control,
+                *KV_READ,
+            ]
+        ),
+        subscribe=(f"{inbox_prefix(identity.name)}.>",),
+        publish_deny=tuple(deny),
+    )
+
+
+def _unique(items: Iterable[str]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(items))
+
+
+# -- rendering -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class NkeyUser:
+    public_key: str  # "U..."
+
+
+@dataclass(frozen=True, slots=True)
+class PasswordUser:
+    bcrypt_hash: str  # "$2a$..."; the server never sees the password itself
+
+
+User = NkeyUser | PasswordUser
+
+
+def _q(value: str) -> str:
+    # The nats-server config lexer reads JSON-style escapes in double quotes; quoted,
+    # "$SRV..." and "$2a$..." are strings, never variable references.
+    return json.dumps(value)
+
+
+def _list(values: Sequence[str]) -> str:
+    return "[" + ", ".join(_q(v) for v in values) + "]"
+
+
+def render_authorization(policy: Policy, users: Mapping[str, User]) -> str:
+    """The ``authorization { users = [...] }`` block for nats.conf's ``include``.
+
+    ``users`` maps every identity's name to how it authenticates.
+    """
+    lines = [
+        "# Generated by `natsmesh auth compile` from the mesh access policy: do not edit.",
+        '# Include it from nats.conf: include "auth.conf"',
+        "authorization {",
+        "  users = [",
+    ]
+    for identity in policy.identity:
+        user = users[identity.name]
+        grants = permissions(policy, identity)
+        lines.append(
+            f"    # {identity.name} ({identity.kind}{', admin' if identity.admin else ''})"
+        )
+        if isinstance(user, NkeyUser):
+            lines.append(f"    {{ nkey: {_q(user.public_key)}")
+        else:
+            lines.append(f"    {{ user: {_q(identity.name)}, password: {_q(user.bcrypt_hash)}")
+        lines.append("      permissions: {")
+        publish = f"allow: {_list(grants.publish)}"
+        if grants.publish_deny:
+            publish += f", deny: {_list(grants.publish_deny)}"
+        lines.append(f"        publish: {{ {publish} }}")
+        lines.append(f"        subscribe: {{ allow: {_list(grants.subscribe)} }}")
+        if grants.responses:
+            lines.append("        allow_responses: { max: 1 }")
+        lines.append("      }")
+        lines.append("    }")
+    lines += ["  ]", "}"]
+    return "\n".join(lines) + "\n"
+
+
+def env_text(
+    identity: Identity, *, nkey_path: str | None = None, password: str | None = None
+) -> str:
+    """The environment file of one identity (``NATS_NKEY`` or ``NATS_USER``/``NATS_PASSWORD``)."""
+    lines = [
+        f"# natsmesh identity {identity.name} ({identity.kind}); keep this file secret.",
+        f"NATS_INBOX_PREFIX={inbox_prefix(identity.name)}",
+    ]
+    if nkey_path is not None:
+        lines.append(f"NATS_NKEY={nkey_path}")
+    if password is not None:
+        lines += [f"NATS_USER={identity.name}", f"NATS_PASSWORD={password}"]
+    return "\n".join(lines) + "\n"

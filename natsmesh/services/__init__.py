@@ -1,0 +1,1 @@
+"""Declaring and running services: ``@service``, the runtime, serving processes."""

@@ -1,0 +1,1 @@
+"""Traffic policy, pure: routes, subsets, balancing, zones, retries, budgets."""

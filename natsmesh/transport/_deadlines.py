@@ -1,0 +1,90 @@
+"""Expire many short-lived things by deadline with one task instead of a timer each.
+
+On the request path a timer per request (``call_later`` and its cancel, or an
+``asyncio.timeout`` block) costs more than the decode, validate and encode of a
+small payload together. One sweeper that looks at the open deadlines every
+``tick`` seconds costs nothing per request. It wakes at the earliest deadline it
+saw when it last looked, if that comes before the next tick: a deadline is late
+only when it was added during a sleep and falls before its end (by less than a tick).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import time
+from collections.abc import AsyncIterator, Callable, Hashable
+from typing import Generic, TypeVar
+
+import anyio
+
+from natsmesh.transport._tasks import stop
+
+K = TypeVar("K", bound=Hashable)
+
+
+class Deadlines(Generic[K]):
+    """Keys with deadlines (``time.monotonic()`` instants); ``on_expire(key)`` once each.
+
+    The sweeper runs while ``async with deadlines.running():`` is open; it sleeps
+    while there is nothing to watch.
+    """
+
+    def __init__(self, on_expire: Callable[[K], None], *, tick: float) -> None:
+        self._on_expire = on_expire
+        self._tick = tick
+        self._due: dict[K, float] = {}
+        self._wake = anyio.Event()
+        self._waiting = False  # the sweeper waits for a first key: add() must wake it
+
+    def __len__(self) -> int:
+        return len(self._due)
+
+    def add(self, key: K, deadline: float) -> None:
+        if self._waiting:
+            self._waiting = False
+            self._wake.set()
+        self._due[key] = deadline
+
+    def discard(self, key: K) -> None:
+        self._due.pop(key, None)
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[None]:
+        # A plain task rather than a task group: owners (a ServiceRunner, a Mesh) are
+        # entered and exited by their users in any task order, which cancel scopes forbid.
+        sweeper = asyncio.get_running_loop().create_task(self._run())
+        try:
+            yield
+        finally:
+            await stop([sweeper])
+
+    async def _run(self) -> None:
+        wait = self._tick
+        while True:
+            if not self._due:
+                self._wake = anyio.Event()
+                self._waiting = True
+                await self._wake.wait()
+                wait = self._tick
+            await anyio.sleep(wait)
+            now = time.monotonic()
+            wait = min(self._tick, max(0.0, self.expire(now) - now))
+
+    def expire(self, now: float) -> float:
+        """Call ``on_expire`` for every key whose deadline is not after ``now``.
+
+        Returns the earliest deadline still open (infinity when none is).
+        """
+        expired = []
+        earliest = math.inf
+        for key, deadline in self._due.items():
+            if deadline <= now:
+                expired.append(key)
+            elif deadline < earliest:
+                earliest = deadline
+        for key in expired:
+            del self._due[key]
+            self._on_expire(key)
+        return earliest
