@@ -9,7 +9,6 @@ import anyio
 import nats
 import pytest
 from test_controller import eventually
-from test_layers import IO_MODULES, ROOT, _imports
 
 from natsmesh import Mesh, ServiceError, ServiceRunner, endpoint, service
 from natsmesh.control._controller import Controller
@@ -19,11 +18,6 @@ from natsmesh.traffic._routes import Outlier
 from natsmesh.wire._control import EjectCommand, OutlierReport
 
 # -- the caller's detector ---------------------------------------------------------------
-
-
-def test_the_pure_modules_are_pure() -> None:
-    for name in ("_ejector.py", "_resilience.py"):
-        assert not _imports(ROOT / "natsmesh" / name) & IO_MODULES
 
 
 def test_an_instance_failing_its_whole_share_is_reported_once_per_interval() -> None:
