@@ -19,8 +19,9 @@ import pytest
 from procs import Proc
 from test_controller import eventually
 
-from natsmesh import Mesh, Retries, ServicePolicy, _micro
+from natsmesh import Mesh, Retries, ServicePolicy
 from natsmesh.client._discovery import gather
+from natsmesh.wire import _micro
 
 pytestmark = pytest.mark.anyio
 
