@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ast
 import json
 from pathlib import Path
 from typing import Any
@@ -53,16 +52,6 @@ def route(method: str = "GET", path: str = "/a", target: str = "svc.get") -> dic
 
 
 # ---------------------------------------------------------------- the example and the formats
-
-
-def test_module_is_pure() -> None:
-    tree = ast.parse((ROOT / "natsmesh" / "_routes.py").read_text())
-    imported = {
-        alias.name for n in ast.walk(tree) if isinstance(n, ast.Import) for alias in n.names
-    }
-    imported |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
-    io = {"nats", "anyio", "asyncio", "socket", "subprocess", "uvloop"}
-    assert not {name.split(".")[0] for name in imported} & io
 
 
 def test_example_loads() -> None:

@@ -63,7 +63,7 @@ from natsmesh.wire._schema_text import printable, schema_text
 from natsmesh.wire._subjects import validate_token
 
 _SHOP = "examples.shop:SERVICES"
-_SHOP_ROUTES = Path(__file__).parent.parent / "examples" / "routes.toml"
+_SHOP_ROUTES = Path(__file__).parents[2] / "examples" / "routes.toml"
 DEFAULT_HTTP_PORT = 8080
 
 
