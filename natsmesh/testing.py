@@ -21,12 +21,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from natsmesh.ops._embedded import (
-    EmbeddedNats,
-    NatsServerNotFound,
-    NatsServerStartFailed,
-    free_port,
-)
+from natsmesh.ops._binary import NatsServerNotFound, NatsServerStartFailed, free_port
+from natsmesh.ops._embedded import EmbeddedNats
 
 __all__ = [
     "EmbeddedNats",

@@ -18,7 +18,7 @@ import anyio
 import nats
 import pytest
 
-from natsmesh.ops._embedded import (
+from natsmesh.ops._binary import (
     ENV_NATS_SERVER,
     NatsPortInUse,
     NatsServerStartFailed,

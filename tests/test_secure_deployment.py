@@ -130,7 +130,7 @@ def _wait_healthy(server: EmbeddedNats) -> None:
 def test_the_repo_nats_conf_validates_with_the_compiled_authorization(
     deployment: Deployment,
 ) -> None:
-    from natsmesh.ops._embedded import find_nats_server
+    from natsmesh.ops._binary import find_nats_server
 
     done = subprocess.run(
         [find_nats_server(), "-c", "nats.conf", "-t"],

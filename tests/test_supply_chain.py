@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from natsmesh.ops._embedded import find_nats_server
+from natsmesh.ops._binary import find_nats_server
 
 CHECK = Path(__file__).parent.parent / ".ci" / "check-versions"
 

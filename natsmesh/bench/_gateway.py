@@ -39,7 +39,7 @@ import anyio.streams.text
 from natsmesh.bench._data import SAMPLE
 from natsmesh.bench._env import BenchError
 from natsmesh.bench._load import Figures, builtin, combine, median, wrk
-from natsmesh.ops._embedded import free_port
+from natsmesh.ops._binary import free_port
 from natsmesh.transport._transport import NATS, connect
 
 PATH: Final = "/bench/echo"

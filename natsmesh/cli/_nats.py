@@ -13,7 +13,8 @@ import os
 from typing import Final
 
 from natsmesh.cli._exit import ListenError, UsageError
-from natsmesh.ops._embedded import EmbeddedNats, NatsPortInUse
+from natsmesh.ops._binary import NatsPortInUse
+from natsmesh.ops._embedded import EmbeddedNats
 from natsmesh.transport._credentials import ENV, Credentials, CredentialsError
 from natsmesh.transport._transport import DEFAULT_URL, server_urls
 

