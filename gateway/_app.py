@@ -27,7 +27,7 @@ import gc
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any, Final
+from typing import Final
 
 import pydantic_core
 
@@ -51,7 +51,8 @@ from gateway._request import (
     payload_of,
     read_body,
 )
-from natsmesh import CallError, Context, HttpRoute, Mesh
+from gateway._responses import json_headers, log_failure, send_error, send_page
+from natsmesh import Context, HttpRoute, Mesh
 
 log = logging.getLogger("natsmesh.gateway")
 
@@ -65,10 +66,6 @@ _FALLBACKS: Final = frozenset({"/", "/favicon.ico"})
 READY_PING: Final = 1
 #: Client headers passed on to services unless told otherwise.
 DEFAULT_FORWARD: Final = ("x-request-id", "x-canary")
-
-
-def _json_headers(length: int, extra: Iterable[tuple[bytes, bytes]] = ()) -> list[Any]:
-    return [(b"content-type", JSON), (b"content-length", str(length).encode()), *extra]
 
 
 class Gateway:
@@ -179,9 +176,9 @@ class Gateway:
                 if policy is not None:
                     self._authenticate(policy, collect(scope["headers"], self._credentials))
             except GatewayError as refused:
-                await self._error(send, refused)
+                await send_error(send, refused)
                 return
-            await self._page(scope, send, page)
+            await send_page(scope, send, page)
             return
         if path in _FALLBACKS and scope["method"] in ("GET", "HEAD") and await self._unrouted(path):
             await self._fallback(scope, send, path)
@@ -195,7 +192,7 @@ class Gateway:
                 raise _errors.overloaded("the gateway is at its concurrency limit, retry later")
             body = await self._handle(scope, receive, path, labels, started)
             await send(
-                {"type": "http.response.start", "status": 200, "headers": _json_headers(len(body))}
+                {"type": "http.response.start", "status": 200, "headers": json_headers(len(body))}
             )
             await send({"type": "http.response.body", "body": body})
             status = 200
@@ -203,9 +200,9 @@ class Gateway:
             status = 499  # nginx's name for it: the client went away first
         except Exception as exc:
             error = _errors.from_exception(exc)
-            _log_failure(exc, error, scope["method"], labels)
+            log_failure(exc, error, scope["method"], labels)
             status = error.status
-            await self._error(send, error)
+            await send_error(send, error)
         finally:
             self.in_flight -= 1
         self.metrics.observe(labels[0], labels[1], status, time.perf_counter() - started)
@@ -220,22 +217,7 @@ class Gateway:
         if b"%" in raw_path and b"%2f" in raw_path.lower():
             # An encoded '/' would be a separator once decoded: one path, two readings.
             raise GatewayError(400, "bad_path", "a path must not contain an encoded '/'")
-        router = self.router
-        if now >= self._routes_due:
-            router = await self._routes()
-            self._routes_due = now + ROUTES_RECHECK
-        found = router.resolve(scope["method"], path)
-        if isinstance(found, BadPath):
-            raise GatewayError(400, "bad_path", found.reason)
-        if found is None:
-            raise GatewayError(404, "unknown_route", "no route for this path")
-        if isinstance(found, WrongMethod):
-            raise GatewayError(
-                405,
-                "method_not_allowed",
-                "method not allowed",
-                headers=((b"allow", self._allowed(found, path)),),
-            )
+        found = await self._resolve(scope["method"], path, now)
         caller = None
         if self.auth is not None:
             policy = self.auth.policy(scope["method"], path, found.target)
@@ -272,6 +254,26 @@ class Gateway:
         )
         return pydantic_core.to_json(result, inf_nan_mode="null", bytes_mode="base64")
 
+    async def _resolve(self, method: str, path: str, now: float) -> Match:
+        """The route of ``method path``; raises GatewayError (400, 404, 405) when none."""
+        router = self.router
+        if now >= self._routes_due:
+            router = await self._routes()
+            self._routes_due = now + ROUTES_RECHECK
+        found = router.resolve(method, path)
+        if isinstance(found, BadPath):
+            raise GatewayError(400, "bad_path", found.reason)
+        if found is None:
+            raise GatewayError(404, "unknown_route", "no route for this path")
+        if isinstance(found, WrongMethod):
+            raise GatewayError(
+                405,
+                "method_not_allowed",
+                "method not allowed",
+                headers=((b"allow", self._allowed(found, path)),),
+            )
+        return found
+
     async def _unrouted(self, path: str) -> bool:
         """Whether no HTTP route takes a GET of ``path`` (the table's routes come first)."""
         found = (await self._routes()).resolve("GET", path)
@@ -284,7 +286,7 @@ class Gateway:
             await send({"type": "http.response.start", "status": 204, "headers": headers})
             await send({"type": "http.response.body", "body": b""})
             return
-        await self._page(scope, send, self._index)
+        await send_page(scope, send, self._index)
 
     async def _index(self) -> tuple[int, bytes, bytes]:
         pages = {"gateway": self.title, "docs": "/docs", "openapi": "/openapi.json"}
@@ -348,44 +350,7 @@ class Gateway:
             limit = self._body_limit = self.limits.body_limit(max_payload)
         return limit
 
-    async def _error(self, send: Send, error: GatewayError) -> None:
-        body = error.body()
-        headers = _json_headers(len(body), error.headers)
-        if error.status in (408, 413, 431) or (error.status == 400 and error.kind == "malformed"):
-            # The rest of the request may still be on its way: do not read it as the next one.
-            headers.append((b"connection", b"close"))
-        await send({"type": "http.response.start", "status": error.status, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
-
     # -- the gateway's own pages -------------------------------------------------------
-
-    async def _page(
-        self,
-        scope: Scope,
-        send: Send,
-        page: Callable[[], Awaitable[tuple[int, bytes, bytes]]],
-    ) -> None:
-        if scope["method"] not in ("GET", "HEAD"):
-            await self._error(
-                send,
-                GatewayError(
-                    405, "method_not_allowed", "method not allowed", headers=((b"allow", b"GET"),)
-                ),
-            )
-            return
-        status, content_type, body = await page()
-        headers: list[Any] = [
-            (b"content-type", content_type),
-            (b"content-length", str(len(body)).encode()),
-            (b"cache-control", b"no-store"),
-            (b"x-content-type-options", b"nosniff"),
-        ]
-        if scope["path"] == "/docs":
-            headers.append((b"content-security-policy", _docs.CSP))
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send(
-            {"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else body}
-        )
 
     async def _healthz(self) -> tuple[int, bytes, bytes]:
         return 200, JSON, b'{"status":"ok"}'
@@ -416,30 +381,6 @@ class Gateway:
 
     async def _docs(self) -> tuple[int, bytes, bytes]:
         return 200, b"text/html; charset=utf-8", _docs.PAGE
-
-
-def _log_failure(exc: Exception, error: GatewayError, method: str, labels: list[str]) -> None:
-    """One line for a service's 5xx (it logged the details under the trace id named);
-    the stack for the gateway's own failures, which no one else logs.
-    """
-    if isinstance(exc, CallError):
-        if error.status >= 500 and error.kind not in _QUIET:
-            trace = getattr(exc, "trace_id", None) or "-"
-            log.warning(
-                "%s %s.%s: %d %s from the service (trace %s)",
-                method,
-                exc.service,
-                exc.endpoint,
-                error.status,
-                error.kind,
-                trace,
-            )
-    elif error.status == 500:
-        log.exception("%s %s failed", method, labels)
-
-
-# Answers the gateway gives often and on purpose: not worth a log line each.
-_QUIET: Final = frozenset({"no_responders", "overloaded", "deadline"})
 
 
 def freeze_gc() -> None:
