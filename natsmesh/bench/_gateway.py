@@ -237,8 +237,28 @@ async def run(
             one = await _rounds(
                 generate, KEEP_ALIVE_KINDS, concurrency=1, seconds=seconds / 2, rounds=rounds
             )
+    return _result(
+        many,
+        one,
+        load="wrk" if path else "builtin",
+        concurrency=concurrency,
+        seconds=seconds,
+        rounds=rounds,
+    )
+
+
+def _result(
+    many: dict[str, list[Figures]],
+    one: dict[str, list[Figures]],
+    *,
+    load: str,
+    concurrency: int,
+    seconds: float,
+    rounds: int,
+) -> dict[str, Any]:
+    """The figures of both phases, each kind's combined, and the ratios to the bridge."""
     return {
-        "load": "wrk" if path else "builtin",
+        "load": load,
         "concurrency": concurrency,
         "seconds": seconds,
         "rounds": rounds,
