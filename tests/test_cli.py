@@ -332,7 +332,7 @@ async def test_bench_gateway_prints_what_it_ran_on(nats_url: str) -> None:
 
 
 def test_stats_show_an_instance_the_controller_took_out_of_its_queue_group() -> None:
-    from natsmesh.cli._main import _queue
+    from natsmesh.cli._discover import _queue
 
     assert _queue({"queue_ejected": 1, "queue_ejections": 2}) == "out (2 ejections)"
     assert _queue({"queue_ejected": 0, "queue_ejections": 2}) == "in (2 ejections)"

@@ -85,8 +85,8 @@ def add_commands(
 
 async def _controller(args: argparse.Namespace) -> int:
     async with Controller(server_of(args), replicas=args.replicas) as controller:
-        print(f"natsmesh controller {controller.id} running (Ctrl-C to stop)", flush=True)
-        await wait_for_signal()
+        line = f"natsmesh controller {controller.id} running (Ctrl-C to stop)"
+        await wait_for_signal(ready=lambda: print(line, flush=True))
     return 0
 
 

@@ -122,9 +122,15 @@ async def serve(
             tg.cancel_scope.cancel()
 
 
-async def wait_for_signal() -> int:
-    """Return the first SIGINT or SIGTERM received (instead of dying of it)."""
+async def wait_for_signal(ready: Callable[[], None] | None = None) -> int:
+    """Return the first SIGINT or SIGTERM received (instead of dying of it).
+
+    ``ready`` (the ready line, say) runs once the handlers are in place: a supervisor
+    that stops the process as soon as it reads the line must not kill it instead.
+    """
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        if ready is not None:
+            ready()
         async for signum in signals:
             return int(signum)
     raise AssertionError("unreachable: the signal receiver never ends")
