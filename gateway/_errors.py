@@ -42,7 +42,6 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
 import pydantic_core
-from nats.errors import MaxPayloadError
 
 from natsmesh import (
     Cause,
@@ -52,6 +51,7 @@ from natsmesh import (
     InvalidName,
     InvalidReply,
     MeshError,
+    MessageTooLarge,
     NoResponders,
     Overloaded,
     RemoteError,
@@ -132,7 +132,7 @@ def from_exception(exc: BaseException) -> GatewayError:
         return GatewayError(404, "unknown_route", "no such route")
     if isinstance(exc, OverflowError):  # msgpack carries integers of at most 64 bits
         return GatewayError(400, "malformed", "a number in the body is out of range")
-    if isinstance(exc, MaxPayloadError):  # the body limit keeps this from happening
+    if isinstance(exc, MessageTooLarge):  # the body limit keeps this from happening
         return GatewayError(413, "too_large", "the request is larger than a NATS message")
     return GatewayError(500, "internal", "internal error")
 

@@ -11,6 +11,7 @@ from natsmesh.services._runtime import ServiceRunner
 from natsmesh.services._serve import serve
 from natsmesh.services._spec import ServiceSpec, endpoint, service, spec_of
 from natsmesh.traffic._routes import HttpRoute, Retries, RouteConfigError, ServicePolicy
+from natsmesh.transport._credentials import CredentialsError
 from natsmesh.wire._codec import Limits
 from natsmesh.wire._errors import (
     CallError,
@@ -22,6 +23,7 @@ from natsmesh.wire._errors import (
     InvalidReply,
     InvalidRequest,
     MeshError,
+    MessageTooLarge,
     NatsRefused,
     NatsUnreachable,
     NoResponders,
@@ -37,6 +39,7 @@ __all__ = [
     "CallError",
     "Cause",
     "Context",
+    "CredentialsError",
     "DeadlineExceeded",
     "ErrorKind",
     "HttpRoute",
@@ -47,6 +50,7 @@ __all__ = [
     "Limits",
     "Mesh",
     "MeshError",
+    "MessageTooLarge",
     "NatsRefused",
     "NatsUnreachable",
     "NoResponders",

@@ -10,6 +10,7 @@ import anyio
 import anyio.to_thread
 import pytest
 
+from natsmesh.transport import _eager
 from natsmesh.transport._eager import start
 
 pytestmark = pytest.mark.anyio
@@ -135,3 +136,45 @@ async def test_a_task_cancelled_while_it_waits() -> None:
     await asyncio.sleep(0)  # it waits already: start() ran its first step
     task.cancel()
     assert await task == "cancelled"
+
+
+# -- the version guard and its fallback ------------------------------------------------------
+
+
+def test_the_guard_picks_the_eager_start_on_this_python() -> None:
+    # The CI Pythons are 3.11 (the shim, TESTED_SHIM) and 3.12+ (asyncio's own).
+    assert _eager.start is _eager.eager_start
+
+
+def test_no_internals_picks_plain_tasks(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NATSMESH_NO_INTERNALS", "1")
+    assert _eager._choose() is _eager.plain_start
+
+
+@pytest.mark.parametrize("begin", [_eager.eager_start, _eager.plain_start])
+async def test_either_start_runs_the_coroutine_to_its_end_in_one_task(begin: Any) -> None:
+    loop = asyncio.get_running_loop()
+    tasks: list[object] = []
+
+    async def waits() -> str:
+        seen.set("mine")
+        tasks.append(asyncio.current_task())
+        await asyncio.sleep(0)
+        tasks.append(asyncio.current_task())
+        return seen.get()
+
+    task = begin(waits(), loop)
+    assert task is not None
+    assert await task == "mine"
+    assert tasks == [task, task]
+    assert seen.get() == "unset"
+
+
+async def test_a_plain_start_keeps_a_failure_in_its_task() -> None:
+    async def fails() -> None:
+        raise ValueError("in the first step")
+
+    task = _eager.plain_start(fails(), asyncio.get_running_loop())
+    assert task is not None
+    with pytest.raises(ValueError, match="first step"):
+        await task

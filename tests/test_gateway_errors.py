@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-from nats.errors import MaxPayloadError
 
 from gateway._errors import GatewayError, error_body, from_exception, overloaded
 from natsmesh import (
@@ -14,6 +13,7 @@ from natsmesh import (
     InvalidName,
     InvalidReply,
     InvalidRequest,
+    MessageTooLarge,
     NoResponders,
     Overloaded,
     RemoteError,
@@ -45,7 +45,7 @@ def remote(cls: type[RemoteError], code: int, kind: str, **extra: object) -> Rem
         (InvalidReply("x", **WHERE), 502, "bad_reply"),
         (InvalidName("service", "1x", "bad"), 404, "unknown_route"),
         (OverflowError("int too big"), 400, "malformed"),
-        (MaxPayloadError(), 413, "too_large"),
+        (MessageTooLarge("shop.buy", 2_000_000, 1_048_576), 413, "too_large"),
         (RuntimeError("secret internals"), 500, "internal"),
     ],
 )

@@ -23,7 +23,7 @@ from natsmesh import (
     endpoint,
     service,
 )
-from natsmesh.transport._transport import _HandOver
+from natsmesh.transport._nats_internals import _HandOver
 
 pytestmark = pytest.mark.anyio
 

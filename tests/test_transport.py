@@ -1,27 +1,26 @@
-"""natsmesh _transport's Requester against a real nats-server: the frames it writes itself."""
+"""The seam to NATS (natsmesh.transport._transport) against a real nats-server.
+
+The Requester on both of its paths: the frames it writes itself (the fast path, where
+_nats_internals' guard allows) and nats-py's own publish() (``direct=False``, the
+fallback on an untested nats-py); refusal events; nats-py's errors as natsmesh's.
+"""
 
 from __future__ import annotations
 
-import asyncio
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import anyio
 import nats
 import nats.errors
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
-from natsmesh.transport import _connection, _transport
-from natsmesh.transport._connection import header_lines
-from natsmesh.transport._transport import (
-    NATS,
-    NoResponse,
-    Requester,
-    _HandOver,
-    hand_over,
-    subscribe_direct,
-)
+from natsmesh import MessageTooLarge, PermissionDenied
+from natsmesh.ops._embedded import EmbeddedNats
+from natsmesh.transport import _nats_internals, _transport
+from natsmesh.transport._nats_internals import listen_refusals
+from natsmesh.transport._transport import NoReply, NoResponse, Requester, new_id
 
 pytestmark = pytest.mark.anyio
 
@@ -51,11 +50,13 @@ async def test_its_frames_are_those_publish_writes(nats_url: str, headers: Any) 
         await nc.close()
 
 
-async def test_what_it_sends_arrives_as_sent(nats_url: str) -> None:
+@pytest.mark.parametrize("direct", [None, False], ids=["frames", "publish"])
+async def test_what_it_sends_arrives_as_sent(nats_url: str, direct: bool | None) -> None:
     nc = await nats.connect(nats_url)
     try:
         sub = await nc.subscribe("echo.*")
-        async with Requester(nc) as requester:
+        async with Requester(nc, direct=direct) as requester:
+            assert (requester._writer is None) == (direct is False)
 
             async def echo(msg: Any) -> None:
                 await requester.publish(msg.reply, msg.data, {"Seen": msg.headers["X-Unicode"]})
@@ -74,149 +75,157 @@ async def test_what_it_sends_arrives_as_sent(nats_url: str) -> None:
         await nc.close()
 
 
-async def test_what_publish_refuses_it_refuses_the_same_way(nats_url: str) -> None:
+@pytest.mark.parametrize("direct", [None, False], ids=["frames", "publish"])
+async def test_what_publish_refuses_it_refuses_the_same_way(
+    nats_url: str, direct: bool | None
+) -> None:
     nc = await nats.connect(nats_url)
-    requester = Requester(nc)
+    requester = Requester(nc, direct=direct)
     with pytest.raises(nats.errors.BadSubjectError):
         await requester.publish("bad subject", b"")
     with pytest.raises(nats.errors.BadHeaderError):
         await requester.publish("a.subject", b"", {"bad name": "x"})
-    with pytest.raises(nats.errors.MaxPayloadError):
+    with pytest.raises(MessageTooLarge) as too_large:
         await requester.publish("a.subject", b"x" * (nc.max_payload + 1))
+    assert too_large.value.max_payload == nc.max_payload
     await nc.close()
     with pytest.raises(nats.errors.ConnectionClosedError):
         await requester.publish("a.subject", b"")
 
 
-# -- hand_over: messages go on as nats-py reads them -----------------------------------------
-
-
-async def _echo(nc: Any, requester: Requester) -> None:
-    async def echo(msg: Any) -> None:
-        await requester.publish(msg.reply, msg.data, None)
-
-    await nc.subscribe("svc.echo", cb=echo)
-    await nc.flush()
-
-
-async def test_replies_are_handed_over_on_a_tested_nats_py(nats_url: str) -> None:
-    nc = await nats.connect(nats_url)
-    try:
-        async with Requester(nc) as requester:
-            await _echo(nc, requester)
-            assert isinstance(requester._sub._pending_queue, _HandOver)  # type: ignore[union-attr]
-            replies = [
-                await requester.request("svc.echo", b"%d" % i, timeout=5, headers=None)
-                for i in range(20)
-            ]
-            assert [r.data for r in replies] == [b"%d" % i for i in range(20)]
-    finally:
-        await nc.close()
-
-
-async def test_an_untested_nats_py_keeps_nats_pys_own_delivery(
+async def test_an_untested_nats_py_sends_through_publish(
     nats_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(_connection, "TESTED_NATS_PY", ("0.0.",))
+    monkeypatch.setattr(_nats_internals, "TESTED_NATS_PY", ("0.0.",))
     nc = await nats.connect(nats_url)
     try:
         async with Requester(nc) as requester:
-            await _echo(nc, requester)
-            assert isinstance(requester._sub._pending_queue, asyncio.Queue)  # type: ignore[union-attr]
-            reply = await requester.request("svc.echo", b"x", timeout=5, headers=None)
+            assert requester._writer is None
+
+            async def echo(msg: Any) -> None:
+                await requester.publish(msg.reply, msg.data)
+
+            await nc.subscribe("svc.echo", cb=echo)
+            await nc.flush()
+            reply = await requester.request("svc.echo", b"x", timeout=5, headers={"A": "b"})
             assert reply.data == b"x"
     finally:
         await nc.close()
 
 
-async def test_a_subscription_with_messages_pending_is_not_handed_over(nats_url: str) -> None:
+async def _ignore(what: Any) -> None:
+    pass
+
+
+async def test_a_request_nobody_answers_times_out(nats_url: str) -> None:
     nc = await nats.connect(nats_url)
     try:
-        seen: list[bytes] = []
-        sub = await nc.subscribe("busy", cb=_never_ready(seen))
-        await nc.publish("busy", b"first")  # taken by the callback, which never returns
-        await nc.publish("busy", b"second")  # so this one waits in the queue
+        await nc.subscribe("svc.silent", cb=_ignore)  # takes, never answers
         await nc.flush()
-        with anyio.fail_after(5):
-            while not seen or sub._pending_queue.empty():  # noqa: ASYNC110  (no event to wait on)
-                await anyio.sleep(0.01)
-        assert not hand_over(sub, lambda msg: seen.append(msg.data))
-        assert isinstance(sub._pending_queue, asyncio.Queue)
+        async with Requester(nc, tick=0.001) as requester:
+            with pytest.raises(NoReply):
+                await requester.request("svc.silent", b"", timeout=0.05, headers=None)
+            assert not requester._pending
     finally:
         await nc.close()
 
 
-def _never_ready(seen: list[bytes]) -> Any:
-    async def slow(msg: Any) -> None:
-        seen.append(msg.data)
-        await asyncio.sleep(3600)
-
-    return slow
-
-
-async def test_a_failing_delivery_costs_one_message_not_the_connection(nats_url: str) -> None:
+async def test_the_module_request_maps_nats_pys_errors(nats_url: str) -> None:
     nc = await nats.connect(nats_url)
     try:
-        seen: list[bytes] = []
-        last = anyio.Event()
-
-        def deliver(msg: Any) -> None:
-            if msg.data == b"boom":
-                raise RuntimeError("a bug in the receiver")
-            seen.append(msg.data)
-            if msg.data == b"two":
-                last.set()
-
-        await subscribe_direct(nc, "direct", deliver)
-        for data in (b"one", b"boom", b"two"):
-            await nc.publish("direct", data)
-        # Not flush(): nats-server may answer the PING before it delivers to the same client.
-        with anyio.fail_after(5):
-            await last.wait()
-        assert seen == [b"one", b"two"]
-        assert nc.is_connected
+        with pytest.raises(NoResponse):
+            await _transport.request(nc, "nobody", b"", timeout=5, headers={})
+        with pytest.raises(MessageTooLarge):
+            await _transport.publish(nc, "big", b"x" * (nc.max_payload + 1))
     finally:
         await nc.close()
 
 
-# -- header_lines: nats-py's header parse, faster for ASCII ----------------------------------
-
-LINE = st.one_of(
-    st.binary(max_size=40),
-    st.builds(
-        lambda name, sep, value: name + sep + value,
-        st.sampled_from(
-            [b"Mesh-Budget-Ms", b" X-Pad ", b"Bad Name", b"\x1cX", b"X\x1f", b"", b"\xc3\xa9"]
-        ),
-        st.sampled_from([b":", b": ", b":\t", b""]),
-        st.one_of(
-            st.binary(max_size=20), st.sampled_from([b" 4999 ", b"\x1cv\x1c", "café".encode()])
-        ),
-    ),
-)
+def test_new_ids_are_unique_nuids() -> None:
+    ids = {new_id() for _ in range(1000)}
+    assert len(ids) == 1000
+    assert all(len(i) == 22 and i.isalnum() for i in ids)
 
 
-@settings(max_examples=500)
-@given(st.lists(LINE, max_size=6), st.booleans())
-def test_header_lines_is_nats_pys_parse(lines: list[bytes], ending: bool) -> None:
-    raw = b"\r\n".join(lines) + (b"\r\n\r\n" if ending else b"")
-    assert header_lines(raw) == NATS._parse_header_lines(raw)
+# -- refusals: a publish the server's permissions refuse fails its request at once ----------
+
+RESTRICTED = """
+authorization {
+  users = [
+    {user: caller, password: secret, permissions: {
+      publish: {allow: ["allowed.>", "_INBOX.>"]}, subscribe: {allow: [">"]}}}
+  ]
+}
+"""
 
 
-def test_header_lines_agrees_on_every_ascii_character() -> None:
-    for code in range(128):
-        c = bytes([code])
-        for raw in (b"A" + c + b"B: v" + c + b"\r\n", c + b"Name" + c + b":" + c + b"v" + c):
-            assert header_lines(raw) == NATS._parse_header_lines(raw), raw
-
-
-async def test_connections_parse_headers_with_header_lines(nats_url: str) -> None:
-    nc = await _transport.connect(nats_url, name="headers")
+@pytest.fixture
+def restricted(tmp_path: Path) -> Iterator[str]:
+    conf = tmp_path / "restricted.conf"
+    conf.write_text(RESTRICTED)
+    server = EmbeddedNats(config_file=conf)
+    server.start()
     try:
-        assert nc._parse_header_lines is header_lines
-        sub = await nc.subscribe("h")
-        sent = {"Mesh-Budget-Ms": "4999", "X-Unicode": "café ☕", "X-Pad": "p"}
-        await nc.publish("h", b"", headers=sent)
-        assert (await sub.next_msg(timeout=5)).headers == sent
+        yield server.url.replace("nats://", "nats://caller:secret@")
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize("direct", [None, False], ids=["frames", "publish"])
+async def test_a_refused_publish_fails_its_request_at_once(restricted: str, direct: Any) -> None:
+    nc = await _transport.connect(restricted, name="refused", give_up_after=10)
+    try:
+        async with Requester(nc, direct=direct) as requester:
+            with anyio.fail_after(10), pytest.raises(PermissionDenied) as denied:
+                await requester.request("Forbidden.Subject", b"", timeout=60, headers=None)
+            assert denied.value.subject == "Forbidden.Subject"
+    finally:
+        await nc.close()
+
+
+async def test_a_users_own_connection_keeps_its_error_callback(restricted: str) -> None:
+    theirs: list[str] = []
+
+    async def on_error(exc: Exception) -> None:
+        theirs.append(str(exc))
+
+    nc = await nats.connect(restricted, error_cb=on_error)
+    try:
+        async with Requester(nc) as requester:
+            with anyio.fail_after(10), pytest.raises(PermissionDenied):
+                await requester.request("forbidden", b"", timeout=60, headers=None)
+        assert any("permissions violation" in t.lower() for t in theirs)
+    finally:
+        await nc.close()
+
+
+async def test_on_an_untested_nats_py_a_refusal_waits_out_its_timeout(
+    restricted: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_nats_internals, "TESTED_NATS_PY", ("0.0.",))
+    nc = await nats.connect(restricted, error_cb=_ignore)
+    try:
+        async with Requester(nc, tick=0.001) as requester:
+            with pytest.raises(NoReply):
+                await requester.request("forbidden", b"", timeout=0.2, headers=None)
+    finally:
+        await nc.close()
+
+
+async def test_garbage_on_the_error_callback_is_no_refusal(restricted: str) -> None:
+    nc = await _transport.connect(restricted, name="garbage", give_up_after=10)
+    heard: list[str] = []
+    try:
+        stop = listen_refusals(nc, heard.append)
+        assert stop is not None
+        for text in (
+            "",
+            "permissions violation",
+            'permissions violation for publish to "',
+            "x" * 10**5,
+        ):
+            await nc._error_cb(Exception(text))
+        assert heard == []
+        stop()
     finally:
         await nc.close()

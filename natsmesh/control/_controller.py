@@ -29,8 +29,6 @@ from types import TracebackType
 from typing import Any, Self
 
 import pydantic
-from nats.aio.subscription import Subscription
-from nats.nuid import NUID
 
 from natsmesh.client import _discovery
 from natsmesh.control._ejector import Ejector
@@ -40,7 +38,7 @@ from natsmesh.traffic._route_warnings import Live, empty_targets
 from natsmesh.traffic._routes import RouteConfig
 from natsmesh.transport._kv import Conflict, Entry, Tables, Unavailable
 from natsmesh.transport._tasks import stop
-from natsmesh.transport._transport import NATS, Msg, connect
+from natsmesh.transport._transport import NATS, Msg, Subscription, connect, new_id
 from natsmesh.wire import _control, _micro
 from natsmesh.wire._control import (
     Announcement,
@@ -83,7 +81,7 @@ class Controller:
         status_ttl: float = 60.0,
         replicas: int = 1,
     ) -> None:
-        self.id = controller_id or NUID().next().decode()
+        self.id = controller_id or new_id()
         self._nats = nats
         self._prefix = prefix
         self._lease_period = lease

@@ -21,9 +21,8 @@ import logging
 from collections.abc import Awaitable, Callable
 
 import pydantic
-from nats.aio.subscription import Subscription
 
-from natsmesh.transport._transport import NATS, Msg, subscribe_direct
+from natsmesh.transport._transport import NATS, Msg, Subscription, subscribe_direct
 from natsmesh.wire._control import MAX_CONTROL_MESSAGE, EjectCommand, eject_subject
 
 log = logging.getLogger("natsmesh.service")

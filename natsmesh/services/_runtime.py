@@ -29,8 +29,6 @@ from typing import Any, Final, Self
 import anyio
 import anyio.to_thread
 import pydantic
-from nats.aio.subscription import Subscription
-from nats.nuid import NUID
 
 from natsmesh.client._client import Mesh
 from natsmesh.services._context import Context
@@ -45,7 +43,9 @@ from natsmesh.transport._transport import (
     NATS,
     Msg,
     Requester,
+    Subscription,
     connect,
+    new_id,
     server_cluster,
     subscribe_direct,
 )
@@ -99,7 +99,7 @@ class ServiceRunner:
         self._target = target() if isinstance(target, type) else target
         self._nats = nats
         self._subjects = Subjects(prefix)
-        self.id = instance_id or NUID().next().decode()
+        self.id = instance_id or new_id()
         self._limits = limits
         self._max_concurrency = max_concurrency or self.spec.max_concurrency
         self._drain_timeout = drain_timeout

@@ -3,20 +3,16 @@
 Part of the seam to nats-py (with :mod:`natsmesh.transport._transport`, which re-exports
 these names): the connect options every natsmesh participant uses, the check of
 server URLs before connecting, and the connection's callbacks, which log each
-change of state once instead of nats-py's every attempt. And one private internal
-(listed in the README's table): the connections it makes parse message headers
-with :func:`header_lines`, nats-py's own result in half the time, on the nats-py
-versions in ``TESTED_NATS_PY``.
+change of state once instead of nats-py's every attempt. The connections it makes
+get the private internals of :mod:`natsmesh.transport._nats_internals` (a faster
+header parse, refusal events), where that module's version guard allows.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
-import importlib.metadata
 import logging
 import os
-import re
 import time
 import urllib.parse
 from collections.abc import Callable
@@ -27,26 +23,21 @@ from nats.aio.client import Client as NATS
 from nats.errors import AuthorizationError
 
 from natsmesh.transport._credentials import Credentials
+from natsmesh.transport._nats_internals import fast_header_parse, refusal_error_cb
 from natsmesh.wire._errors import NatsRefused, NatsUnreachable
 
 __all__ = [
     "DEFAULT_URL",
-    "TESTED_NATS_PY",
     "connect",
     "describe",
-    "header_lines",
     "nats_url",
     "redact",
     "server_urls",
-    "tested_nats_py",
 ]
 
 log = logging.getLogger("natsmesh")
 
 DEFAULT_URL: Final = "nats://127.0.0.1:4222"
-# nats-py versions whose internals natsmesh's workarounds were tested with: header_lines
-# here, hand_over in natsmesh.transport._transport. On others, nats-py's own ways.
-TESTED_NATS_PY: Final = ("2.16.",)
 
 
 def nats_url(explicit: str | None = None) -> str:
@@ -81,8 +72,7 @@ async def connect(
     servers = server_urls(url)
     secrets = (credentials or Credentials.from_env()).connect_options(servers)
     nc = NATS()
-    if tested_nats_py() and callable(getattr(nc, "_parse_header_lines", None)):
-        nc._parse_header_lines = header_lines  # type: ignore[method-assign]
+    fast_header_parse(nc)
     events = _ConnectionLog(nc, name, servers, quiet=give_up_after is not None)
     options = {
         "servers": servers,
@@ -92,7 +82,7 @@ async def connect(
         "connect_timeout": 5,
         "ping_interval": 10,
         "max_outstanding_pings": 3,
-        "error_cb": events.on_error,
+        "error_cb": refusal_error_cb(nc, events.on_error),
         "disconnected_cb": events.on_disconnect,
         "reconnected_cb": events.on_reconnect,
         **secrets,
@@ -115,44 +105,6 @@ async def connect(
         raise events.unreachable(give_up_after or 0.0)
     events.connected()
     return nc
-
-
-@functools.cache
-def _nats_py() -> str:
-    try:
-        return importlib.metadata.version("nats-py")
-    except importlib.metadata.PackageNotFoundError:
-        return ""
-
-
-def tested_nats_py() -> bool:
-    """Whether the installed nats-py is one whose internals natsmesh was tested with."""
-    return _nats_py().startswith(TESTED_NATS_PY)
-
-
-# What bytes.strip() strips (str.strip() strips more: \x1c-\x1f too), and what
-# str.isspace() calls whitespace: nats-py's parse uses both.
-_STRIP: Final = " \t\n\r\x0b\x0c"
-_SPACE: Final = re.compile(r"\s").search
-
-
-def header_lines(raw: bytes) -> dict[str, str]:
-    """nats-py's ``_parse_header_lines(raw)``, faster where ``raw`` is ASCII (the usual case).
-
-    nats-py decodes each name as ASCII and each value as UTF-8 (with replacement), and
-    skips lines without a colon and names with whitespace inside; for an ASCII block
-    one decode of the whole block gives the same strings.
-    """
-    if not raw.isascii():
-        return NATS._parse_header_lines(raw)
-    out: dict[str, str] = {}
-    for line in raw.decode("ascii").split("\r\n"):
-        name, sep, value = line.partition(":")
-        if sep:
-            key = name.strip(_STRIP)
-            if not _SPACE(key):
-                out[key] = value.strip(_STRIP)
-    return out
 
 
 _SCHEMES: Final = ("nats", "tls", "ws", "wss")

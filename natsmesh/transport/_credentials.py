@@ -31,6 +31,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final
 
+from natsmesh.wire._errors import MeshError
+
 __all__ = ["ENV", "Credentials", "CredentialsError"]
 
 #: Field → environment variable, in the order the table above gives them.
@@ -50,7 +52,7 @@ _MAX_VALUE: Final = 4096
 _PREFIX: Final = re.compile(r"[A-Za-z0-9_\-$]+(\.[A-Za-z0-9_\-$]+)*")
 
 
-class CredentialsError(ValueError):
+class CredentialsError(MeshError, ValueError):
     """Credentials that cannot work: missing files, half pairs, conflicting kinds."""
 
 

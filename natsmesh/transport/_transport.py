@@ -1,22 +1,13 @@
-"""The seam to nats-py: connecting, and turning its outcomes into natsmesh's.
+"""The seam to nats-py: connecting, requests, subscriptions, and nats-py's outcomes as natsmesh's.
 
-Everything else speaks in subjects, bytes and headers; this module (with
-:mod:`natsmesh.transport._connection`, whose names it re-exports) alone knows nats-py's
-connect options and exception types, and where the mesh's hot path reaches past
-nats-py's public API (the README's table of dependency internals lists them with
-the others):
-
-- :class:`Requester` writes PUB/HPUB frames straight into the connection's
-  outgoing buffer (``_pending``, ``_pending_data_size``, ``_flush_queue``):
-  ``publish()`` spends more on a few headers than the rest of a call. Without
-  those attributes: ``publish()``.
-- :func:`hand_over` replaces the reply subscription's pending queue
-  (``_pending_queue``, ``_pending_size``, ``_wait_for_msgs_task``) by a
-  hand-over to the waiting request: a reply otherwise takes a queue, a task
-  switch and a callback coroutine to reach it. On a nats-py not in
-  ``TESTED_NATS_PY``: the subscription's callback, as nats-py runs it.
-- :func:`connect` gives its connections a faster ``_parse_header_lines`` (see
-  :mod:`natsmesh.transport._connection`).
+Everything else speaks in subjects, bytes and headers through this module (with
+:mod:`natsmesh.transport._connection`, whose names it re-exports); it alone, with
+:mod:`natsmesh.transport._nats_internals`, imports ``nats``. The other modules hold
+the connection as an opaque :data:`NATS` and call its public methods (``publish``,
+``subscribe``, ``flush``, ``drain``, ``close``) or the functions here. Where the hot
+path reaches past nats-py's public API (the frames the :class:`Requester` writes, the
+hand-over of replies, refusal events, the server's zone) lives in ``_nats_internals``,
+behind its version guard.
 """
 
 from __future__ import annotations
@@ -25,17 +16,16 @@ import asyncio
 import contextlib
 import logging
 import os
-import re
 import time
-import weakref
 from collections.abc import Callable, Mapping
 from typing import Final, Self
 
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
-from nats.errors import NoRespondersError
+from nats.errors import MaxPayloadError, NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
+from nats.nuid import NUID
 
 from natsmesh.transport._connection import (
     DEFAULT_URL,
@@ -44,10 +34,10 @@ from natsmesh.transport._connection import (
     nats_url,
     redact,
     server_urls,
-    tested_nats_py,
 )
 from natsmesh.transport._deadlines import Deadlines
-from natsmesh.wire._errors import PermissionDenied
+from natsmesh.transport._nats_internals import FrameWriter, hand_over, listen_refusals, server_zone
+from natsmesh.wire._errors import MessageTooLarge, PermissionDenied
 
 log = logging.getLogger("natsmesh")
 
@@ -62,22 +52,36 @@ __all__ = [
     "NoReply",
     "NoResponse",
     "Requester",
+    "Subscription",
     "connect",
     "describe",
-    "hand_over",
     "nats_url",
+    "new_id",
+    "publish",
     "redact",
     "request",
+    "server_cluster",
     "server_urls",
     "subscribe_direct",
 ]
 
+#: The zone of a connection: the name of its server's NATS cluster ("" standalone).
+server_cluster = server_zone
 
-def server_cluster(nc: NATS) -> str:
-    """The name of the NATS cluster the connection's server belongs to ("" standalone)."""
-    info = getattr(nc, "_server_info", None) or {}
-    cluster = info.get("cluster", "")
-    return cluster if isinstance(cluster, str) else ""
+
+def new_id() -> str:
+    """A new unique id (an instance's, a controller's): a NATS NUID, as NATS tools show."""
+    return NUID().next().decode()
+
+
+async def publish(
+    nc: NATS, subject: str, payload: bytes, *, headers: dict[str, str] | None = None
+) -> None:
+    """Publish one message with nats-py's publish(); raises MessageTooLarge past max_payload."""
+    try:
+        await nc.publish(subject, payload, headers=headers)
+    except MaxPayloadError:
+        raise MessageTooLarge(subject, len(payload), nc.max_payload) from None
 
 
 class NoReply(Exception):
@@ -102,61 +106,8 @@ async def request(
         raise NoResponse from None
     except NatsTimeoutError:
         raise NoReply from None
-
-
-class _HandOver:
-    """Stands in for a subscription's pending queue: every message goes on at once.
-
-    nats-py's reader puts each message in the queue (``put_nowait``) after adding its
-    size to the subscription's pending bytes; a task per subscription then takes it
-    out and awaits the callback. Here the reader's ``put_nowait`` hands the message
-    to ``deliver`` (plain code, never raising), in the reader's own step.
-    """
-
-    __slots__ = ("_deliver", "_sub")
-
-    def __init__(self, sub: Subscription, deliver: Callable[[Msg], None]) -> None:
-        self._sub = sub
-        self._deliver = deliver
-
-    def put_nowait(self, msg: Msg) -> None:
-        self._sub._pending_size -= len(msg.data)
-        try:
-            self._deliver(msg)
-        except Exception:  # never into nats-py's reader, which would drop the connection
-            log.exception("delivering a reply failed")
-
-    # What nats-py asks a subscription's queue elsewhere (pending counts, drain).
-    def qsize(self) -> int:
-        return 0
-
-    def empty(self) -> bool:
-        return True
-
-    def task_done(self) -> None:
-        pass
-
-    async def join(self) -> None:
-        return None
-
-
-def hand_over(sub: Subscription, deliver: Callable[[Msg], None]) -> bool:
-    """Deliver ``sub``'s messages to ``deliver`` as nats-py reads them, instead of its callback.
-
-    Only on a subscription with nothing pending (a new one) and a tested nats-py;
-    returns False (the callback goes on) otherwise.
-    """
-    if not tested_nats_py():
-        return False
-    queue = getattr(sub, "_pending_queue", None)
-    task = getattr(sub, "_wait_for_msgs_task", None)
-    if not isinstance(queue, asyncio.Queue) or not queue.empty() or task is None:
-        return False
-    if not hasattr(sub, "_pending_size"):
-        return False
-    sub._pending_queue = _HandOver(sub, deliver)  # type: ignore[assignment]
-    task.cancel()  # it waits on the old queue, which nothing fills any more
-    return True
+    except MaxPayloadError:
+        raise MessageTooLarge(subject, len(payload), nc.max_payload) from None
 
 
 async def subscribe_direct(
@@ -177,32 +128,6 @@ async def subscribe_direct(
     return sub
 
 
-_REFUSED: Final = re.compile(r'permissions violation for publish to "([^"]+)"')
-_listeners: weakref.WeakKeyDictionary[NATS, set[Requester]] = weakref.WeakKeyDictionary()
-
-
-def _refusals(nc: NATS) -> set[Requester]:
-    """The requesters to tell when the server refuses one of ``nc``'s publishes.
-
-    The first call wraps the connection's error callback, once: nats-py reports
-    a permissions violation there and nowhere else, and drops the message.
-    """
-    listeners = _listeners.get(nc)
-    if listeners is None:
-        listeners = _listeners[nc] = set()
-        previous = nc._error_cb
-
-        async def on_error(exc: Exception) -> None:
-            refused = _REFUSED.search(str(exc))
-            if refused is not None:
-                for requester in list(listeners):
-                    requester._refused(refused.group(1))
-            await previous(exc)
-
-        nc._error_cb = on_error
-    return listeners
-
-
 class Requester:
     """Request/reply multiplexed over one wildcard inbox subscription.
 
@@ -216,34 +141,16 @@ class Requester:
 
     A publish the server refuses (the mesh access policy) fails the requests
     waiting on that subject at once with :class:`PermissionDenied`, where it would
-    otherwise wait out its timeout: nats-py reports the refusal only to the
-    connection's error callback, which the requester listens to.
+    otherwise wait out its timeout (see ``listen_refusals``).
 
     Use as an async context manager (only :meth:`publish` works without entering it).
 
-    While the connection is plainly connected, a message is written as the very
-    protocol frame nats-py's ``publish()`` would write, straight into its outgoing
-    buffer: ``publish()`` spends more on a few headers (a regular expression and
-    four buffer copies per header) than the rest of a call does. Anything else
-    (reconnecting, draining, a subject, name or value that needs nats-py's own
-    checks or rewriting, a nats-py without that buffer) goes through ``publish()``.
+    Messages are written by a :class:`~natsmesh.transport._nats_internals.FrameWriter`
+    where its version guard allows (``direct=None``) and it accepts the message, else
+    by nats-py's ``publish()``; ``direct=False`` insists on ``publish()``.
     """
 
-    # nats-py's rules: a header name is a token, and a subject holds no whitespace
-    # (CR/LF would start a new protocol line).
-    _HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-    _BAD_SUBJECT = re.compile(r"\s")
-    _BUFFER = (
-        "_pending",
-        "_pending_data_size",
-        "_max_pending_size",
-        "_flush_queue",
-        "_flusher_task",
-        "_status",
-    )
-    _CHECKED = 4096  # subjects and header names remembered as checked
-
-    def __init__(self, nc: NATS, *, tick: float = 0.005) -> None:
+    def __init__(self, nc: NATS, *, tick: float = 0.005, direct: bool | None = None) -> None:
         self._nc = nc
         self._prefix = ""
         self._pending: dict[str, asyncio.Future[Msg]] = {}
@@ -253,21 +160,20 @@ class Requester:
         self._deadlines: Deadlines[str] = Deadlines(self._expire, tick=tick)
         self._stack = contextlib.AsyncExitStack()
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._direct = all(hasattr(nc, a) for a in self._BUFFER)
-        self._subjects: set[str] = set()
-        self._names: set[str] = set()
+        self._writer = FrameWriter.for_connection(nc) if direct is not False else None
 
     async def __aenter__(self) -> Self:
         # Kept: on 3.11 every get_running_loop() is a getpid() system call.
         self._loop = asyncio.get_running_loop()
         self._prefix = f"{self._nc.new_inbox()}."
-        if self._BAD_SUBJECT.search(self._prefix):
-            self._direct = False  # reply subjects are written unchecked below
+        if not FrameWriter.safe_reply_prefix(self._prefix):
+            self._writer = None  # reply subjects are written unchecked
         self._sub = await self._nc.subscribe(f"{self._prefix}*", cb=self._on_reply)
         hand_over(self._sub, self._reply)
         await self._stack.enter_async_context(self._deadlines.running())
-        _refusals(self._nc).add(self)
-        self._stack.callback(_refusals(self._nc).discard, self)
+        stop_listening = listen_refusals(self._nc, self._refused)
+        if stop_listening is not None:
+            self._stack.callback(stop_listening)
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -350,58 +256,13 @@ class Requester:
     async def _send(
         self, subject: str, reply: str, payload: bytes, headers: dict[str, str] | None
     ) -> None:
-        # ``reply`` is written unchecked: it is empty or one of ours (the prefix is checked).
-        nc = self._nc
-        frame = self._frame(subject, reply, payload, headers) if self._direct else None
-        if frame is None:
-            await nc.publish(subject, payload, reply=reply, headers=headers)
-            return
-        # What publish() does once it has its frame: count, queue, wake the flusher.
-        nc.stats["out_msgs"] += 1
-        nc.stats["out_bytes"] += len(payload)
-        nc._pending.append(frame)
-        nc._pending_data_size += len(frame)
-        if 0 < nc._max_pending_size < nc._pending_data_size:
-            await nc._flush_pending(force_flush=True)
-        if nc._flush_queue is not None and nc._flush_queue.empty():
-            flusher, loop = nc._flusher_task, self._loop
-            if loop is not None and flusher is not None and not flusher.done():
-                # What _flush_pending() does then, minus two coroutines and the loop
-                # lookup of asyncio.Future() (a getpid() system call on 3.11).
-                nc._flush_queue.put_nowait(loop.create_future())
-            else:
-                await nc._flush_pending()
-
-    def _frame(
-        self, subject: str, reply: str, payload: bytes, headers: dict[str, str] | None
-    ) -> bytes | None:
-        """The PUB or HPUB frame ``publish()`` would write; None where only it may write."""
-        nc = self._nc
-        if nc._status != NATS.CONNECTED or len(payload) > nc.max_payload:
-            return None
-        if subject not in self._subjects:
-            if not subject or self._BAD_SUBJECT.search(subject):
-                return None
-            if len(self._subjects) < self._CHECKED:
-                self._subjects.add(subject)
-        if headers is None:  # an empty dict still makes an HPUB, as in publish()
-            return b"%s%s\r\n" % (f"PUB {subject} {reply} {len(payload)}\r\n".encode(), payload)
-        lines = ["NATS/1.0\r\n"]
-        for name, value in headers.items():
-            if name not in self._names:
-                if not self._HEADER_NAME.fullmatch(name):
-                    return None
-                if len(self._names) < self._CHECKED:
-                    self._names.add(name)
-            # publish() strips a value and turns CR/LF into spaces: such values go there.
-            if value.strip() != value or "\r" in value or "\n" in value:
-                return None
-            lines.append(f"{name}: {value}\r\n")
-        lines.append("\r\n")
-        head = "".join(lines).encode()
-        size = len(head)
-        return b"%s%s%s\r\n" % (
-            f"HPUB {subject} {reply} {size} {size + len(payload)}\r\n".encode(),
-            head,
-            payload,
-        )
+        writer = self._writer
+        if writer is not None:
+            frame = writer.frame(subject, reply, payload, headers)
+            if frame is not None:
+                await writer.write(frame, len(payload), self._loop)
+                return
+        try:
+            await self._nc.publish(subject, payload, reply=reply, headers=headers)
+        except MaxPayloadError:
+            raise MessageTooLarge(subject, len(payload), self._nc.max_payload) from None

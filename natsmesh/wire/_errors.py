@@ -1,15 +1,27 @@
 """The natsmesh exception tree and the error codes that cross the wire.
 
-Every exception natsmesh raises derives from :class:`MeshError`::
+Every exception natsmesh raises derives from :class:`MeshError` (a test checks that
+each subclass is drawn here)::
 
     MeshError
     ├── NatsUnreachable           no NATS server could be reached within the connect timeout
     │   │                         (also a ConnectionError)
     │   └── NatsRefused           a server answered but refused this client's credentials
+    ├── CredentialsError          credentials that cannot work: a missing file, half a
+    │                             pair, two kinds at once (also a ValueError)
     ├── InvalidName               a service, endpoint or subset name that could become
     │                             a subject wildcard or token (also a ValueError)
     ├── SpecError                 a @service declaration that cannot run (also a TypeError)
+    ├── ConfigError               a config file that cannot be used; ``.problems`` lists
+    │   │                         each ``path: reason`` (also a ValueError)
+    │   ├── RouteConfigError      a route config the controller would refuse
+    │   └── PolicyError           an access policy that cannot be compiled (``natsmesh auth``)
+    ├── CompileError              a compiled policy's files cannot be written (``natsmesh auth``)
     ├── ServiceError              raised by a handler to reply with its own code and message
+    ├── PermissionDenied          the server refused this client's publish (its permissions):
+    │                             reported at once, never retried
+    ├── MessageTooLarge           a message larger than the server's ``max_payload``
+    │                             (also a ValueError)
     └── CallError                 a call failed; carries service, endpoint and subject
         ├── NoResponders          nobody listens on the subject (immediate, never a timeout)
         ├── DeadlineExceeded      the call's budget ran out (also a TimeoutError)
@@ -172,6 +184,19 @@ class PermissionDenied(MeshError):
     def __init__(self, subject: str) -> None:
         super().__init__(f"not permitted to publish to {subject}")
         self.subject = subject
+
+
+class MessageTooLarge(MeshError, ValueError):
+    """A message of ``size`` bytes to ``subject``: more than the server's ``max_payload``."""
+
+    def __init__(self, subject: str, size: int, max_payload: int) -> None:
+        super().__init__(
+            f"a message of {size} bytes to {subject} exceeds the server's max_payload"
+            f" ({max_payload} bytes)"
+        )
+        self.subject = subject
+        self.size = size
+        self.max_payload = max_payload
 
 
 class DeadlineExceeded(CallError, TimeoutError):

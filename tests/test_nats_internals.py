@@ -1,0 +1,201 @@
+"""natsmesh's nats-py internals (transport/_nats_internals) against a real nats-server.
+
+Each internal is tested on the fast path (this nats-py, in TESTED_NATS_PY) and on its
+fallback (an untested version, or NATSMESH_NO_INTERNALS=1): both must behave alike.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import anyio
+import nats
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from natsmesh.transport import _nats_internals, _transport
+from natsmesh.transport._nats_internals import (
+    FrameWriter,
+    _HandOver,
+    fast_header_parse,
+    hand_over,
+    header_lines,
+    internals_allowed,
+    listen_refusals,
+    server_zone,
+)
+from natsmesh.transport._transport import NATS, Requester, subscribe_direct
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def untested(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A nats-py version the internals were not tested with."""
+    monkeypatch.setattr(_nats_internals, "TESTED_NATS_PY", ("0.0.",))
+
+
+# -- the guard -----------------------------------------------------------------------------
+
+
+def test_the_installed_nats_py_is_a_tested_one() -> None:
+    # A new nats-py release must be tested (and added to TESTED_NATS_PY) before it counts.
+    assert internals_allowed()
+    assert not internals_allowed("2.17.0")
+    assert not internals_allowed("3.0.0")
+
+
+def test_no_internals_in_the_environment_turns_them_all_off(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("NATSMESH_NO_INTERNALS", "1")
+    assert not internals_allowed()
+    monkeypatch.setenv("NATSMESH_NO_INTERNALS", "0")
+    assert internals_allowed()
+
+
+async def test_an_untested_nats_py_gets_no_frame_writer(nats_url: str, untested: None) -> None:
+    nc = await nats.connect(nats_url)
+    try:
+        assert FrameWriter.for_connection(nc) is None
+        assert not fast_header_parse(nc)
+        assert server_zone(nc) == ""
+        assert listen_refusals(nc, lambda subject: None) is None
+    finally:
+        await nc.close()
+
+
+# -- hand_over: messages go on as nats-py reads them -----------------------------------------
+
+
+async def _echo(nc: Any, requester: Requester) -> None:
+    async def echo(msg: Any) -> None:
+        await requester.publish(msg.reply, msg.data, None)
+
+    await nc.subscribe("svc.echo", cb=echo)
+    await nc.flush()
+
+
+async def test_replies_are_handed_over_on_a_tested_nats_py(nats_url: str) -> None:
+    nc = await nats.connect(nats_url)
+    try:
+        async with Requester(nc) as requester:
+            await _echo(nc, requester)
+            assert isinstance(requester._sub._pending_queue, _HandOver)  # type: ignore[union-attr]
+            replies = [
+                await requester.request("svc.echo", b"%d" % i, timeout=5, headers=None)
+                for i in range(20)
+            ]
+            assert [r.data for r in replies] == [b"%d" % i for i in range(20)]
+    finally:
+        await nc.close()
+
+
+async def test_an_untested_nats_py_keeps_nats_pys_own_delivery(
+    nats_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_nats_internals, "TESTED_NATS_PY", ("0.0.",))
+    nc = await nats.connect(nats_url)
+    try:
+        async with Requester(nc) as requester:
+            await _echo(nc, requester)
+            assert isinstance(requester._sub._pending_queue, asyncio.Queue)  # type: ignore[union-attr]
+            reply = await requester.request("svc.echo", b"x", timeout=5, headers=None)
+            assert reply.data == b"x"
+    finally:
+        await nc.close()
+
+
+async def test_a_subscription_with_messages_pending_is_not_handed_over(nats_url: str) -> None:
+    nc = await nats.connect(nats_url)
+    try:
+        seen: list[bytes] = []
+        sub = await nc.subscribe("busy", cb=_never_ready(seen))
+        await nc.publish("busy", b"first")  # taken by the callback, which never returns
+        await nc.publish("busy", b"second")  # so this one waits in the queue
+        await nc.flush()
+        with anyio.fail_after(5):
+            while not seen or sub._pending_queue.empty():  # noqa: ASYNC110  (no event to wait on)
+                await anyio.sleep(0.01)
+        assert not hand_over(sub, lambda msg: seen.append(msg.data))
+        assert isinstance(sub._pending_queue, asyncio.Queue)
+    finally:
+        await nc.close()
+
+
+def _never_ready(seen: list[bytes]) -> Any:
+    async def slow(msg: Any) -> None:
+        seen.append(msg.data)
+        await asyncio.sleep(3600)
+
+    return slow
+
+
+async def test_a_failing_delivery_costs_one_message_not_the_connection(nats_url: str) -> None:
+    nc = await nats.connect(nats_url)
+    try:
+        seen: list[bytes] = []
+        last = anyio.Event()
+
+        def deliver(msg: Any) -> None:
+            if msg.data == b"boom":
+                raise RuntimeError("a bug in the receiver")
+            seen.append(msg.data)
+            if msg.data == b"two":
+                last.set()
+
+        await subscribe_direct(nc, "direct", deliver)
+        for data in (b"one", b"boom", b"two"):
+            await nc.publish("direct", data)
+        # Not flush(): nats-server may answer the PING before it delivers to the same client.
+        with anyio.fail_after(5):
+            await last.wait()
+        assert seen == [b"one", b"two"]
+        assert nc.is_connected
+    finally:
+        await nc.close()
+
+
+# -- header_lines: nats-py's header parse, faster for ASCII ----------------------------------
+
+LINE = st.one_of(
+    st.binary(max_size=40),
+    st.builds(
+        lambda name, sep, value: name + sep + value,
+        st.sampled_from(
+            [b"Mesh-Budget-Ms", b" X-Pad ", b"Bad Name", b"\x1cX", b"X\x1f", b"", b"\xc3\xa9"]
+        ),
+        st.sampled_from([b":", b": ", b":\t", b""]),
+        st.one_of(
+            st.binary(max_size=20), st.sampled_from([b" 4999 ", b"\x1cv\x1c", "café".encode()])
+        ),
+    ),
+)
+
+
+@settings(max_examples=500)
+@given(st.lists(LINE, max_size=6), st.booleans())
+def test_header_lines_is_nats_pys_parse(lines: list[bytes], ending: bool) -> None:
+    raw = b"\r\n".join(lines) + (b"\r\n\r\n" if ending else b"")
+    assert header_lines(raw) == NATS._parse_header_lines(raw)
+
+
+def test_header_lines_agrees_on_every_ascii_character() -> None:
+    for code in range(128):
+        c = bytes([code])
+        for raw in (b"A" + c + b"B: v" + c + b"\r\n", c + b"Name" + c + b":" + c + b"v" + c):
+            assert header_lines(raw) == NATS._parse_header_lines(raw), raw
+
+
+async def test_connections_parse_headers_with_header_lines(nats_url: str) -> None:
+    nc = await _transport.connect(nats_url, name="headers")
+    try:
+        assert nc._parse_header_lines is header_lines
+        sub = await nc.subscribe("h")
+        sent = {"Mesh-Budget-Ms": "4999", "X-Unicode": "café ☕", "X-Pad": "p"}
+        await nc.publish("h", b"", headers=sent)
+        assert (await sub.next_msg(timeout=5)).headers == sent
+    finally:
+        await nc.close()
