@@ -28,7 +28,7 @@ from gateway._auth import GatewayAuth, Identity
 from gateway._auth_config import AuthConfigError
 from gateway._limits import GatewayLimits
 from gateway._request import BUDGET_HEADER
-from gateway._serve import bind, run_workers, serve
+from gateway._server import bind, run_server, run_workers
 from natsmesh import Mesh
 
 __all__ = [
@@ -41,8 +41,8 @@ __all__ = [
     "Identity",
     "bind",
     "create_app",
+    "run_server",
     "run_workers",
-    "serve",
 ]
 
 

@@ -1,5 +1,13 @@
 """uvicorn's HTTP/1.1 protocols with the gateway's limits on reading a request.
 
+The one module that subclasses uvicorn's protocol classes (``H11Protocol``,
+``HttpToolsProtocol``) and overrides their internals (``cycle``, ``transport``,
+``data_received``): on a uvicorn in :data:`TESTED_UVICORN` only. On another, the
+gateway runs uvicorn's stock protocols (its own limits: ``timeout_keep_alive``,
+h11's head bound) with only ``TCP_NODELAY`` added, through asyncio's public
+``Protocol.connection_made``; a warning says so once. (The README's table
+"Private internals we rely on".)
+
 The ASGI app sees a request only once its head (request line and headers) is
 complete, so what a slow or oversized request costs is bounded below it:
 
@@ -8,7 +16,7 @@ complete, so what a slow or oversized request costs is bounded below it:
   answer has started) and the connection closes. One timer per connection, armed
   only while a request is incomplete: a request that arrives whole costs none;
 - the head's size: h11 bounds it itself (``h11_max_incomplete_event_size``);
-  httptools does not, so :mod:`gateway._protocol_httptools` counts it;
+  httptools does not, so :class:`LimitedHttpTools` counts it;
 - a lingering close: a connection closed while the client is still sending its
   body (a 413 answered at once) first sends the answer and a FIN, then reads and
   drops what still comes for up to ``LINGER`` seconds. Closing a socket with
@@ -29,9 +37,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import importlib.metadata
 import importlib.util
+import logging
 import socket
-from typing import Any, ClassVar, Final, cast
+from typing import TYPE_CHECKING, Any, ClassVar, Final, cast
 
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
@@ -40,6 +51,11 @@ from gateway._limits import GatewayLimits
 
 #: Seconds a connection closed on an unfinished request body keeps draining it.
 LINGER: Final = 2.0
+#: uvicorn versions (prefixes) whose protocol internals the subclasses here were tested with.
+TESTED_UVICORN: Final = ("0.55.",)
+# The request line and the separators, beyond the URL and header bytes counted.
+_SLACK: Final = 1024
+log = logging.getLogger("gateway")
 
 _REASONS = {408: b"Request Timeout", 414: b"URI Too Long", 431: b"Request Header Fields Too Large"}
 
@@ -221,15 +237,106 @@ def _after_data(protocol: Any, before: Any) -> None:
         head.disarm()
 
 
+_HAVE_HTTPTOOLS: Final = importlib.util.find_spec("httptools") is not None
+
+if TYPE_CHECKING or _HAVE_HTTPTOOLS:
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    class LimitedHttpTools(HttpToolsProtocol):
+        """httptools with a deadline on every request head, a bound on its size, a lingering
+        close. httptools (llhttp) keeps a header's pieces until the header ends: this counts
+        the bytes of a head not complete yet and refuses it (431, the connection closed)
+        once they pass ``max_header_bytes``.
+        """
+
+        limits: ClassVar[GatewayLimits] = GatewayLimits()
+
+        def connection_made(self, transport: Any) -> None:
+            no_delay(transport)
+            self._linger = Lingering(cast(asyncio.Transport, OneSend(transport, self.loop)), self)
+            super().connection_made(self._linger)  # type: ignore[arg-type]  # the transport's stand-in
+            self._head = _HeadDeadline()
+            self._head.arm(self.transport, self.limits.read_timeout)
+            self._refused = False
+            self._pending = 0  # bytes of the head not complete yet
+
+        def data_received(self, data: bytes) -> None:
+            if self._refused or self._linger.lingering:
+                return
+            before = self.cycle
+            waiting = before is None or before.response_complete
+            super().data_received(data)
+            if self.cycle is not before:
+                self._pending = 0
+            elif waiting:
+                self._pending += len(data)
+                if self._pending > self.limits.max_header_bytes + _SLACK:
+                    self._refuse()
+                    return
+            _after_data(self, before)
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._head.disarm()
+            self._linger.lost()
+            super().connection_lost(exc)
+
+        def _refuse(self) -> None:
+            self._refused = True
+            self._head.disarm()
+            if not self.transport.is_closing():
+                self.transport.write(
+                    raw_response(431, "headers_too_large", "request head too large")
+                )
+                self.transport.close()
+
+
+@functools.cache
+def _uvicorn() -> str:
+    try:
+        return importlib.metadata.version("uvicorn")
+    except importlib.metadata.PackageNotFoundError:
+        return ""
+
+
+def uvicorn_known(version: str | None = None) -> bool:
+    """Whether the installed uvicorn (or ``version``) is one the subclasses here know."""
+    return (_uvicorn() if version is None else version).startswith(TESTED_UVICORN)
+
+
+def _stock(base: type[Any]) -> type[Any]:
+    """uvicorn's own protocol ``base``, with only ``TCP_NODELAY`` on each connection."""
+
+    def connection_made(self: Any, transport: asyncio.BaseTransport) -> None:
+        no_delay(transport)
+        base.connection_made(self, transport)
+
+    return type(f"NoDelay{base.__name__}", (base,), {"connection_made": connection_made})
+
+
 def protocol_class(limits: GatewayLimits, http: str = "auto") -> type[asyncio.Protocol]:
-    """The protocol for uvicorn's ``http=``: httptools where installed (and asked for), else h11."""
+    """The protocol for uvicorn's ``http=``: httptools where installed (and asked for), else h11.
+
+    With ``limits`` on a tested uvicorn; uvicorn's stock protocol (plus ``TCP_NODELAY``)
+    on another.
+    """
     if http not in ("auto", "h11", "httptools"):
         raise ValueError(f"unknown HTTP implementation {http!r}")
-    base: type[Any] = LimitedH11
-    if http != "h11" and importlib.util.find_spec("httptools") is not None:
-        from gateway._protocol_httptools import LimitedHttpTools
-
-        base = LimitedHttpTools
-    elif http == "httptools":
+    if http == "httptools" and not _HAVE_HTTPTOOLS:
         raise ValueError("httptools is not installed (pip install httptools)")
+    use_httptools = http != "h11" and _HAVE_HTTPTOOLS
+    if not uvicorn_known():
+        _warn_untested()
+        return _stock(HttpToolsProtocol if use_httptools else H11Protocol)
+    base: type[Any] = LimitedHttpTools if use_httptools else LimitedH11
     return type(base.__name__, (base,), {"limits": limits})
+
+
+@functools.cache
+def _warn_untested() -> None:
+    log.warning(
+        "uvicorn %s is not one the gateway's protocol was tested with (%s): running uvicorn's"
+        " own protocol, without the gateway's request-head deadline, head-size bound for"
+        " httptools and lingering close",
+        _uvicorn() or "(unknown)",
+        ", ".join(v + "x" for v in TESTED_UVICORN),
+    )

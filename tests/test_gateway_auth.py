@@ -30,7 +30,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from gateway_env import FORWARD, Shop, asgi, running_shop
 from procs import Proc
 
-from gateway import GatewayAuth, bind, create_app, serve
+from gateway import GatewayAuth, bind, create_app, run_server
 from gateway._auth import Denied, Identity
 from natsmesh.testing import free_port
 
@@ -488,7 +488,7 @@ async def test_over_a_real_socket(
     limits = app.limits
     async with anyio.create_task_group() as tg:
         url = await tg.start(
-            lambda task_status: serve(
+            lambda task_status: run_server(
                 app, bind("127.0.0.1", 0), limits=limits, task_status=task_status
             )
         )

@@ -25,7 +25,7 @@ import pytest
 from gateway_env import Shop, asgi, running_shop
 from test_controller import eventually
 
-from gateway import GatewayLimits, bind, create_app, serve
+from gateway import GatewayLimits, bind, create_app, run_server
 from gateway._protocol import LINGER
 from natsmesh.testing import EmbeddedNats
 
@@ -78,7 +78,7 @@ async def served(request: pytest.FixtureRequest, shop: Shop) -> AsyncIterator[st
     async with anyio.create_task_group() as tg:
         app = create_app(shop.mesh, limits=limits)
         url = await tg.start(
-            lambda task_status: serve(
+            lambda task_status: run_server(
                 app,
                 bind("127.0.0.1", 0),
                 limits=limits,

@@ -110,8 +110,7 @@ async def _up(args: argparse.Namespace) -> int:
         except OSError as exc:
             raise UsageError(f"{routes_file}: {exc.strerror}") from None
     url = server_of(args)
-    from gateway import GatewayLimits, create_app
-    from gateway import serve as serve_gateway
+    from gateway import GatewayLimits, create_app, run_server
 
     auth = _gateway_auth(args.auth)
     sock, moved = _gateway_socket("127.0.0.1", args.port)
@@ -129,7 +128,7 @@ async def _up(args: argparse.Namespace) -> int:
             async def ready(runners: list[ServiceRunner]) -> None:
                 # The gateway last: its first look at the services finds them all.
                 http = await tg.start(
-                    functools.partial(serve_gateway, app, limits=limits, freeze=True), sock
+                    functools.partial(run_server, app, limits=limits, freeze=True), sock
                 )
                 names = ", ".join(f"{r.spec.name}@{r.spec.version}" for r in runners)
                 print(
@@ -180,8 +179,7 @@ def _gateway_socket(host: str, port: int | None) -> tuple[socket.socket, str]:
 
 
 async def _gateway(args: argparse.Namespace) -> int:
-    from gateway import GatewayLimits, create_app, run_workers
-    from gateway import serve as serve_gateway
+    from gateway import GatewayLimits, create_app, run_server, run_workers
 
     limits = GatewayLimits()
     url = server_of(args)
@@ -212,7 +210,7 @@ async def _gateway(args: argparse.Namespace) -> int:
     ):
         http = await tg.start(
             functools.partial(
-                serve_gateway,
+                run_server,
                 create_app(mesh, limits=limits, auth=auth),
                 limits=limits,
                 freeze=True,

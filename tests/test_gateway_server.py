@@ -19,7 +19,8 @@ from gateway_env import Shop, recording, running_shop
 from procs import Proc
 from sockets import children, keep_alive, no_delay, server_end
 
-from gateway import GatewayLimits, bind, create_app, serve
+from gateway import GatewayLimits, _protocol, bind, create_app, run_server
+from gateway._protocol import protocol_class
 from natsmesh.testing import free_port
 
 pytestmark = pytest.mark.anyio
@@ -53,7 +54,7 @@ async def served(request: pytest.FixtureRequest, nats_url: str) -> AsyncIterator
         app = create_app(shop.mesh, limits=LIMITS)
         sock = bind("127.0.0.1", 0)
         url = await tg.start(
-            lambda task_status: serve(
+            lambda task_status: run_server(
                 app, sock, limits=LIMITS, http=request.param, task_status=task_status
             )
         )
@@ -170,7 +171,7 @@ async def test_every_connection_has_tcp_nodelay_on_asyncios_loop(served: tuple[S
 
 @pytest.mark.parametrize("http", ["h11", "httptools"])
 async def test_a_listener_made_elsewhere_gets_tcp_nodelay_too(nats_url: str, http: str) -> None:
-    # A socket handed to serve() by its caller (proto 0, as bind() once made it): the
+    # A socket handed to run_server() by its caller (proto 0, as bind() once made it): the
     # gateway's protocol sets TCP_NODELAY on each connection itself.
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     listener.bind(("127.0.0.1", 0))
@@ -179,7 +180,7 @@ async def test_a_listener_made_elsewhere_gets_tcp_nodelay_too(nats_url: str, htt
     async with running_shop(nats_url) as shop, anyio.create_task_group() as tg:
         app = create_app(shop.mesh, limits=LIMITS)
         url = await tg.start(
-            lambda task_status: serve(
+            lambda task_status: run_server(
                 app, listener, limits=LIMITS, http=http, task_status=task_status
             )
         )
@@ -269,3 +270,38 @@ async def test_a_taken_port_is_one_line(nats_url: str) -> None:
             assert "Traceback" not in "".join(proc.stderr_lines)
     finally:
         sock.close()
+
+
+# -- an untested uvicorn: its stock protocol, still with TCP_NODELAY ---------------------------
+
+
+def test_the_installed_uvicorn_gets_the_gateways_protocol() -> None:
+    assert _protocol.uvicorn_known()
+    assert not _protocol.uvicorn_known("0.56.0")
+    assert protocol_class(LIMITS, "h11").__mro__[1] is _protocol.LimitedH11
+
+
+@pytest.mark.parametrize("http", ["h11", "httptools"])
+async def test_an_untested_uvicorn_runs_its_stock_protocol_with_tcp_nodelay(
+    nats_url: str, http: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_protocol, "TESTED_UVICORN", ("0.0.",))
+    stock = protocol_class(LIMITS, http)
+    assert not issubclass(stock, _protocol.LimitedH11 | _protocol.LimitedHttpTools)
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)  # proto 0: asyncio won't
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    async with running_shop(nats_url) as shop, anyio.create_task_group() as tg:
+        app = create_app(shop.mesh, limits=LIMITS)
+        url = await tg.start(
+            lambda task_status: run_server(
+                app, listener, limits=LIMITS, http=http, task_status=task_status
+            )
+        )
+        client, server = await _server_end_of_keep_alive(url)
+        with client, server:
+            assert no_delay(server)
+        async with httpx.AsyncClient(base_url=url) as http_client:
+            answer = await http_client.post("/echo/echo", content=ECHO)
+        assert answer.status_code == 200
+        tg.cancel_scope.cancel()

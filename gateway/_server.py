@@ -1,16 +1,17 @@
-"""Serving the gateway with uvicorn: in this process, or in N worker processes.
+"""The gateway's HTTP server (uvicorn): in this process, or in N worker processes.
 
-``serve()`` runs one uvicorn server inside the caller's event loop (``natsmesh
+(Running *services* is ``natsmesh.serve``; this module runs the HTTP server.)
+``run_server()`` runs one uvicorn server inside the caller's event loop (``natsmesh
 gateway``, ``natsmesh up``): the caller binds nothing, owns the signals and stops
 the server by leaving; readiness is the socket listening after the app's
 lifespan startup. ``run_workers()`` is ``--workers N``: the socket is bound once
 here, and each worker process builds its own app and Mesh with :func:`factory`
-(``gateway._serve:factory``) from ``NATS_URL``.
+(``gateway._server:factory``) from ``NATS_URL``.
 
 uvicorn runs with httptools where it is installed (a dependency where it has
 wheels), the gateway's protocol limits (:mod:`gateway._protocol`), no access log
 (the metrics count every request), no ``Server`` header and no proxy-header
-trust. ``serve()`` runs on the caller's loop; workers on the loop the parent names
+trust. ``run_server()`` runs on the caller's loop; workers on the loop the parent names
 (``natsmesh gateway --loop``: uvloop where installed by default).
 """
 
@@ -137,7 +138,7 @@ class _Server(uvicorn.Server):
             self._on_started()
 
 
-async def serve(
+async def run_server(
     app: Any,
     sock: socket.socket,
     *,
@@ -146,7 +147,7 @@ async def serve(
     freeze: bool = False,
     task_status: TaskStatus[str] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve ``app`` on ``sock`` until cancelled; ``task_status.started(url)`` once listening.
+    """Run the HTTP server for ``app`` on ``sock`` until cancelled; ``started(url)`` once listening.
 
     Cancelling stops the server gracefully: connections finish, lifespan shutdown runs.
     ``freeze`` tunes this process's garbage collector for serving (see ``freeze_gc``):
@@ -200,7 +201,7 @@ def _limits_from_env() -> dict[str, Any]:
 
 
 def __getattr__(name: str) -> Any:
-    # "gateway._serve:WorkerProtocol": a worker's protocol class, with the limits its
+    # "gateway._server:WorkerProtocol": a worker's protocol class, with the limits its
     # parent put in the environment (a class made at run time cannot be pickled over).
     if name == "WorkerProtocol":
         return protocol_class(GatewayLimits(**_limits_from_env()))
@@ -242,11 +243,11 @@ def run_workers(
         os.environ[ENV_AUTH] = os.path.abspath(auth_file)
     os.environ[ENV_LIMITS] = json.dumps(dataclasses.asdict(limits))
     cfg = config(
-        "gateway._serve:factory",
+        "gateway._server:factory",
         limits=limits,
         workers=workers,
         factory=True,
-        http="gateway._serve:WorkerProtocol",
+        http="gateway._server:WorkerProtocol",
         loop=loop,
     )
     url = url_of(sock)
