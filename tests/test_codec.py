@@ -287,13 +287,19 @@ def _reject_constant(token: str) -> Any:
     raise ValueError(f"non-standard JSON constant {token}")
 
 
-@pytest.mark.parametrize("value", [math.nan, math.inf, {"x": [-math.inf]}])
-def test_json_encode_never_writes_non_standard_json(value: Any) -> None:
-    try:
-        data = encode(value, Codec.JSON)
-    except ValueError:
-        return  # refusing is fine
-    json.loads(data, parse_constant=_reject_constant)
+@pytest.mark.parametrize(
+    ("value", "sent"),
+    [(math.nan, None), (math.inf, None), ({"x": [-math.inf, 1.5]}, {"x": [None, 1.5]})],
+)
+def test_json_encode_writes_nan_and_infinity_as_null(value: Any, sent: Any) -> None:
+    # NaN and Infinity are not JSON: null, as JavaScript's JSON.stringify writes (README).
+    assert json.loads(encode(value, Codec.JSON), parse_constant=_reject_constant) == sent
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
+def test_msgpack_carries_nan_and_infinity_as_floats(value: float) -> None:
+    back = decode(encode(value, Codec.MSGPACK), Codec.MSGPACK, Limits())
+    assert back == value or (math.isnan(back) and math.isnan(value))
 
 
 # -- properties ---------------------------------------------------------------------

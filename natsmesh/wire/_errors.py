@@ -17,6 +17,11 @@ each subclass is drawn here)::
     │   ├── RouteConfigError      a route config the controller would refuse
     │   └── PolicyError           an access policy that cannot be compiled (``natsmesh auth``)
     ├── CompileError              a compiled policy's files cannot be written (``natsmesh auth``)
+    ├── NatsServerNotFound        no usable nats-server binary (``natsmesh.testing``, ``up``;
+    │                             also a RuntimeError)
+    ├── NatsServerStartFailed     an embedded nats-server exited or was not ready in time
+    │   │                         (also a RuntimeError; ``.log_tail``)
+    │   └── NatsPortInUse         its client port is taken by another process
     ├── ServiceError              raised by a handler to reply with its own code and message
     ├── PermissionDenied          the server refused this client's publish (its permissions):
     │                             reported at once, never retried
