@@ -38,11 +38,11 @@ async def _apply(controller: Controller, toml: str) -> None:
 
 async def _known(mesh: Mesh, service: str, *, routes: bool) -> None:
     """The client has ``service``'s registry (idempotent flags) and, if asked, its routes."""
-    assert mesh.tables is not None
-    await mesh.tables.ensure(service, wait=5)
+    assert mesh._tables is not None
+    await mesh._tables.ensure(service, wait=5)
 
     def synced() -> bool:
-        snap = mesh.tables.snapshot(service)  # type: ignore[union-attr]
+        snap = mesh._tables.snapshot(service)  # type: ignore[union-attr]
         return (
             snap.registry is not None
             and bool(snap.registry.instances)

@@ -93,9 +93,9 @@ async def test_a_draining_instance_still_answers_what_it_took(nats_url: str) -> 
         runner = await ServiceRunner(Echo(), nats=nats_url).__aenter__()
         mesh = await Mesh(nats_url).__aenter__()
         try:
-            assert mesh.tables is not None
-            await mesh.tables.ensure("echo", wait=5)
-            await eventually(lambda: mesh.tables.snapshot("echo").registry)  # type: ignore[union-attr]
+            assert mesh._tables is not None
+            await mesh._tables.ensure("echo", wait=5)
+            await eventually(lambda: mesh._tables.snapshot("echo").registry)  # type: ignore[union-attr]
         except BaseException:
             await mesh.__aexit__(None, None, None)
             await runner.__aexit__(None, None, None)

@@ -153,8 +153,8 @@ async def _in_flight(nats_url: str, service: str, count: int) -> bool:
 
 
 def _registered(mesh: Mesh) -> int:
-    assert mesh.tables is not None
-    snap = mesh.tables.snapshot("echo")
+    assert mesh._tables is not None
+    snap = mesh._tables.snapshot("echo")
     return 0 if snap.registry is None else len(snap.registry.instances)
 
 
@@ -163,7 +163,7 @@ async def _fleet(nats_url: str, mesh: Mesh, n: int) -> list[Proc]:
     for p in procs:
         await anyio.to_thread.run_sync(p.wait_ready)
     await mesh.call("echo.echo", {"id": 1, "name": "x"})
-    assert mesh.tables is not None
+    assert mesh._tables is not None
 
     await eventually(lambda: _registered(mesh) == n)
     return procs
@@ -221,7 +221,7 @@ async def test_a_frozen_instance_is_avoided_and_serves_again_after_sigcont(
         # has no per-try timeout, so that a slow but healthy instance is not a failure).
         routes = b"[services.echo.hedging]\npercentile = 90\nmax_ratio = 0.2\n"
         assert (await controller.apply(routes)).ok
-        await eventually(lambda: mesh.tables is not None and mesh.tables.snapshot("echo").policy)
+        await eventually(lambda: mesh._tables is not None and mesh._tables.snapshot("echo").policy)
         try:
             load = Load(mesh)
             async with anyio.create_task_group() as tg:

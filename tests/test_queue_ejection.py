@@ -189,7 +189,7 @@ async def test_in_queue_mode_a_retry_avoids_the_instance_that_named_itself(
             mesh = await stack.enter_async_context(Mesh(nats_url, name="one-caller"))
 
             def synced() -> bool:
-                snap = mesh.tables.snapshot("shop")  # type: ignore[union-attr]
+                snap = mesh._tables.snapshot("shop")  # type: ignore[union-attr]
                 count = 0 if snap.registry is None else len(snap.registry.instances)
                 return count == 3 and snap.policy is not None and snap.policy.retries.attempts == 2
 
@@ -225,7 +225,7 @@ async def test_a_failing_instance_leaves_its_queue_group_and_rejoins(nats_url: s
                 await mesh.route_timeout("shop")
 
                 def synced(mesh: Mesh = mesh) -> bool:
-                    snap = mesh.tables.snapshot("shop")  # type: ignore[union-attr]
+                    snap = mesh._tables.snapshot("shop")  # type: ignore[union-attr]
                     count = 0 if snap.registry is None else len(snap.registry.instances)
                     return count == 3 and snap.policy is not None
 

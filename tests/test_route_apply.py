@@ -174,9 +174,9 @@ async def test_routes_apply_refuses_what_nothing_serves_unless_allowed(
 
         # What it warned of: calls to the empty subset find no responders, and say where.
         async with Mesh(nats_url) as mesh:
-            assert mesh.tables is not None
-            await mesh.tables.ensure("echo", wait=5)
-            await eventually(lambda: mesh.tables.snapshot("echo").policy)  # type: ignore[union-attr]
+            assert mesh._tables is not None
+            await mesh._tables.ensure("echo", wait=5)
+            await eventually(lambda: mesh._tables.snapshot("echo").policy)  # type: ignore[union-attr]
             with pytest.raises(NoResponders) as caught:
                 await mesh.call("echo.echo", {"id": 1, "name": "a"})
             assert caught.value.subset == "v3"
@@ -203,9 +203,9 @@ async def test_a_failover_chain_of_empty_subsets_names_each(
     )
     async with ServiceRunner(Echo(), nats=nats_url), Mesh(nats_url) as mesh:
         assert (await controller.apply(routes, allow_empty=True)).ok
-        assert mesh.tables is not None
-        await mesh.tables.ensure("echo", wait=5)
-        await eventually(lambda: mesh.tables.snapshot("echo").policy)  # type: ignore[union-attr]
+        assert mesh._tables is not None
+        await mesh._tables.ensure("echo", wait=5)
+        await eventually(lambda: mesh._tables.snapshot("echo").policy)  # type: ignore[union-attr]
         with pytest.raises(NoResponders) as caught:
             await mesh.call("echo.echo", {"id": 1, "name": "a"})
         assert str(caught.value) == "no responders for echo.echo in subsets v2, v3"

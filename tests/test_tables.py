@@ -108,7 +108,7 @@ async def test_tables_load_on_the_first_call_and_only_for_called_services(
     registry_rev = await bucket.put(registry_key("echo"), _registry("echo", "a1"))
     await bucket.put(routes_key("other"), _route("other"))
     async with ServiceRunner(Echo(), nats=nats_url), Mesh(nats_url, name="lazy") as mesh:
-        tables = mesh.tables
+        tables = mesh._tables
         assert tables is not None
         assert "echo" not in tables
         assert tables.route("echo") is None
@@ -249,7 +249,7 @@ async def test_without_a_controller_calls_work(jetstream: bool) -> None:
     ):
         for i in range(3):
             assert await mesh.call("echo.echo", {"id": i, "name": "a"}) == {"id": i, "name": "a"}
-        tables = mesh.tables
+        tables = mesh._tables
         assert tables is not None
         assert "echo" in tables
         assert tables.route("echo") is None

@@ -80,10 +80,10 @@ async def apply(controller: Controller, toml: str) -> None:
 async def ready(mesh: Mesh, instances: int, *, routes: bool = True) -> None:
     """The client has the service's registry (and routes) as the controller wrote them."""
     await mesh.call("shop.which")
-    assert mesh.tables is not None
+    assert mesh._tables is not None
 
     def synced() -> bool:
-        snap = mesh.tables.snapshot("shop")  # type: ignore[union-attr]
+        snap = mesh._tables.snapshot("shop")  # type: ignore[union-attr]
         have = 0 if snap.registry is None else len(snap.registry.instances)
         return have == instances and (snap.policy is not None or not routes)
 
@@ -205,7 +205,7 @@ async def test_mirroring_copies_without_slowing_or_blocking_no_responders(
                 assert (await mesh.call("shop.which"))["version"] == "1.0.0"
             assert time.monotonic() - started < 0.5 * 10 / 2  # the slow shadow costs nothing
             await eventually(lambda: shadow.counts["2.0.0"] >= 10)
-        await eventually(lambda: len(mesh.tables.snapshot("shop").registry.instances) == 1)  # type: ignore[union-attr]
+        await eventually(lambda: len(mesh._tables.snapshot("shop").registry.instances) == 1)  # type: ignore[union-attr]
         started = time.monotonic()
         with pytest.raises(NoResponders):
             await mesh.call("shop.which", timeout=5)
@@ -220,14 +220,14 @@ async def test_fault_injection_aborts_and_delays(nats_url: str, controller: Cont
         await apply(
             controller, "[services.shop]\nfault = {abort_code = 503, abort_percent = 100}\n"
         )
-        await eventually(lambda: mesh.tables.snapshot("shop").policy.fault is not None)  # type: ignore[union-attr]
+        await eventually(lambda: mesh._tables.snapshot("shop").policy.fault is not None)  # type: ignore[union-attr]
         tally.counts.clear()
         with pytest.raises(RemoteError) as caught:
             await mesh.call("shop.which")
         assert caught.value.code == 503
         assert tally.counts["1.0.0"] == 0
         await apply(controller, "[services.shop]\nfault = {delay = 0.2, delay_percent = 100}\n")
-        await eventually(lambda: mesh.tables.snapshot("shop").policy.fault.delay == 0.2)  # type: ignore[union-attr]
+        await eventually(lambda: mesh._tables.snapshot("shop").policy.fault.delay == 0.2)  # type: ignore[union-attr]
         started = time.monotonic()
         await mesh.call("shop.which")
         assert time.monotonic() - started >= 0.2
@@ -321,8 +321,8 @@ async def test_only_one_hop_of_a_call_chain_retries(nats_url: str, controller: C
 async def _has_registry(mesh: Mesh, service: str) -> bool:
     with contextlib.suppress(RemoteError):
         await mesh.call(f"{service}.go")
-    assert mesh.tables is not None
-    snap = mesh.tables.snapshot(service)
+    assert mesh._tables is not None
+    snap = mesh._tables.snapshot(service)
     return snap.registry is not None and len(snap.registry.instances) == 1
 
 

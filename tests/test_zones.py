@@ -263,10 +263,10 @@ async def zoned_mesh(
                     )
                 async with Mesh(nats_url, name="caller-a", zone="a") as mesh:
                     await mesh.call("shop.which")
-                    assert mesh.tables is not None
+                    assert mesh._tables is not None
 
                     def synced() -> bool:
-                        snap = mesh.tables.snapshot("shop")  # type: ignore[union-attr]
+                        snap = mesh._tables.snapshot("shop")  # type: ignore[union-attr]
                         count = 0 if snap.registry is None else len(snap.registry.instances)
                         return count == 4 and snap.policy is not None
 

@@ -170,13 +170,13 @@ class Mesh:
         return view
 
     @property
-    def tables(self) -> TableCache | None:
-        """The control plane's tables of the services called so far (None: ``tables=False``)."""
-        return self._tables
-
-    @property
     def nats(self) -> NATS:
-        """The NATS connection (for discovery and tools)."""
+        """The escape hatch: this client's nats-py connection (``nats.aio.client.Client``).
+
+        For what natsmesh does not wrap (a raw publish, a subscription of your own,
+        ``max_payload``). Shared with the mesh: do not close or drain it. Raises
+        RuntimeError before ``async with``.
+        """
         if self._nc is None:
             raise RuntimeError("use 'async with Mesh(...)' before calling")
         return self._nc

@@ -121,22 +121,38 @@ class FrameWriter:
         """Whether reply subjects under ``prefix`` may be written unchecked."""
         return not cls._BAD_SUBJECT.search(prefix)
 
-    async def write(
+    def write_nowait(
         self, frame: bytes, payload_size: int, loop: asyncio.AbstractEventLoop | None
-    ) -> None:
-        """What ``publish()`` does once it has its frame: count, queue, wake the flusher."""
+    ) -> bool:
+        """What ``publish()`` does with its frame: count, queue, wake the flusher.
+
+        False when that needs a wait: then the caller awaits :meth:`finish`. (Not a
+        coroutine itself: on the hot path one per message costs more than the write.)
+        """
         nc = self._nc
         nc.stats["out_msgs"] += 1
         nc.stats["out_bytes"] += payload_size
         nc._pending.append(frame)
         nc._pending_data_size += len(frame)
         if 0 < nc._max_pending_size < nc._pending_data_size:
+            return False
+        if nc._flush_queue is not None and nc._flush_queue.empty():
+            flusher = nc._flusher_task
+            if loop is None or flusher is None or flusher.done():
+                return False
+            # What _flush_pending() does then, minus two coroutines and the loop
+            # lookup of asyncio.Future() (a getpid() system call on 3.11).
+            nc._flush_queue.put_nowait(loop.create_future())
+        return True
+
+    async def finish(self, loop: asyncio.AbstractEventLoop | None) -> None:
+        """The rest of a write that :meth:`write_nowait` could not finish."""
+        nc = self._nc
+        if 0 < nc._max_pending_size < nc._pending_data_size:
             await nc._flush_pending(force_flush=True)
         if nc._flush_queue is not None and nc._flush_queue.empty():
             flusher = nc._flusher_task
             if loop is not None and flusher is not None and not flusher.done():
-                # What _flush_pending() does then, minus two coroutines and the loop
-                # lookup of asyncio.Future() (a getpid() system call on 3.11).
                 nc._flush_queue.put_nowait(loop.create_future())
             else:
                 await nc._flush_pending()

@@ -260,7 +260,8 @@ class Requester:
         if writer is not None:
             frame = writer.frame(subject, reply, payload, headers)
             if frame is not None:
-                await writer.write(frame, len(payload), self._loop)
+                if not writer.write_nowait(frame, len(payload), self._loop):
+                    await writer.finish(self._loop)
                 return
         try:
             await self._nc.publish(subject, payload, reply=reply, headers=headers)
