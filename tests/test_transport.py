@@ -229,3 +229,22 @@ async def test_garbage_on_the_error_callback_is_no_refusal(restricted: str) -> N
         stop()
     finally:
         await nc.close()
+
+
+# -- a whole call on the public paths only (what an untested nats-py gets) -------------------
+
+
+@pytest.mark.parametrize("internals", ["", "1"], ids=["internals", "no-internals"])
+async def test_a_mesh_call_works_with_and_without_internals(
+    nats_url: str, internals: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from services import Echo, Item
+
+    from natsmesh import Mesh, ServiceRunner
+
+    monkeypatch.setenv("NATSMESH_NO_INTERNALS", internals)
+    async with ServiceRunner(Echo(), nats=nats_url), Mesh(nats_url, name="t") as mesh:
+        assert (mesh._requester._writer is None) == (internals == "1")  # type: ignore[union-attr]
+        for i in range(20):
+            item = Item(id=i, name="café ☕")
+            assert await mesh.call("echo.echo", item, response=Item, timeout=5) == item
