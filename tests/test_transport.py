@@ -248,3 +248,43 @@ async def test_a_mesh_call_works_with_and_without_internals(
         for i in range(20):
             item = Item(id=i, name="café ☕")
             assert await mesh.call("echo.echo", item, response=Item, timeout=5) == item
+
+
+# -- a server that goes away and comes back ----------------------------------------------------
+
+
+async def test_requests_fail_while_the_server_is_gone_and_work_once_it_is_back() -> None:
+    server = EmbeddedNats(jetstream=False)
+    server.start()
+    port = server.port
+    back = anyio.Event()
+
+    async def on_reconnect() -> None:
+        back.set()
+
+    nc = await nats.connect(
+        server.url, reconnect_time_wait=0.05, max_reconnect_attempts=-1, reconnected_cb=on_reconnect
+    )
+    try:
+        async with Requester(nc, tick=0.001) as requester:
+
+            async def echo(msg: Any) -> None:
+                await requester.publish(msg.reply, msg.data)
+
+            await nc.subscribe("svc.echo", cb=echo)
+            await nc.flush()
+            assert (await requester.request("svc.echo", b"1", timeout=5, headers=None)).data == b"1"
+            server.stop()
+            # Not connected: the frame writer steps aside, nats-py buffers, the deadline ends it.
+            with pytest.raises(NoReply):
+                await requester.request("svc.echo", b"2", timeout=0.2, headers={"A": "b"})
+            assert not requester._pending
+            server = EmbeddedNats(jetstream=False, port=port)
+            server.start()
+            with anyio.fail_after(20):
+                await back.wait()
+            reply = await requester.request("svc.echo", b"3", timeout=5, headers={"A": "b"})
+            assert reply.data == b"3"
+    finally:
+        await nc.close()
+        server.stop()
