@@ -4,6 +4,7 @@ and as a user runs it: ``natsmesh gateway`` (one worker and two) and ``natsmesh 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 import socket
@@ -283,10 +284,13 @@ def test_the_installed_uvicorn_gets_the_gateways_protocol() -> None:
 
 @pytest.mark.parametrize("http", ["h11", "httptools"])
 async def test_an_untested_uvicorn_runs_its_stock_protocol_with_tcp_nodelay(
-    nats_url: str, http: str, monkeypatch: pytest.MonkeyPatch
+    nats_url: str, http: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     monkeypatch.setattr(_protocol, "TESTED_UVICORN", ("0.0.",))
-    stock = protocol_class(LIMITS, http)
+    _protocol._warn_untested.cache_clear()
+    with caplog.at_level(logging.WARNING, logger="gateway"):
+        stock = protocol_class(LIMITS, http)
+    assert "not one the gateway's protocol was tested with" in caplog.text
     assert not issubclass(stock, _protocol.LimitedH11 | _protocol.LimitedHttpTools)
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)  # proto 0: asyncio won't
     listener.bind(("127.0.0.1", 0))
