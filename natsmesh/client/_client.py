@@ -25,6 +25,7 @@ from natsmesh.client import _discovery
 from natsmesh.client._caller import Call, Caller, Route
 from natsmesh.client._tables import Snapshot, TableCache
 from natsmesh.client._upstream import Upstream
+from natsmesh.observe._hooks import CallObserver
 from natsmesh.traffic._backoff import budget
 from natsmesh.traffic._routes import HttpRoute, ServicePolicy
 from natsmesh.traffic._traffic import DEFAULT_POLICY
@@ -124,6 +125,7 @@ class Mesh:
         # the NATS cluster name of the server this client is connected to.
         self.zone = zone if zone is not None else os.environ.get("NATSMESH_ZONE")
         self._tables: TableCache | None = None
+        self._observer = CallObserver()
 
     async def __aenter__(self) -> Self:
         if isinstance(self._nats, NATS):
@@ -138,6 +140,10 @@ class Mesh:
             self._nc, self._requester, self._subjects, name=self.name, rng=self._rng
         )
         self._caller.zone = self.zone if self.zone is not None else server_cluster(self._nc)
+        caller = self._caller
+        await self._observer.start(
+            self._nc, prefix=self._subjects.prefix, name=self.name, zone=lambda: caller.zone
+        )
         if self._use_tables:
             cache = TableCache(
                 self._nc,
@@ -155,6 +161,7 @@ class Mesh:
         if self._tables is not None:
             await self._tables.__aexit__(None, None, None)
             self._tables = None
+        await self._observer.stop()
         if self._requester is not None:
             await self._requester.__aexit__(None, None, None)
             self._requester = None
@@ -280,24 +287,31 @@ class Mesh:
                     endpoint=route.endpoint,
                     subject="",
                 )
-        while True:
-            call = Call(
-                route=route,
-                body=_encode_payload(payload, route.codec),
-                deadline=deadline,
-                headers=extra,
-                traceparent=traceparent,
-                upstream_retries=upstream_retries,
-                decode=decode,
-            )
-            try:
-                return await runner.run(call, policy, snapshot.registry)
-            except NoResponders:
-                # Perhaps a micro service outside the natsmesh convention: ask $SRV once.
-                rerouted = await self._reroute(target, route, deadline)
-                if rerouted is None or rerouted == route:
-                    raise
-                route = rerouted
+        try:
+            while True:
+                call = Call(
+                    route=route,
+                    body=_encode_payload(payload, route.codec),
+                    deadline=deadline,
+                    headers=extra,
+                    traceparent=traceparent,
+                    upstream_retries=upstream_retries,
+                    decode=decode,
+                )
+                try:
+                    result = await runner.run(call, policy, snapshot.registry)
+                    break
+                except NoResponders:
+                    # Perhaps a micro service outside the natsmesh convention: ask $SRV once.
+                    rerouted = await self._reroute(target, route, deadline)
+                    if rerouted is None or rerouted == route:
+                        raise
+                    route = rerouted
+        except BaseException as exc:
+            self._observer.done(route.service, route.endpoint, None, exc, started)  # observe hook
+            raise
+        self._observer.done(route.service, route.endpoint, None, None, started)  # observe hook
+        return result
 
     def _first_load_wait(self, left: float) -> float:
         # A watching client goes on by convention after a moment: its tables follow.

@@ -31,6 +31,7 @@ import anyio.to_thread
 import pydantic
 
 from natsmesh.client._client import Mesh
+from natsmesh.observe._hooks import ServeObserver
 from natsmesh.services._context import Context
 from natsmesh.services._describe import EndpointState, Instance, announcement, info, ping, stats
 from natsmesh.services._error_replies import ErrorReplies, validation_details
@@ -131,6 +132,7 @@ class ServiceRunner:
         self._idle = anyio.Event()
         self._draining = False
         self.started = datetime.now(UTC)
+        self._observer = ServeObserver()
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -167,6 +169,10 @@ class ServiceRunner:
             await stack.enter_async_context(self._deadlines.running())
             if self._zone is None:
                 self._zone = server_cluster(self._nc)
+            await self._observer.start(
+                self._nc, prefix=self._subjects.prefix, service=self.spec.name, instance=self.id
+            )
+            stack.push_async_callback(self._observer.stop)
             await self._subscribe_srv()
             await self._subscribe_endpoints()
             await self._queues.listen()
@@ -396,6 +402,7 @@ class ServiceRunner:
     ) -> None:
         start = time.perf_counter_ns()
         spec = ep.spec
+        errors = ep.num_errors
         try:
             try:
                 kwargs: dict[str, Any] = {}
@@ -432,6 +439,9 @@ class ServiceRunner:
                 await self._replies.publish(msg.reply, payload, headers)
         finally:
             ep.processing_ns += time.perf_counter_ns() - start
+            self._observer.done(  # observe hook: the tap, while someone watches
+                spec.name, msg.headers, ep.last_error if ep.num_errors != errors else None, start
+            )
             if self._running.pop(rid, None) is not None:
                 self._expired.discard(rid)
                 self._deadlines.discard(rid)

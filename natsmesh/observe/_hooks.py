@@ -1,0 +1,89 @@
+"""The two places the data plane calls into observation, kept to one call each.
+
+- the Mesh client, when a call finishes (succeeded or raised):
+  :meth:`CallObserver.done`;
+- a service instance, when a request it handled finishes: :meth:`ServeObserver.done`.
+
+Both are cheap when nobody observes: the call counts into its meter (a dict lookup
+and a few integer increments); the request costs one attribute read.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from contextlib import AsyncExitStack
+from typing import Self
+
+from natsmesh.observe._meter import Meter, outcome_of
+from natsmesh.observe._report import MetricsReporter, Tap
+from natsmesh.transport._transport import NATS
+
+
+class CallObserver:
+    """A Mesh client's side: its meter, and the reporter that publishes it on demand."""
+
+    __slots__ = ("_stack", "meter", "reporter")
+
+    def __init__(self) -> None:
+        self.meter = Meter()
+        self.reporter: MetricsReporter | None = None
+        self._stack = AsyncExitStack()
+
+    def done(
+        self,
+        service: str,
+        endpoint: str,
+        subset: str | None,
+        error: BaseException | None,
+        started: float,
+    ) -> None:
+        """Count one finished call that began at ``started`` (time.monotonic())."""
+        self.meter.record(
+            service, endpoint, subset, outcome_of(error), (time.monotonic() - started) * 1000.0
+        )
+
+    async def start(self, nc: NATS, *, prefix: str, name: str, zone: Callable[[], str]) -> Self:
+        reporter = MetricsReporter(nc, self.meter, prefix=prefix, name=name, zone=zone)
+        self.reporter = await self._stack.enter_async_context(reporter)
+        return self
+
+    async def stop(self) -> None:
+        await self._stack.aclose()
+        self.reporter = None
+
+
+class ServeObserver:
+    """A service instance's side: its tap."""
+
+    __slots__ = ("_stack", "tap")
+
+    def __init__(self) -> None:
+        self.tap: Tap | None = None
+        self._stack = AsyncExitStack()
+
+    def done(
+        self, endpoint: str, headers: dict[str, str] | None, error: str | None, started_ns: int
+    ) -> None:
+        """One request handled; ``error`` is its ``"code: message"`` if it failed,
+        ``started_ns`` from time.perf_counter_ns().
+        """
+        tap = self.tap
+        if tap is not None and tap.on:
+            tap.record(endpoint, headers, _status(error), started_ns)
+
+    async def start(self, nc: NATS, *, prefix: str, service: str, instance: str) -> Self:
+        tap = Tap(nc, prefix=prefix, service=service, instance=instance)
+        self.tap = await self._stack.enter_async_context(tap)
+        return self
+
+    async def stop(self) -> None:
+        await self._stack.aclose()
+        self.tap = None
+
+
+def _status(error: str | None) -> int:
+    if error is None:
+        return 200
+    code = error.split(":", 1)[0]
+    return int(code) if code.isdigit() and len(code) == 3 else 500
