@@ -20,6 +20,7 @@ import logging
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 
+from natsmesh import dashboard
 from natsmesh.cli._auth import register as register_auth
 from natsmesh.cli._bench import add_bench
 from natsmesh.cli._control import add_commands
@@ -32,6 +33,7 @@ from natsmesh.cli._nats import (
     maybe_embedded,
     port_number,
 )
+from natsmesh.cli._observe import DASHBOARD_PORT, add_observe, listening
 from natsmesh.cli._serve import add_serve
 from natsmesh.cli._up import add_gateway, add_up
 from natsmesh.ops._loop import add_loop_options

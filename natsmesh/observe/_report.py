@@ -84,7 +84,10 @@ class MetricsReporter(_WhileInterested):
     async def _publish(self) -> None:
         rows = self._meter.rows()
         if rows:
-            body = _wire.summary(self._meter.epoch, _wire.identity_token(self._zone()), rows)
+            zone = self._zone()
+            body = _wire.summary(
+                self._meter.epoch, _wire.identity_token(zone) if zone else "", rows
+            )
             await self._nc.publish(self._subject, body)
 
 
