@@ -88,6 +88,8 @@ def test_example_policy_compiles_to_the_documented_grants() -> None:
         "$SRV.STATS.orders.*",
         "mesh._ctl.eject.orders.*",
         "_INBOX_orders.>",
+        "mesh._ctl.observe.interest",  # an observer's interest in summaries
+        "mesh._ctl.observe.tap.orders",  # someone watching its own requests only
     }
     assert {
         "mesh._ctl.announce.orders",
@@ -118,7 +120,29 @@ def test_each_kind_gets_its_own_control_plane_grants() -> None:
     ops, ops_sub = grants_of(read_only, "ops")
     assert allowed(ops, "mesh._ctl.routes.show")
     assert not allowed(ops, "mesh._ctl.routes.apply")
-    assert ops_sub == ["_INBOX_ops.>"]
+    # Observation (the dashboard): ask for and read summaries and tap samples, no more.
+    assert ops_sub == [
+        "_INBOX_ops.>",
+        "mesh._ctl.observe.interest",
+        "mesh._ctl.observe.metrics.*.*",
+        "mesh._ctl.observe.samples.*.*",
+    ]
+    assert allowed(ops, "mesh._ctl.observe.tap.orders")
+    assert not allowed(ops, "mesh._ctl.observe.samples.orders.x")
+
+
+def test_each_identity_reports_observations_under_its_own_name_only() -> None:
+    policy = load_policy(EXAMPLE)
+    orders, _ = grants_of(policy, "orders")
+    gateway, gateway_sub = grants_of(policy, "gateway")
+    assert allowed(orders, "mesh._ctl.observe.metrics.orders.abc")
+    assert allowed(orders, "mesh._ctl.observe.samples.orders.abc")
+    assert not allowed(orders, "mesh._ctl.observe.metrics.pricing.abc")  # no forged sender
+    assert not allowed(orders, "mesh._ctl.observe.samples.pricing.abc")
+    assert not allowed(orders, "mesh._ctl.observe.interest")
+    assert allowed(gateway, "mesh._ctl.observe.metrics.gateway.abc")
+    assert not allowed(gateway, "mesh._ctl.observe.metrics.orders.abc")
+    assert not allowed(gateway_sub, "mesh._ctl.observe.metrics.orders.abc")  # nor reads them
 
 
 def test_only_the_controller_ejects_and_only_callers_report_outliers() -> None:

@@ -10,10 +10,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from natsmesh.observe import _wire
-from natsmesh.observe._aggregate import Aggregate
-from natsmesh.observe._meter import _N_BUCKETS, BUCKETS_MS, Meter, outcome_of, quantile
+from natsmesh.traffic._aggregate import Aggregate
+from natsmesh.traffic._meter import Meter, outcome_of, quantile
+from natsmesh.wire import _observe as _wire
 from natsmesh.wire._errors import DeadlineExceeded, NoResponders, RemoteError
+from natsmesh.wire._observe import _N_BUCKETS, BUCKETS_MS
 
 
 def test_meter_counts_by_key_and_bucket() -> None:
@@ -140,13 +141,16 @@ def test_hostile_summaries_are_rejected(payload: bytes) -> None:
 @pytest.mark.parametrize(
     "subject",
     [
-        "mesh._ctl.metrics.interest",
-        "mesh._ctl.metrics.",
-        "mesh._ctl.metrics.a.b",
-        "mesh._ctl.metrics.a b",
-        "mesh._ctl.other.a",
-        "other._ctl.metrics.a",
-        "mesh._ctl.metrics." + "x" * 200,
+        "mesh._ctl.observe.interest",
+        "mesh._ctl.observe.metrics.",
+        "mesh._ctl.observe.metrics.a",
+        "mesh._ctl.observe.metrics.a.",
+        "mesh._ctl.observe.metrics.a.b.c",
+        "mesh._ctl.observe.metrics.a/b.c",
+        "mesh._ctl.observe.metrics.a b.c",
+        "mesh._ctl.other.a.b",
+        "other._ctl.observe.metrics.a.b",
+        "mesh._ctl.observe.metrics." + "x" * 200 + ".b",
     ],
 )
 def test_only_summary_subjects_name_a_sender(subject: str) -> None:
@@ -155,11 +159,12 @@ def test_only_summary_subjects_name_a_sender(subject: str) -> None:
 
 
 def test_identity_tokens_cannot_widen_a_subject() -> None:
-    assert _wire.identity_token("orders/abc") == "orders/abc"
-    assert _wire.identity_token("a.b *>\r\n") == "a_b_____"
-    assert _wire.identity_token("interest") == "interest_"
+    assert _wire.identity_token("a.b *>\r\n/") == "a_b______"
     assert _wire.identity_token("") == "_"
     assert len(_wire.identity_token("x" * 1000)) == _wire.MAX_LABEL
+    assert _wire.reporter_subject("mesh", "orders/abc", 1) == "mesh._ctl.observe.metrics.orders.abc"
+    assert _wire.reporter_subject("mesh", "a.b", 255) == "mesh._ctl.observe.metrics.a_b.ff"
+    assert _wire.sender_of("mesh._ctl.observe.metrics.orders.abc", "mesh") == "orders/abc"
     assert _wire.caller_of("orders/abc") == "orders"
 
 

@@ -20,7 +20,7 @@ from natsmesh.cli._nats import add_nats_options, port_number, server_of
 from natsmesh.client._client import Mesh
 from natsmesh.dashboard._app import Authorize, Headers
 from natsmesh.dashboard._observer import Observer
-from natsmesh.observe._aggregate import Stat
+from natsmesh.traffic._aggregate import Stat
 from natsmesh.wire._subjects import validate_name
 
 Command = Callable[[argparse.Namespace], Awaitable[int]]

@@ -26,10 +26,10 @@ from anyio.streams.memory import MemoryObjectSendStream
 
 from natsmesh.client import _discovery
 from natsmesh.client._client import Mesh
-from natsmesh.observe import _wire
-from natsmesh.observe._aggregate import Aggregate
+from natsmesh.traffic._aggregate import Aggregate
 from natsmesh.transport._transport import NATS, Msg, NoReply, NoResponse, request
 from natsmesh.wire import _micro
+from natsmesh.wire import _observe as _wire
 from natsmesh.wire._control import StatusView, control_subject
 
 log = logging.getLogger("natsmesh.observe")
@@ -60,7 +60,6 @@ class Observer:
         self.summaries = 0
         self._taps: dict[str, list[MemoryObjectSendStream[dict[str, Any]]]] = {}
         self.updated = anyio.Event()  # set after each beat: live views wait for it
-        self._interest = _wire.metrics_interest(prefix)
 
     @property
     def nc(self) -> NATS:
@@ -69,7 +68,7 @@ class Observer:
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         nc = self.nc
         metrics = await nc.subscribe(_wire.metrics_wildcard(self.prefix), cb=self._on_summary)
-        taps = await nc.subscribe(f"{self.prefix}._ctl.tap.*.samples.*", cb=self._on_samples)
+        taps = await nc.subscribe(_wire.tap_wildcard(self.prefix), cb=self._on_samples)
         try:
             await nc.flush()
             async with anyio.create_task_group() as tg:
@@ -112,8 +111,6 @@ class Observer:
                 await self.mesh.tables.ensure(info.name, wait=0)
 
     async def _on_summary(self, msg: Msg) -> None:
-        if msg.subject == self._interest:
-            return  # our own (or another observer's) interest: the wildcard hears it too
         try:
             sender = _wire.sender_of(msg.subject, self.prefix)
             summary = _wire.parse_summary(msg.data)
@@ -155,11 +152,8 @@ class Observer:
             await anyio.sleep(_wire.TAP_FLUSH_EVERY)
 
     async def _on_samples(self, msg: Msg) -> None:
-        parts = msg.subject.split(".")
-        # <prefix>._ctl.tap.<service>.samples.<id>: the subject names service and instance.
-        if len(parts) != len(self.prefix.split(".")) + 5:
-            return
-        service, instance = parts[-3], parts[-1]
+        # <prefix>._ctl.observe.samples.<service>.<id>: the subject names both.
+        service, instance = msg.subject.split(".")[-2:]
         watchers = self._taps.get(service)
         if not watchers:
             return

@@ -23,8 +23,8 @@ from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, M
 from prometheus_client.registry import Collector
 
 from natsmesh.dashboard._observer import Observer
-from natsmesh.observe._aggregate import FAILURES, Counts
-from natsmesh.observe._meter import BUCKETS_MS
+from natsmesh.traffic._aggregate import FAILURES, Counts
+from natsmesh.wire._observe import BUCKETS_MS
 
 _LABELS = ["caller", "callee", "endpoint", "subset", "zone"]
 

@@ -1,6 +1,6 @@
 """The JSON the dashboard shows: topology, services, one service's page (no I/O).
 
-Built from an :class:`~natsmesh.observe._aggregate.Aggregate` (what callers
+Built from an :class:`~natsmesh.traffic._aggregate.Aggregate` (what callers
 counted), the ``$SRV`` INFO and STATS of every instance, and, for a service's
 page, its route and registry tables and the controller's status rows. Names that
 come from the wire are only ever data here; the page puts them in the DOM as text.
@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from typing import Any, Final
 
 from natsmesh.dashboard._observer import Instances
-from natsmesh.observe._aggregate import Aggregate, Stat
+from natsmesh.traffic._aggregate import Aggregate, Stat
 from natsmesh.wire import _micro
 from natsmesh.wire._control import RegistryTable, RouteTable, StatusView
 

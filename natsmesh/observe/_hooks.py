@@ -15,8 +15,8 @@ from collections.abc import Callable
 from contextlib import AsyncExitStack
 from typing import Self
 
-from natsmesh.observe._meter import Meter, outcome_of
 from natsmesh.observe._report import MetricsReporter, Tap
+from natsmesh.traffic._meter import Meter, outcome_of
 from natsmesh.transport._transport import NATS
 
 

@@ -15,10 +15,10 @@ import time
 from collections.abc import Callable
 from typing import Self
 
-from natsmesh.observe import _wire
-from natsmesh.observe._meter import Meter
+from natsmesh.traffic._meter import Meter
 from natsmesh.transport._transport import NATS, Msg
 from natsmesh.wire import _headers
+from natsmesh.wire import _observe as _wire
 
 log = logging.getLogger("natsmesh.observe")
 
@@ -78,7 +78,7 @@ class MetricsReporter(_WhileInterested):
     ) -> None:
         super().__init__(nc, _wire.metrics_interest(prefix), _wire.REPORT_EVERY)
         self._meter = meter
-        self._subject = _wire.metrics_subject(prefix, _wire.identity_token(name))
+        self._subject = _wire.reporter_subject(prefix, name, meter.epoch)
         self._zone = zone
 
     async def _publish(self) -> None:

@@ -41,6 +41,10 @@ only decides who may do what. What each kind gets, and why:
   reports and status reports, answers the operators' control requests, and is
   the only one that may publish eject commands (``_ctl.eject.>``);
 - operators may show routes and status; an ``admin`` may also apply routes;
+- every identity may publish summaries of its own calls under its own name
+  (``_ctl.observe.metrics.<name>.*``) and hear an observer's interest; a service
+  publishes tap samples under its own name only; operators (the dashboard) may ask
+  for and read both, and nothing else of the kind (``natsmesh.wire._observe``);
 - every reader of the tables gets the few JetStream subjects a KV get and an
   ordered watch of the ``natsmesh`` bucket need (:data:`KV_READ`), no ``$JS.>``.
 
@@ -68,6 +72,7 @@ from pydantic import (
 )
 
 from natsmesh.traffic._routes import _named
+from natsmesh.wire import _observe
 from natsmesh.wire._config import Checks, ConfigError, Loc, load_as, parse_as, validate_as
 from natsmesh.wire._control import BUCKET, control_subject, eject_subject, instance_subject
 from natsmesh.wire._errors import InvalidName
@@ -304,6 +309,7 @@ def _service(prefix: str, identity: Identity) -> Permissions:
                 *own,
                 control_subject(prefix, "status"),
                 *KV_READ,
+                *_observed(prefix, name),
             ]
         ),
         # Queue-only grants: a plain subscription (or another queue group) on these
@@ -317,6 +323,8 @@ def _service(prefix: str, identity: Identity) -> Permissions:
                 *_srv_own(name),
                 eject_subject(prefix, name, _WILDCARD),
                 f"{inbox_prefix(identity.name)}.>",
+                _observe.metrics_interest(prefix),
+                _observe.tap_interest(prefix, name),
             ]
         ),
         responses=True,
@@ -362,6 +370,12 @@ def _caller(prefix: str, identity: Identity) -> Permissions:
         deny = [control_subject(prefix, "*.*"), control_subject(prefix, "*.*.*")]
     calls = _calls(Subjects(prefix), identity.calls)
     reports = _reports(prefix, identity.calls)
+    publish = [_observe.metrics_subject(prefix, identity.name, _WILDCARD)]
+    subscribe = [f"{inbox_prefix(identity.name)}.>", _observe.metrics_interest(prefix)]
+    if identity.kind == "operator":
+        # The dashboard and `natsmesh top`/`tap`: ask for and read observations, no more.
+        publish += [_observe.metrics_interest(prefix), _observe.tap_interest(prefix, _WILDCARD)]
+        subscribe += [_observe.metrics_wildcard(prefix), _observe.tap_wildcard(prefix)]
     return Permissions(
         publish=_unique(
             [
@@ -371,11 +385,20 @@ def _caller(prefix: str, identity: Identity) -> Permissions:
                 control_subject(prefix, "status"),
                 *control,
                 *KV_READ,
+                *publish,
             ]
         ),
-        subscribe=(f"{inbox_prefix(identity.name)}.>",),
+        subscribe=tuple(subscribe),
         publish_deny=tuple(deny),
     )
+
+
+def _observed(prefix: str, service: str) -> list[str]:
+    """A service instance's summaries (of its own calls) and tap samples, under its name."""
+    return [
+        _observe.metrics_subject(prefix, service, _WILDCARD),
+        _observe.tap_subject(prefix, service, _WILDCARD),
+    ]
 
 
 def _unique(items: Iterable[str]) -> tuple[str, ...]:

@@ -15,8 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final
 
-from natsmesh.observe._meter import _N_BUCKETS, quantile
-from natsmesh.observe._wire import Summary, caller_of
+from natsmesh.traffic._meter import quantile
+from natsmesh.wire._observe import _N_BUCKETS, Summary, caller_of
 
 #: Outcomes that are the callee's fault (Linkerd's "failure" classification).
 FAILURES: Final = frozenset(

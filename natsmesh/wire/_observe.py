@@ -1,19 +1,22 @@
 """The observation subjects and payloads, and their checks against hostile input (pure).
 
-=============================================  ==============================================
-subject                                        what
-=============================================  ==============================================
-``<prefix>._ctl.metrics.interest``             an observer asks for summaries (empty body)
-``<prefix>._ctl.metrics.<identity>``           a caller's summary (msgpack, :func:`summary`)
-``<prefix>._ctl.tap.<service>.interest``       someone watches ``service``'s requests
-``<prefix>._ctl.tap.<service>.samples.<id>``   instance ``id``'s recent requests (msgpack)
-=============================================  ==============================================
+==================================================  ===========================================
+subject                                             what
+==================================================  ===========================================
+``<prefix>._ctl.observe.interest``                  an observer asks for summaries (empty)
+``<prefix>._ctl.observe.metrics.<name>.<id>``       a caller's summary (msgpack, :func:`summary`)
+``<prefix>._ctl.observe.tap.<service>``             someone watches ``service``'s requests
+``<prefix>._ctl.observe.samples.<service>.<id>``    instance ``id``'s recent requests (msgpack)
+==================================================  ===========================================
 
-Who sent a summary is the subject's last token, never a claim in its body: under an
-access policy only that identity may publish there. Interest lasts
-:data:`INTEREST_TTL` seconds; an observer renews it every :data:`REPORT_EVERY`.
-Every decoder here refuses what is too large, too deep, badly typed or badly named
-with :class:`Rejected`, before anything of it is kept.
+Who sent a summary is the subject's ``<name>`` token (a service's name, the
+gateway's, a client's), never a claim in its body: under an access policy only
+that identity may publish there (``natsmesh.security``). ``<id>`` tells apart the
+instances or processes of one name. Subjects have six tokens where a caller
+publishes, so that no ``_ctl.*.*.*`` deny of a ``*`` caller covers them.
+Interest lasts :data:`INTEREST_TTL` seconds; an observer renews it every
+:data:`REPORT_EVERY`. Every decoder here refuses what is too large, too deep,
+badly typed or badly named with :class:`Rejected`, before anything of it is kept.
 """
 
 from __future__ import annotations
@@ -25,8 +28,6 @@ from typing import Any, Final
 
 import msgpack
 
-from natsmesh.observe._meter import _N_BUCKETS, OUTCOMES, Row
-
 REPORT_EVERY: Final = 2.0
 INTEREST_TTL: Final = 6.0
 TAP_FLUSH_EVERY: Final = 0.5
@@ -37,10 +38,35 @@ MAX_TAP_MESSAGE: Final = 64 * 1024
 MAX_LABEL: Final = 128
 _COUNT_MAX: Final = 2**62
 _LABEL = re.compile(r"[A-Za-z0-9_\-/:@]*")
-_RESERVED: Final = "interest"
-_IDENTITY = re.compile(r"[A-Za-z0-9_\-/:@]{1,128}")
-_OUTCOMES: Final = frozenset(OUTCOMES)
+_TOKEN = re.compile(r"[A-Za-z0-9_\-:@]")
+_IDENTITY = re.compile(r"[A-Za-z0-9_\-:@]{1,128}")
 VERSION: Final = 1
+
+
+#: Upper bounds (ms) of the latency histogram's buckets; a last, implicit one is +Inf.
+BUCKETS_MS: Final = (0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0)
+_N_BUCKETS: Final = len(BUCKETS_MS) + 1
+
+#: The outcomes a call can have: ``ok``, or the kind of error it raised.
+OUTCOMES: Final = (
+    "ok",
+    "no_responders",
+    "deadline",
+    "overloaded",
+    "invalid_request",
+    "unknown_endpoint",
+    "client_error",
+    "server_error",
+    "invalid_reply",
+    "lost",
+    "denied",
+    "other",
+)
+
+_OUTCOMES: Final = frozenset(OUTCOMES)
+
+#: A series as a summary carries it: service, endpoint, subset, outcome, count, sum_ms, buckets.
+Row = tuple[str, str, str, str, int, float, list[int]]
 
 
 class Rejected(ValueError):
@@ -48,44 +74,59 @@ class Rejected(ValueError):
 
 
 def metrics_interest(prefix: str) -> str:
-    return f"{prefix}._ctl.metrics.interest"
+    return f"{prefix}._ctl.observe.interest"
 
 
-def metrics_subject(prefix: str, identity: str) -> str:
-    return f"{prefix}._ctl.metrics.{identity}"
+def metrics_subject(prefix: str, name: str, instance: str) -> str:
+    return f"{prefix}._ctl.observe.metrics.{name}.{instance}"
 
 
 def metrics_wildcard(prefix: str) -> str:
-    return f"{prefix}._ctl.metrics.*"
+    return f"{prefix}._ctl.observe.metrics.*.*"
 
 
 def tap_interest(prefix: str, service: str) -> str:
-    return f"{prefix}._ctl.tap.{service}.interest"
+    return f"{prefix}._ctl.observe.tap.{service}"
 
 
 def tap_subject(prefix: str, service: str, instance: str) -> str:
-    return f"{prefix}._ctl.tap.{service}.samples.{instance}"
+    return f"{prefix}._ctl.observe.samples.{service}.{instance}"
+
+
+def tap_wildcard(prefix: str) -> str:
+    return f"{prefix}._ctl.observe.samples.*.*"
 
 
 def identity_token(name: str) -> str:
-    """A client's name as one subject token: characters that could split or widen a
-    subject (``.``, ``*``, ``>``, whitespace) become ``_``; ``interest`` is reserved.
+    """A name as one subject token: characters that could split or widen a subject
+    (``.``, ``*``, ``>``, whitespace) become ``_``.
     """
-    token = "".join(c if _LABEL.fullmatch(c) else "_" for c in name[:MAX_LABEL]) or "_"
-    return token + "_" if token == _RESERVED else token
+    return "".join(c if _TOKEN.fullmatch(c) else "_" for c in name[:MAX_LABEL]) or "_"
+
+
+def reporter_subject(prefix: str, client_name: str, epoch: int) -> str:
+    """Where a Mesh client named ``client_name`` reports: a service instance's client
+    (``name/id``) under its service's name and its id; any other under its name and
+    its meter's epoch.
+    """
+    name, _, instance = client_name.partition("/")
+    return metrics_subject(
+        prefix, identity_token(name), identity_token(instance) if instance else f"{epoch:x}"
+    )
 
 
 def sender_of(subject: str, prefix: str) -> str:
-    """The identity a summary's subject names; raises Rejected for any other subject."""
-    head = f"{prefix}._ctl.metrics."
-    token = subject[len(head) :] if subject.startswith(head) else ""
-    if token == _RESERVED or _IDENTITY.fullmatch(token) is None:
+    """``name/id`` of a summary's subject; raises Rejected for any other subject."""
+    head = f"{prefix}._ctl.observe.metrics."
+    rest = subject[len(head) :] if subject.startswith(head) else ""
+    name, _, instance = rest.partition(".")
+    if _IDENTITY.fullmatch(name) is None or _IDENTITY.fullmatch(instance) is None:
         raise Rejected(f"not a summary subject: {subject[:200]!r}")
-    return token
+    return f"{name}/{instance}"
 
 
 def caller_of(identity: str) -> str:
-    """The caller label of an identity: a service instance's ``name/id`` is ``name``."""
+    """The caller label of ``name/id``: ``name``."""
     return identity.split("/", 1)[0] or identity
 
 

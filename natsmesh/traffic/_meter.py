@@ -17,25 +17,7 @@ import random
 from bisect import bisect_left
 from typing import Final
 
-#: Upper bounds (ms) of the latency histogram's buckets; a last, implicit one is +Inf.
-BUCKETS_MS: Final = (0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0)
-_N_BUCKETS: Final = len(BUCKETS_MS) + 1
-
-#: The outcomes a call can have: ``ok``, or the kind of error it raised.
-OUTCOMES: Final = (
-    "ok",
-    "no_responders",
-    "deadline",
-    "overloaded",
-    "invalid_request",
-    "unknown_endpoint",
-    "client_error",
-    "server_error",
-    "invalid_reply",
-    "lost",
-    "denied",
-    "other",
-)
+from natsmesh.wire._observe import _N_BUCKETS, BUCKETS_MS, Row
 
 
 class Series:
@@ -55,7 +37,6 @@ class Series:
 
 
 Key = tuple[str, str, str, str]  # service, endpoint, subset ("" for none), outcome
-Row = tuple[str, str, str, str, int, float, list[int]]
 
 
 class Meter:
