@@ -20,6 +20,7 @@ from natsmesh.cli._nats import add_nats_options, port_number, server_of
 from natsmesh.client._client import Mesh
 from natsmesh.dashboard._app import Authorize, Headers
 from natsmesh.dashboard._observer import Observer
+from natsmesh.services._serve import wait_for_signal
 from natsmesh.traffic._aggregate import Stat
 from natsmesh.wire._subjects import validate_name
 
@@ -124,6 +125,8 @@ async def _serve(args: argparse.Namespace, *, ui: bool, default: int, what: str)
             functools.partial(dashboard.run, server_of(args), sock, ui=ui, authorize=authorize)
         )
         print(f"natsmesh {what}: {url}{moved} | Ctrl-C to stop", flush=True)
+        await wait_for_signal()
+        tg.cancel_scope.cancel()
     return 0
 
 
