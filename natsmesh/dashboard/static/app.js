@@ -129,7 +129,8 @@ function layout(nodes, edges) {
   keys.forEach((d, i) => {
     const ids = columns.get(d);
     ids.forEach((id, j) => {
-      pos.set(id, { x: ((i + 0.5) * width) / keys.length, y: ((j + 0.5) * height) / ids.length });
+      // The lower part of the canvas: arcs over skipped columns need the room above.
+      pos.set(id, { x: ((i + 0.5) * width) / keys.length, y: 180 + ((j + 0.5) * (height - 200)) / ids.length });
     });
   });
   return pos;
@@ -147,17 +148,32 @@ function renderTopology() {
   graph.append(defs);
   const { nodes, edges } = state.topology;
   const pos = layout(nodes, edges);
+  const xs = [...new Set([...pos.values()].map((p) => p.x))].sort((a, b) => a - b);
+  const columnWidth = xs.length > 1 ? xs[1] - xs[0] : 0;
   const byName = new Map(state.services.map((s) => [s.name, s]));
   for (const e of edges) {
     const a = pos.get(e.source), b = pos.get(e.target);
     if (!a || !b) continue;
     const g = svg("g", { class: "edge" + (e.failing ? " failing" : ""), "data-edge": e.source + "->" + e.target, "data-rps": String(e.rps), "data-failing": String(e.failing) });
     const x1 = a.x + 70, x2 = b.x - 70;
-    const path = x2 > x1
-      ? `M ${x1} ${a.y} C ${(x1 + x2) / 2} ${a.y}, ${(x1 + x2) / 2} ${b.y}, ${x2} ${b.y}`
-      : `M ${a.x} ${a.y + 22} Q ${(a.x + b.x) / 2 + 60} ${(a.y + b.y) / 2}, ${b.x} ${b.y - 22}`;
+    const span = Math.round((b.x - a.x) / (columnWidth || 1));
+    let path, lx, ly;
+    if (x2 > x1 && span <= 1) {
+      path = `M ${x1} ${a.y} C ${(x1 + x2) / 2} ${a.y}, ${(x1 + x2) / 2} ${b.y}, ${x2} ${b.y}`;
+      lx = (x1 + x2) / 2; ly = (a.y + b.y) / 2;
+    } else if (x2 > x1) {
+      // Past a column: arc over the nodes between, higher for longer spans.
+      const lift = 70 + 40 * span;
+      const top = Math.min(a.y, b.y) - lift;
+      path = `M ${a.x} ${a.y - 22} C ${a.x} ${top}, ${b.x} ${top}, ${b.x} ${b.y - 22}`;
+      lx = (a.x + b.x) / 2; ly = top + lift * 0.25;
+    } else {
+      path = `M ${a.x} ${a.y + 22} C ${a.x} ${a.y + 120}, ${b.x} ${b.y + 120}, ${b.x} ${b.y + 22}`;
+      lx = (a.x + b.x) / 2; ly = Math.max(a.y, b.y) + 100;
+    }
     g.append(svg("path", { d: path, "marker-end": e.failing ? "url(#arrow-bad)" : "url(#arrow)" }));
-    g.append(svg("text", { x: (a.x + b.x) / 2, y: (a.y + b.y) / 2 - 6 }, `${fmt.rps(e.rps)} rps · ${fmt.pct(e.success)} · p99 ${fmt.ms(e.p99)}`));
+    g.append(svg("text", { x: lx, y: ly - 6 }, `${fmt.rps(e.rps)} rps`));
+    g.append(svg("text", { x: lx, y: ly + 14 }, `${fmt.pct(e.success)} · p99 ${fmt.ms(e.p99)}`));
     graph.append(g);
   }
   for (const n of nodes) {
@@ -206,7 +222,7 @@ function renderServices() {
 
 function table(headers, rows) {
   return el("table", {}, el("thead", {}, el("tr", {}, ...headers.map((h) => el("th", {}, h)))),
-    el("tbody", {}, ...rows.map((r) => el("tr", {}, ...r.map((c) => (c instanceof Node ? c : el("td", {}, c)))))));
+    el("tbody", {}, ...rows.map((r) => el("tr", {}, ...r.map((c) => (c instanceof HTMLTableCellElement ? c : el("td", {}, c)))))));
 }
 
 function schema(text) {
