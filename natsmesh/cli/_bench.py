@@ -30,16 +30,20 @@ def add_bench(
         "bench",
         _bench,
         "data: Mesh.call against hand-written nats-py; control: route convergence and scale;"
-        " traffic: tail latency with a slow instance; gateway: HTTP against a minimal bridge",
+        " traffic: tail latency with a slow instance; gateway: HTTP against a minimal bridge;"
+        " observe: Mesh.call with metrics on (and observed) against off",
     )
     p.add_argument(
-        "which", nargs="?", choices=("data", "control", "traffic", "gateway"), default="data"
+        "which",
+        nargs="?",
+        choices=("data", "control", "traffic", "gateway", "observe"),
+        default="data",
     )
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument(
         "--seconds",
         type=seconds,
-        help="data: measuring time per level (3); control: heartbeat window (10);"
+        help="data, observe: measuring time per level (3); control: heartbeat window (10);"
         " traffic: per mode (4); gateway: per target (10)",
     )
     p.add_argument("--clients", type=positive, default=50, help="control: mesh clients")
@@ -96,6 +100,11 @@ async def _run(args: argparse.Namespace, url: str, loop: str) -> tuple[dict[str,
             load=args.load,
         )
         return result, _bench_gateway.format_result(result)
+    if args.which == "observe":
+        from natsmesh.bench import _observe as _bench_observe
+
+        result = await _bench_observe.run(url, seconds=args.seconds or 3.0, loop=loop)
+        return result, _bench_observe.format_table(result)
     if args.which == "traffic":
         result = await _bench_traffic.run(url, seconds=args.seconds or 4.0, loop=loop)
         return result, _bench_traffic.format_result(result)

@@ -25,7 +25,7 @@ from natsmesh.client import _discovery
 from natsmesh.client._caller import Call, Caller, Route
 from natsmesh.client._tables import Snapshot, TableCache
 from natsmesh.client._upstream import Upstream
-from natsmesh.observe._hooks import CallObserver
+from natsmesh.observe._hooks import CallObserver, NoObserver
 from natsmesh.traffic._backoff import budget
 from natsmesh.traffic._routes import HttpRoute, ServicePolicy
 from natsmesh.traffic._traffic import DEFAULT_POLICY
@@ -80,6 +80,10 @@ class Mesh:
     when the server refuses the credentials); None, the default, keeps trying,
     as a long-running process started before its server wants.
 
+    ``metrics`` (the default) counts every call for the mesh's observers (the
+    dashboard, ``natsmesh observe``), which ask for the counts; without one it
+    costs a few integer increments per call and nothing on the network.
+
     ``zone`` is where this client runs (default ``NATSMESH_ZONE``, else its NATS
     server's cluster name): p2c and hash prefer instances in it, then the route's
     ``zones`` in order, then any other.
@@ -99,6 +103,7 @@ class Mesh:
         zone: str | None = None,
         watch: bool = True,
         connect_timeout: float | None = None,
+        metrics: bool = True,
     ) -> None:
         if timeout <= 0:
             raise ValueError("timeout must be positive")
@@ -125,7 +130,7 @@ class Mesh:
         # the NATS cluster name of the server this client is connected to.
         self.zone = zone if zone is not None else os.environ.get("NATSMESH_ZONE")
         self._tables: TableCache | None = None
-        self._observer = CallObserver()
+        self._observer = CallObserver() if metrics else NoObserver()
 
     async def __aenter__(self) -> Self:
         if isinstance(self._nats, NATS):

@@ -10,9 +10,9 @@ and a few integer increments); the request costs one attribute read.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from contextlib import AsyncExitStack
+from time import monotonic as _monotonic
 from typing import Self
 
 from natsmesh.observe._report import MetricsReporter, Tap
@@ -39,9 +39,8 @@ class CallObserver:
         started: float,
     ) -> None:
         """Count one finished call that began at ``started`` (time.monotonic())."""
-        self.meter.record(
-            service, endpoint, subset, outcome_of(error), (time.monotonic() - started) * 1000.0
-        )
+        outcome = "ok" if error is None else outcome_of(error)
+        self.meter.record(service, endpoint, subset, outcome, (_monotonic() - started) * 1000.0)
 
     async def start(self, nc: NATS, *, prefix: str, name: str, zone: Callable[[], str]) -> Self:
         reporter = MetricsReporter(nc, self.meter, prefix=prefix, name=name, zone=zone)
@@ -51,6 +50,25 @@ class CallObserver:
     async def stop(self) -> None:
         await self._stack.aclose()
         self.reporter = None
+
+
+class NoObserver(CallObserver):
+    """A Mesh client that counts nothing (``Mesh(metrics=False)``)."""
+
+    __slots__ = ()
+
+    def done(
+        self,
+        service: str,
+        endpoint: str,
+        subset: str | None,
+        error: BaseException | None,
+        started: float,
+    ) -> None:
+        pass
+
+    async def start(self, nc: NATS, *, prefix: str, name: str, zone: Callable[[], str]) -> Self:
+        return self
 
 
 class ServeObserver:
