@@ -6,6 +6,7 @@ Against a real nats-server; the shop runs as a real ``natsmesh serve`` process.
 from __future__ import annotations
 
 import contextlib
+import json
 import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -163,3 +164,21 @@ async def test_garbage_on_every_observed_subject_is_counted_and_dropped(nats_url
                     await observer.updated.wait()
         finally:
             await nc.close()
+
+
+def test_natsmesh_top_and_tap_show_a_live_service(nats_url: str) -> None:
+    with Proc("serve", "services:Echo", nats_url=nats_url) as echo:
+        echo.wait_ready()
+        with (
+            Proc("tap", "echo", "--count", "1", "--json", nats_url=nats_url) as tap,
+            Proc("top", "--once", nats_url=nats_url) as top,
+        ):
+            while tap.popen.poll() is None:  # the tap asks; each call may be its sample
+                with Proc("call", "echo.echo", '{"id": 1, "name": "x"}', nats_url=nats_url) as c:
+                    c.popen.wait(30)
+            assert tap.popen.returncode == 0
+            sample = json.loads(tap.ready_line)
+            assert sample["service"] == "echo"
+            assert sample["endpoint"] == "echo"
+            assert top.popen.wait(60) == 0
+            assert top.ready_line.startswith("natsmesh top")
