@@ -278,6 +278,9 @@ class Mesh:
         # A call outside any trace sends no traceparent: the callee starts the trace
         # (see _headers), and a sampled traceparent costs nats-server a header parse.
         traceparent = context.trace.child().header() if context is not None else None
+        span, traceparent = self._observer.begin(  # observe hook: the call's span, if tracing
+            route.service, route.endpoint, context.trace if context else None, traceparent
+        )
         upstream_retries = context is not None and context.headers.get(_headers.RETRYING) == "1"
 
         def decode(route: Route, msg: Msg) -> Any:
@@ -313,9 +316,9 @@ class Mesh:
                         raise
                     route = rerouted
         except BaseException as exc:
-            self._observer.done(route.service, route.endpoint, None, exc, started)  # observe hook
+            self._observer.done(route.service, route.endpoint, None, exc, started, span)  # observe
             raise
-        self._observer.done(route.service, route.endpoint, None, None, started)  # observe hook
+        self._observer.done(route.service, route.endpoint, None, None, started, span)  # observe
         return result
 
     def _first_load_wait(self, left: float) -> float:

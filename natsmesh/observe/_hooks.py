@@ -10,25 +10,39 @@ and a few integer increments); the request costs one attribute read.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextlib import AsyncExitStack
 from time import monotonic as _monotonic
-from typing import Self
+from typing import Any, Self
 
+from natsmesh.observe import _otel
 from natsmesh.observe._report import MetricsReporter, Tap
 from natsmesh.traffic._meter import Meter, outcome_of
 from natsmesh.transport._transport import NATS
+from natsmesh.wire._headers import TRACEPARENT, Trace, parse_traceparent
 
 
 class CallObserver:
     """A Mesh client's side: its meter, and the reporter that publishes it on demand."""
 
-    __slots__ = ("_stack", "meter", "reporter")
+    __slots__ = ("_stack", "meter", "reporter", "tracer")
 
     def __init__(self) -> None:
         self.meter = Meter()
         self.reporter: MetricsReporter | None = None
+        self.tracer: Any = None  # an OpenTelemetry tracer, with natsmesh[otel] and OTEL_*
         self._stack = AsyncExitStack()
+
+    def begin(
+        self, service: str, endpoint: str, upstream: Trace | None, traceparent: str | None
+    ) -> tuple[Any, str | None]:
+        """A call starts: its client span (None without tracing) and the traceparent to
+        send (the span's own, so that the callee's span is its child).
+        """
+        if self.tracer is None:
+            return None, traceparent
+        span, trace = _otel.start(self.tracer, f"{service}.{endpoint}", "client", upstream)
+        return span, trace.header()
 
     def done(
         self,
@@ -37,14 +51,18 @@ class CallObserver:
         subset: str | None,
         error: BaseException | None,
         started: float,
+        span: Any = None,
     ) -> None:
         """Count one finished call that began at ``started`` (time.monotonic())."""
         outcome = "ok" if error is None else outcome_of(error)
         self.meter.record(service, endpoint, subset, outcome, (_monotonic() - started) * 1000.0)
+        if span is not None:
+            _otel.end(span, error)
 
     async def start(self, nc: NATS, *, prefix: str, name: str, zone: Callable[[], str]) -> Self:
         reporter = MetricsReporter(nc, self.meter, prefix=prefix, name=name, zone=zone)
         self.reporter = await self._stack.enter_async_context(reporter)
+        self.tracer = _otel.tracer(name.partition("/")[0])
         return self
 
     async def stop(self) -> None:
@@ -64,6 +82,7 @@ class NoObserver(CallObserver):
         subset: str | None,
         error: BaseException | None,
         started: float,
+        span: Any = None,
     ) -> None:
         pass
 
@@ -74,14 +93,33 @@ class NoObserver(CallObserver):
 class ServeObserver:
     """A service instance's side: its tap."""
 
-    __slots__ = ("_stack", "tap")
+    __slots__ = ("_stack", "tap", "tracer")
 
     def __init__(self) -> None:
         self.tap: Tap | None = None
+        self.tracer: Any = None
         self._stack = AsyncExitStack()
 
+    def begin(self, name: str, headers: Mapping[str, str] | None, context: Any) -> Any:
+        """A request's handler starts: its server span (None without tracing), the
+        child of the caller's span; the handler's nested calls become its children
+        (``context``'s trace is the span's).
+        """
+        if self.tracer is None:
+            return None
+        parent = parse_traceparent(headers.get(TRACEPARENT)) if headers else None
+        span, trace = _otel.start(self.tracer, name, "server", parent)
+        if context is not None:
+            context._trace = trace  # the Context's own slot: read by its `trace` property
+        return span
+
     def done(
-        self, endpoint: str, headers: dict[str, str] | None, error: str | None, started_ns: int
+        self,
+        endpoint: str,
+        headers: dict[str, str] | None,
+        error: str | None,
+        started_ns: int,
+        span: Any = None,
     ) -> None:
         """One request handled; ``error`` is its ``"code: message"`` if it failed,
         ``started_ns`` from time.perf_counter_ns().
@@ -89,10 +127,13 @@ class ServeObserver:
         tap = self.tap
         if tap is not None and tap.on:
             tap.record(endpoint, headers, _status(error), started_ns)
+        if span is not None:
+            _otel.end(span, error)
 
     async def start(self, nc: NATS, *, prefix: str, service: str, instance: str) -> Self:
         tap = Tap(nc, prefix=prefix, service=service, instance=instance)
         self.tap = await self._stack.enter_async_context(tap)
+        self.tracer = _otel.tracer(service)
         return self
 
     async def stop(self) -> None:

@@ -403,6 +403,7 @@ class ServiceRunner:
         start = time.perf_counter_ns()
         spec = ep.spec
         errors = ep.num_errors
+        span = self._observer.begin(f"{self.spec.name}.{spec.name}", msg.headers, context)
         try:
             try:
                 kwargs: dict[str, Any] = {}
@@ -439,8 +440,12 @@ class ServiceRunner:
                 await self._replies.publish(msg.reply, payload, headers)
         finally:
             ep.processing_ns += time.perf_counter_ns() - start
-            self._observer.done(  # observe hook: the tap, while someone watches
-                spec.name, msg.headers, ep.last_error if ep.num_errors != errors else None, start
+            self._observer.done(  # observe hook: the tap while someone watches, the span
+                spec.name,
+                msg.headers,
+                ep.last_error if ep.num_errors != errors else None,
+                start,
+                span,
             )
             if self._running.pop(rid, None) is not None:
                 self._expired.discard(rid)
