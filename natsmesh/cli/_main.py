@@ -20,7 +20,6 @@ import logging
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 
-from natsmesh import dashboard
 from natsmesh.cli._auth import register as register_auth
 from natsmesh.cli._bench import add_bench
 from natsmesh.cli._control import add_commands
@@ -33,7 +32,7 @@ from natsmesh.cli._nats import (
     maybe_embedded,
     port_number,
 )
-from natsmesh.cli._observe import DASHBOARD_PORT, add_observe, listening
+from natsmesh.cli._observe import add_observe
 from natsmesh.cli._serve import add_serve
 from natsmesh.cli._up import add_gateway, add_up
 from natsmesh.ops._loop import add_loop_options
@@ -103,6 +102,7 @@ def _parser() -> argparse.ArgumentParser:
     add_up(command)
     add_gateway(command, nats_option)
     add_serve(command)
+    add_observe(command)
     add_discovery(command, one_shot)
 
     add_commands(command, nats_option, one_shot)

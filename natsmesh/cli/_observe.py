@@ -124,8 +124,8 @@ async def _serve(args: argparse.Namespace, *, ui: bool, default: int, what: str)
         url = await tg.start(
             functools.partial(dashboard.run, server_of(args), sock, ui=ui, authorize=authorize)
         )
-        print(f"natsmesh {what}: {url}{moved} | Ctrl-C to stop", flush=True)
-        await wait_for_signal()
+        line = f"natsmesh {what}: {url}{moved} | Ctrl-C to stop"
+        await wait_for_signal(ready=lambda: print(line, flush=True))
         tg.cancel_scope.cancel()
     return 0
 

@@ -16,8 +16,10 @@ from typing import Any
 
 import anyio
 
+from natsmesh import dashboard
 from natsmesh.cli._exit import ListenError, UsageError
 from natsmesh.cli._nats import add_nats_options, maybe_embedded, port_number, positive, server_of
+from natsmesh.cli._observe import DASHBOARD_PORT, listening
 from natsmesh.cli._types import Command, Option
 from natsmesh.client._client import Mesh
 from natsmesh.control._controller import Controller
@@ -35,8 +37,8 @@ def add_up(command: Command) -> None:
     p = command(
         "up",
         _up,
-        "start a working mesh: NATS (embedded unless --nats), a controller, services and"
-        " the HTTP gateway",
+        "start a working mesh: NATS (embedded unless --nats), a controller, services,"
+        " the HTTP gateway and the dashboard",
     )
     add_nats_options(p, embedded=True)
     p.add_argument(
@@ -67,6 +69,14 @@ def add_up(command: Command) -> None:
         default=None,
         help=f"the HTTP gateway's port (default: {DEFAULT_HTTP_PORT}, else any free port;"
         " a port given here that is taken is an error; 0: any free port)",
+    )
+    p.add_argument(
+        "--dashboard-port",
+        type=port_number,
+        default=None,
+        metavar="PORT",
+        help=f"the web dashboard's port on 127.0.0.1 (default: {DASHBOARD_PORT}, else any"
+        " free port; 0: any free port)",
     )
     _auth_option(p)
 
@@ -114,6 +124,7 @@ async def _up(args: argparse.Namespace) -> int:
 
     auth = _gateway_auth(args.auth)
     sock, moved = _gateway_socket("127.0.0.1", args.port)
+    board_sock, board_moved = listening("127.0.0.1", args.dashboard_port, DASHBOARD_PORT)
     embedded = maybe_embedded(url, args.nats_port)
     async with embedded as nats, Controller(nats) as controller:
         if routes is not None:
@@ -130,10 +141,12 @@ async def _up(args: argparse.Namespace) -> int:
                 http = await tg.start(
                     functools.partial(run_server, app, limits=limits, freeze=True), sock
                 )
+                board = await tg.start(functools.partial(dashboard.run, nats, board_sock))
                 names = ", ".join(f"{r.spec.name}@{r.spec.version}" for r in runners)
                 print(
                     f"natsmesh up: nats {nats}{embedded.note} | controller {controller.id}"
-                    f" | services {names} | gateway {http}{moved} | Ctrl-C to stop",
+                    f" | services {names} | gateway {http}{moved}"
+                    f" | dashboard {board}{board_moved} | Ctrl-C to stop",
                     flush=True,
                 )
 
