@@ -152,7 +152,7 @@ class Dashboard:
             await _plain(send, 404, b"no such service\n")
             return
         observer = self.observer
-        tables = observer.mesh.tables
+        tables = observer.mesh._tables
         page = _views.service(
             name,
             observer.aggregate,

@@ -107,8 +107,12 @@ class Observer:
             infos=infos, stats={(s.name, s.id): s for s in stats}, at=time.monotonic()
         )
         for info in infos:
-            if info.is_mesh and self.mesh.tables is not None and info.name not in self.mesh.tables:
-                await self.mesh.tables.ensure(info.name, wait=0)
+            if (
+                info.is_mesh
+                and self.mesh._tables is not None
+                and info.name not in self.mesh._tables
+            ):
+                await self.mesh._tables.ensure(info.name, wait=0)
 
     async def _on_summary(self, msg: Msg) -> None:
         try:
