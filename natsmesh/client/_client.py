@@ -15,9 +15,11 @@ import os
 import random
 import time
 from collections.abc import Mapping
+from contextlib import AsyncExitStack
 from types import TracebackType
 from typing import Any, Final, Literal, Self, TypeVar, overload
 
+import anyio
 import pydantic
 import pydantic_core
 
@@ -29,6 +31,7 @@ from natsmesh.observe._hooks import CallObserver, NoObserver
 from natsmesh.traffic._backoff import budget
 from natsmesh.traffic._routes import HttpRoute, ServicePolicy
 from natsmesh.traffic._traffic import DEFAULT_POLICY
+from natsmesh.transport._tasks import Nesting
 from natsmesh.transport._transport import NATS, Msg, Requester, connect, server_cluster
 from natsmesh.wire import _codec, _headers, _micro
 from natsmesh.wire._codec import Codec, DecodeError, Limits
@@ -55,6 +58,7 @@ DEFAULT_TIMEOUT: Final = 5.0
 FIRST_LOAD_WAIT: Final = 0.25
 ONE_SHOT_LOAD_WAIT: Final = 2.0  # the same, for a client that does not watch them
 _DISCOVERY_WAIT: Final = 0.5
+_CLOSE_WITHIN: Final = 10.0  # a drain of a connection the Mesh opened, then it is closed
 # Error bodies larger than this are not read for details and causes (the headers suffice).
 _MAX_ERROR_BODY: Final = 64 * 1024
 
@@ -131,49 +135,68 @@ class Mesh:
         self.zone = zone if zone is not None else os.environ.get("NATSMESH_ZONE")
         self._tables: TableCache | None = None
         self._observer = CallObserver() if metrics else NoObserver()
+        self._stack: AsyncExitStack | None = None
+        # Its Requester holds a task group: see _tasks.Nesting.
+        self._nesting = Nesting(f"Mesh {name!r}")
 
     async def __aenter__(self) -> Self:
+        if self._stack is not None:
+            raise RuntimeError("this Mesh is entered already")
+        stack = self._stack = AsyncExitStack()
+        try:
+            await self._open(stack)
+        except BaseException:
+            await self._close()
+            raise
+        self._nesting.enter()
+        return self
+
+    async def _open(self, stack: AsyncExitStack) -> None:
+        """Everything __aenter__ does, each step undone by ``stack`` (in reverse)."""
         if isinstance(self._nats, NATS):
-            self._nc = self._nats
+            nc = self._nats
         else:
-            self._nc = await connect(
-                self._nats, name=self.name, give_up_after=self._connect_timeout
-            )
+            nc = await connect(self._nats, name=self.name, give_up_after=self._connect_timeout)
+            stack.push_async_callback(_drain, nc)
             self._owns_connection = True
-        self._requester = await Requester(self._nc).__aenter__()
-        self._caller = Caller(
-            self._nc, self._requester, self._subjects, name=self.name, rng=self._rng
-        )
-        self._caller.zone = self.zone if self.zone is not None else server_cluster(self._nc)
+        self._nc = nc
+        stack.callback(self._forget)
+        requester = await stack.enter_async_context(Requester(nc))
+        self._requester = requester
+        self._caller = Caller(nc, requester, self._subjects, name=self.name, rng=self._rng)
+        self._caller.zone = self.zone if self.zone is not None else server_cluster(nc)
         caller = self._caller
         await self._observer.start(
-            self._nc, prefix=self._subjects.prefix, name=self.name, zone=lambda: caller.zone
+            nc, prefix=self._subjects.prefix, name=self.name, zone=lambda: caller.zone
         )
+        stack.push_async_callback(self._observer.stop)
         if self._use_tables:
             cache = TableCache(
-                self._nc,
+                nc,
                 client_name=self.name,
                 kind=self._kind,
                 prefix=self._subjects.prefix,
                 follow=self._watch,
             )
-            self._tables = await cache.__aenter__()
-        return self
+            self._tables = await stack.enter_async_context(cache)
 
     async def __aexit__(
         self, et: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        if self._tables is not None:
-            await self._tables.__aexit__(None, None, None)
-            self._tables = None
-        await self._observer.stop()
-        if self._requester is not None:
-            await self._requester.__aexit__(None, None, None)
-            self._requester = None
-            self._caller = None
-        if self._owns_connection and self._nc is not None:
-            await self._nc.drain()
+        self._nesting.exit()  # out of order or from another task: a RuntimeError, and no harm
+        await self._close()
+
+    async def _close(self) -> None:
+        stack, self._stack = self._stack, None
+        if stack is not None:
+            await stack.aclose()
+
+    def _forget(self) -> None:
+        self._tables = None
+        self._requester = None
+        self._caller = None
         self._nc = None
+        self._owns_connection = False
 
     def bound(self, context: Upstream) -> Mesh:
         """This client, making every call as a nested call of ``context``'s request."""
@@ -544,3 +567,15 @@ def _check_caller(caller: str) -> str:
             " without spaces at either end"
         )
     return caller
+
+
+async def _drain(nc: NATS) -> None:
+    """Close a connection the Mesh opened (shielded: also when its task is cancelled)."""
+    with anyio.CancelScope(shield=True):
+        with anyio.move_on_after(_CLOSE_WITHIN):
+            try:
+                await nc.drain()
+            except Exception as exc:  # it was lost meanwhile: close what is left
+                log.debug("draining the connection failed: %s", exc)
+        if not nc.is_closed:
+            await nc.close()

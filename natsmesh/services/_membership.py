@@ -11,15 +11,19 @@ keeps hearing reports can eject it again, for longer.
 
 Leaving drains each queue subscription (unsubscribe, then dispatch what the
 server already delivered), so no request that reached the instance is dropped.
+One loop (:meth:`QueueMembership.run`, in the runner's task group) makes every
+change, so a command that arrives while the instance leaves or rejoins only
+moves the time it rejoins.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable
 
+import anyio
+import anyio.abc
 import pydantic
 
 from natsmesh.transport._transport import NATS, Msg, Subscription, subscribe_direct
@@ -28,6 +32,10 @@ from natsmesh.wire._control import MAX_CONTROL_MESSAGE, EjectCommand, eject_subj
 log = logging.getLogger("natsmesh.service")
 
 Deliver = Callable[[Msg], None]  # called as each message is read: see subscribe_direct
+# A leave or a rejoin runs to its end even when the runner closes meanwhile (the
+# subscriptions are in one list or the other), within this bound.
+_CHANGE_WITHIN = 5.0
+_RETRY_REJOIN = 1.0
 
 
 class QueueMembership:
@@ -52,9 +60,11 @@ class QueueMembership:
         self.healthy = True
         self.ejections = 0
         self.rejoins = 0
-        self._rejoin: asyncio.Task[None] | None = None
-        self._closed = False
-        self._lock = asyncio.Lock()
+        self._out_until: float | None = None  # time.monotonic() to rejoin at, once asked
+        self._seconds = 0.0
+        self._wake = anyio.Event()
+        self._scope: anyio.CancelScope | None = None
+        self._stopped = anyio.Event()
 
     async def join(self, subject: str, queue: str, deliver: Deliver) -> None:
         """Subscribe to ``subject`` in queue group ``queue``, now and after every ejection."""
@@ -64,10 +74,6 @@ class QueueMembership:
     async def _subscribe(self, subject: str, queue: str, deliver: Deliver) -> Subscription:
         return await subscribe_direct(self._nc, subject, deliver, queue=queue)
 
-    async def listen(self) -> None:
-        """Take eject commands from the controller."""
-        await self._nc.subscribe(self._subject, cb=self._on_eject)
-
     def stats(self) -> dict[str, int]:
         return {
             "queue_ejections": self.ejections,
@@ -75,8 +81,42 @@ class QueueMembership:
             "queue_ejected": int(not self.healthy),
         }
 
+    async def run(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
+        """Take the controller's eject commands and carry them out, until :meth:`close`.
+
+        Started with ``task_group.start()``: ready once the command subject is
+        subscribed (live after the runner's next flush).
+        """
+        try:
+            with anyio.CancelScope() as self._scope:
+                commands = await self._nc.subscribe(self._subject, cb=self._on_eject)
+                try:
+                    task_status.started()
+                    await self._follow()
+                finally:
+                    with anyio.CancelScope(shield=True):
+                        await _unsubscribe(commands)
+        finally:
+            self._stopped.set()
+
+    async def _follow(self) -> None:
+        while True:
+            wake = self._wake = anyio.Event()
+            until = self._out_until
+            if until is None:
+                await wake.wait()
+            elif self.healthy:
+                await self._leave()
+            else:
+                with anyio.move_on_after(until - time.monotonic()):
+                    await wake.wait()
+                    continue  # another command: it moved the time to rejoin
+                self._out_until = None
+                await self._rejoin()
+
     async def _on_eject(self, msg: Msg) -> None:
         if len(msg.data) > MAX_CONTROL_MESSAGE:
+            log.warning("%s/%s: ignored an oversized eject command", self._service, self._id)
             return
         try:
             command = EjectCommand.model_validate_json(msg.data)
@@ -85,58 +125,72 @@ class QueueMembership:
             return
         if (command.service, command.id) != (self._service, self._id):
             return  # the subject names us; a body naming another instance is not ours
-        await self.leave(command.seconds)
+        self.leave(command.seconds)
 
-    async def leave(self, seconds: float) -> None:
+    def leave(self, seconds: float) -> None:
         """Leave every queue group for ``seconds`` (from now, if already out)."""
-        async with self._lock:
-            if self._closed:
-                return
-            if self._rejoin is not None:
-                self._rejoin.cancel()
-            if self.healthy:
-                log.warning(
-                    "%s/%s: leaving the queue groups for %.1f s, as the controller asks",
-                    self._service,
-                    self._id,
-                    seconds,
-                )
-                subs, self.subscriptions = self.subscriptions, []
-                for sub in subs:
-                    with contextlib.suppress(Exception):  # a closing connection
-                        await sub.drain()  # type: ignore[no-untyped-call]
-                self.healthy = False
-                self.ejections += 1
-            self._rejoin = asyncio.get_running_loop().create_task(self._after(seconds))
+        if self._scope is None or self._scope.cancel_called:
+            return  # not following commands (not started, or draining)
+        self._seconds = seconds
+        self._out_until = time.monotonic() + seconds
+        self._wake.set()
+
+    async def _leave(self) -> None:
+        log.warning(
+            "%s/%s: leaving the queue groups for %.1f s, as the controller asks",
+            self._service,
+            self._id,
+            self._seconds,
+        )
+        with anyio.CancelScope(shield=True), anyio.move_on_after(_CHANGE_WITHIN):
+            while self.subscriptions:
+                try:
+                    await self.subscriptions[-1].drain()  # type: ignore[no-untyped-call]
+                except Exception as exc:  # a closing connection: the subscription goes with it
+                    log.warning("%s/%s: a queue subscription did not drain: %s", *self._me, exc)
+                self.subscriptions.pop()
+            self.healthy = False
+            self.ejections += 1
         await self._changed()
 
-    async def _after(self, seconds: float) -> None:
-        await asyncio.sleep(seconds)
-        await self.rejoin()
-
-    async def rejoin(self) -> None:
-        """Join the queue groups again."""
-        async with self._lock:
-            if self._closed or self.healthy:
-                return
-            for subject, queue, deliver in self._wanted:
-                self.subscriptions.append(await self._subscribe(subject, queue, deliver))
-            await self._nc.flush()
-            self.healthy = True
-            self.rejoins += 1
-            log.info("%s/%s: back in the queue groups", self._service, self._id)
+    async def _rejoin(self) -> None:
+        with anyio.CancelScope(shield=True), anyio.move_on_after(_CHANGE_WITHIN):
+            try:
+                for subject, queue, deliver in self._wanted[len(self.subscriptions) :]:
+                    self.subscriptions.append(await self._subscribe(subject, queue, deliver))
+                await self._nc.flush()
+            except Exception as exc:  # a connection that is away: tried again below
+                log.warning("%s/%s: rejoining the queue groups failed: %s", *self._me, exc)
+            else:
+                self.healthy = True
+                self.rejoins += 1
+                log.info("%s/%s: back in the queue groups", *self._me)
+        if not self.healthy:
+            if self._out_until is None:  # no newer command: try again a little later
+                self._out_until = time.monotonic() + _RETRY_REJOIN
+            return
         await self._changed()
+
+    @property
+    def _me(self) -> tuple[str, str]:
+        return self._service, self._id
 
     async def _changed(self) -> None:
-        with contextlib.suppress(Exception):  # a reconnecting client: the next heartbeat tells
+        try:
             await self._on_change()
+        except Exception as exc:  # a reconnecting client: the next heartbeat tells
+            log.warning("%s/%s: heartbeat after a change not sent: %s", *self._me, exc)
 
     async def close(self) -> list[Subscription]:
         """Stop following commands (the instance drains); returns the queue subscriptions."""
-        self._closed = True
-        task, self._rejoin = self._rejoin, None
-        if task is not None and task is not asyncio.current_task():
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        if self._scope is not None:
+            self._scope.cancel()
+            await self._stopped.wait()
         return list(self.subscriptions)
+
+
+async def _unsubscribe(sub: Subscription) -> None:
+    try:
+        await sub.unsubscribe()
+    except Exception as exc:  # a closed connection took it already
+        log.debug("unsubscribing %s: %s", sub.subject, exc)

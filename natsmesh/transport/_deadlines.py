@@ -10,7 +10,6 @@ only when it was added during a sleep and falls before its end (by less than a t
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import math
 import time
@@ -18,8 +17,7 @@ from collections.abc import AsyncIterator, Callable, Hashable
 from typing import Generic, TypeVar
 
 import anyio
-
-from natsmesh.transport._tasks import stop
+import anyio.abc
 
 K = TypeVar("K", bound=Hashable)
 
@@ -28,7 +26,9 @@ class Deadlines(Generic[K]):
     """Keys with deadlines (``time.monotonic()`` instants); ``on_expire(key)`` once each.
 
     The sweeper runs while ``async with deadlines.running():`` is open; it sleeps
-    while there is nothing to watch.
+    while there is nothing to watch. It lives in a task group, so the block must
+    be entered and left in one task (as every ``async with`` is), in order with
+    the other cancel scopes of that task.
     """
 
     def __init__(self, on_expire: Callable[[K], None], *, tick: float) -> None:
@@ -52,15 +52,21 @@ class Deadlines(Generic[K]):
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
-        # A plain task rather than a task group: owners (a ServiceRunner, a Mesh) are
-        # entered and exited by their users in any task order, which cancel scopes forbid.
-        sweeper = asyncio.get_running_loop().create_task(self._run())
-        try:
-            yield
-        finally:
-            await stop([sweeper])
+        async with anyio.create_task_group() as tg:
+            sweeper: anyio.CancelScope = await tg.start(self._run)
+            try:
+                yield
+            finally:
+                # The sweeper's own scope, not the group's: cancelling the group would
+                # also cancel the task that holds it, were its blocks left out of order.
+                sweeper.cancel()
 
-    async def _run(self) -> None:
+    async def _run(self, *, task_status: anyio.abc.TaskStatus[anyio.CancelScope]) -> None:
+        with anyio.CancelScope() as scope:
+            task_status.started(scope)
+            await self._sweep()
+
+    async def _sweep(self) -> None:
         wait = self._tick
         while True:
             if not self._due:

@@ -1,24 +1,22 @@
-"""The @service runtime against a real nats-server: $SRV shapes, queue groups, budgets, drain."""
+"""The request path against a real nats-server: decode → handle → reply, budgets, errors."""
 
 from __future__ import annotations
 
 import json
-import re
 import time
 from typing import Any
 
 import anyio
 import msgpack
 import nats
-import pydantic
 import pytest
 from services import Echo
+from shop import Quote, Shop
 
 from natsmesh import (
     Context,
     DeadlineExceeded,
     Mesh,
-    NoResponders,
     ServiceRunner,
     endpoint,
     service,
@@ -26,117 +24,6 @@ from natsmesh import (
 from natsmesh.transport._nats_internals import _HandOver
 
 pytestmark = pytest.mark.anyio
-
-RFC3339_UTC = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z")
-
-
-class Quote(pydantic.BaseModel):
-    sku: str
-    cents: int
-
-
-@service("shop", version="2.1.0", description="a shop", metadata={"team": "core"})
-class Shop:
-    def __init__(self) -> None:
-        self.cancelled = anyio.Event()
-        self.seen: list[dict[str, Any]] = []
-
-    @endpoint(idempotent=True)
-    async def quote(self, sku: str) -> Quote:
-        return Quote(sku=sku, cents=100)
-
-    @endpoint
-    def blocking(self, n: int) -> int:
-        time.sleep(0.01)  # a sync handler runs in a worker thread, not on the loop
-        return n * 2
-
-    @endpoint
-    async def raw(self, data: bytes) -> bytes:
-        return data[::-1]
-
-    @endpoint
-    async def stall(self, ctx: Context) -> None:
-        try:
-            await anyio.sleep(30)
-        except BaseException:
-            self.cancelled.set()
-            raise
-
-    @endpoint
-    async def outer(self, ctx: Context) -> dict[str, Any]:
-        inner = await ctx.mesh.call("shop.inner", timeout=10)
-        return {"outer_remaining": ctx.remaining, "outer_trace": ctx.trace.trace_id, **inner}
-
-    @endpoint
-    async def inner(self, ctx: Context) -> dict[str, Any]:
-        return {
-            "inner_remaining": ctx.remaining,
-            "inner_trace": ctx.trace.trace_id,
-            "inner_caller": ctx.caller,
-        }
-
-
-async def _srv(nc: Any, subject: str, count: int) -> list[dict[str, Any]]:
-    inbox = nc.new_inbox()
-    sub = await nc.subscribe(inbox)
-    await nc.publish(subject, b"", reply=inbox)
-    answers = []
-    with anyio.fail_after(5):
-        for _ in range(count):
-            msg = await sub.next_msg(timeout=5)
-            answers.append(json.loads(msg.data))
-    await sub.unsubscribe()
-    return answers
-
-
-async def test_srv_ping_info_stats_shapes(nats_url: str) -> None:
-    async with ServiceRunner(Shop(), nats=nats_url) as runner, Mesh(nats_url) as mesh:
-        await mesh.call("shop.quote", "abc")
-        nc = mesh.nats
-        for verb, kind in (("PING", "ping"), ("INFO", "info"), ("STATS", "stats")):
-            for subject in (f"$SRV.{verb}", f"$SRV.{verb}.shop", f"$SRV.{verb}.shop.{runner.id}"):
-                (answer,) = await _srv(nc, subject, 1)
-                assert answer["type"] == f"io.nats.micro.v1.{kind}_response"
-                assert answer["name"] == "shop"
-                assert answer["id"] == runner.id
-                assert answer["version"] == "2.1.0"
-                assert answer["metadata"]["team"] == "core"
-                assert answer["metadata"]["natsmesh.subset"] == "v2"
-        (info,) = await _srv(nc, "$SRV.INFO.shop", 1)
-        assert info["description"] == "a shop"
-        eps = {e["name"]: e for e in info["endpoints"]}
-        assert set(eps) == {"quote", "blocking", "raw", "stall", "outer", "inner"}
-        quote = eps["quote"]
-        assert quote["subject"] == "mesh.shop.quote"
-        assert quote["queue_group"] == "shop"
-        assert quote["metadata"]["natsmesh.idempotent"] == "true"
-        assert eps["blocking"]["metadata"]["natsmesh.idempotent"] == "false"
-        assert json.loads(quote["metadata"]["natsmesh.response_schema"])["title"] == "Quote"
-        assert json.loads(quote["metadata"]["natsmesh.request_schema"]) == {"type": "string"}
-        assert all(isinstance(v, str) for e in eps.values() for v in e["metadata"].values())
-        (stats,) = await _srv(nc, "$SRV.STATS.shop", 1)
-        assert RFC3339_UTC.fullmatch(stats["started"])
-        st = {e["name"]: e for e in stats["endpoints"]}
-        assert st["quote"]["num_requests"] == 1
-        assert st["quote"]["num_errors"] == 0
-        assert st["quote"]["last_error"] == ""
-        assert isinstance(st["quote"]["processing_time"], int)
-        assert st["quote"]["processing_time"] > 0
-        assert st["quote"]["average_processing_time"] == st["quote"]["processing_time"]
-        assert st["raw"]["num_requests"] == 0
-        assert st["raw"]["average_processing_time"] == 0
-
-
-async def test_srv_is_answered_by_every_instance(nats_url: str) -> None:
-    async with (
-        ServiceRunner(Shop, nats=nats_url) as a,
-        ServiceRunner(Shop, nats=nats_url) as b,
-        Mesh(nats_url) as mesh,
-    ):
-        answers = await _srv(mesh.nats, "$SRV.PING.shop", 2)
-        assert {x["id"] for x in answers} == {a.id, b.id}
-        infos = await mesh.services("shop")
-        assert {i.id for i in infos} == {a.id, b.id}
 
 
 async def test_queue_group_subset_and_instance_subjects(nats_url: str) -> None:
@@ -215,59 +102,6 @@ async def test_deadline_exceeded_and_the_handler_is_abandoned(nats_url: str) -> 
         assert time.monotonic() - started < 1.0
         with anyio.fail_after(2):
             await shop.cancelled.wait()  # the service stopped the work once the budget ran out
-
-
-@service("gate", version="1.0.0")
-class Gate:
-    def __init__(self, expected: int) -> None:
-        self.expected = expected
-        self.arrived = anyio.Event()
-        self.count = 0
-
-    @endpoint
-    async def hold(self) -> str:
-        self.count += 1
-        if self.count == self.expected:
-            self.arrived.set()
-        await anyio.sleep(0.3)
-        return "done"
-
-
-async def test_drain_finishes_in_flight_requests_then_leaves(nats_url: str) -> None:
-    gate = Gate(expected=5)
-    async with Mesh(nats_url) as mesh:
-        runner = ServiceRunner(gate, nats=nats_url)
-        await runner.__aenter__()
-        results: list[Any] = []
-
-        async def hold() -> None:
-            results.append(await mesh.call("gate.hold", timeout=5))
-
-        async with anyio.create_task_group() as tg:
-            for _ in range(5):
-                tg.start_soon(hold)
-            with anyio.fail_after(5):
-                await gate.arrived.wait()  # all five are in the handler when the drain starts
-            await runner.__aexit__(None, None, None)
-        assert results == ["done"] * 5
-        started = time.monotonic()
-        with pytest.raises(NoResponders):
-            await mesh.call("gate.hold", timeout=5)
-        assert time.monotonic() - started < 1.0
-
-
-async def test_zone_is_configured_or_the_nats_cluster_name(tmp_path: Any) -> None:
-    from natsmesh.testing import EmbeddedNats
-
-    conf = tmp_path / "cluster.conf"
-    conf.write_text('cluster { name: "east", listen: "127.0.0.1:-1" }\n')
-    # A one-node cluster: JetStream would want peers, and the zone needs none.
-    async with EmbeddedNats(config_file=conf, jetstream=False) as server:
-        async with ServiceRunner(Echo, nats=server.url) as runner:
-            assert runner.announcement().zone == "east"
-            assert runner.info().metadata["natsmesh.zone"] == "east"
-        async with ServiceRunner(Echo, nats=server.url, zone="eu-west-1a") as runner:
-            assert runner.announcement().zone == "eu-west-1a"
 
 
 @service("steps", version="1.0.0", max_concurrency=64)
