@@ -12,11 +12,11 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Callable, Sequence
+from typing import Protocol
 
 import anyio
 import anyio.abc
 import pydantic
-from nats.aio.subscription import Subscription
 
 from natsmesh.services._describe import EndpointState, Instance, announcement, info, ping, stats
 from natsmesh.services._membership import QueueMembership
@@ -27,6 +27,13 @@ from natsmesh.wire._control import Announcement, Heartbeat, Leave, instance_subj
 from natsmesh.wire._subjects import srv_subjects
 
 log = logging.getLogger("natsmesh.service")
+
+
+class _Subscription(Protocol):
+    @property
+    def subject(self) -> str: ...
+
+    async def unsubscribe(self) -> None: ...
 
 
 class Presence:
@@ -48,7 +55,7 @@ class Presence:
         self._queues = queues
         self._in_flight = in_flight
         self._interval = interval
-        self._srv: list[Subscription] = []
+        self._srv: list[_Subscription] = []
         self._beating: anyio.CancelScope | None = None
         self._failing = False
 
