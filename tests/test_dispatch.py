@@ -209,3 +209,59 @@ async def test_requests_reach_the_runtime_as_read_and_garbage_costs_one_error_re
         assert await mesh.call("echo.echo", {"id": 1, "name": "a"}) == {"id": 1, "name": "a"}
         echo = next(e for e in runner.stats().endpoints if e.name == "echo")
         assert echo.num_errors == len(subjects) * len(garbage)
+
+
+async def test_hostile_headers_get_a_sane_outcome_and_it_keeps_serving(nats_url: str) -> None:
+    async with ServiceRunner(Steps, nats=nats_url) as runner:
+        nc = await nats.connect(nats_url)
+        try:
+            for headers in (
+                {"Mesh-Budget": "abc"},
+                {"Mesh-Budget": "1e400"},
+                {"Mesh-Budget": "NaN"},
+                {"Mesh-Budget": "9" * 5000},
+                {"Mesh-Attempt": "-3"},
+                {"Mesh-Attempt": "x" * 4000},
+                {"Content-Type": "application/x-evil"},
+                {"Content-Type": "application/json; " + "a" * 4000},
+                {"traceparent": "00-" + "z" * 32 + "-" + "0" * 16 + "-01"},
+            ):
+                reply = await nc.request("mesh.steps.at_once", b"\x01", timeout=5, headers=headers)
+                assert reply.data  # an answer (the result or an error), never a hang
+            assert msgpack.unpackb((await nc.request("mesh.steps.at_once", b"\x01")).data) == 2
+        finally:
+            await nc.close()
+        assert runner.stats().endpoints[0].num_requests == 10
+
+
+@service("stuck", version="1.0.0")
+class Stuck:
+    def __init__(self) -> None:
+        self.started = anyio.Event()
+        self.cancelled = anyio.Event()
+
+    @endpoint
+    async def wait(self) -> None:
+        self.started.set()
+        try:
+            await anyio.sleep_forever()
+        finally:
+            self.cancelled.set()
+
+
+async def test_requests_still_running_after_the_drain_timeout_are_cancelled(
+    nats_url: str,
+) -> None:
+    stuck = Stuck()
+    async with Mesh(nats_url, tables=False) as mesh, anyio.create_task_group() as tg:
+
+        async def call() -> None:
+            with pytest.raises(DeadlineExceeded):
+                await mesh.call("stuck.wait", timeout=60)
+
+        async with ServiceRunner(stuck, nats=nats_url, drain_timeout=0.1):
+            tg.start_soon(call)
+            with anyio.fail_after(5):
+                await stuck.started.wait()
+        assert stuck.cancelled.is_set()  # by the runner, before it returned
+        tg.cancel_scope.cancel()

@@ -7,9 +7,11 @@ import re
 from typing import Any
 
 import anyio
+import nats
 import pytest
 from services import Echo
 from shop import Shop
+from test_controller import eventually
 
 from natsmesh import (
     Mesh,
@@ -95,3 +97,48 @@ async def test_zone_is_configured_or_the_nats_cluster_name(tmp_path: Any) -> Non
             assert runner.info().metadata["natsmesh.zone"] == "east"
         async with ServiceRunner(Echo, nats=server.url, zone="eu-west-1a") as runner:
             assert runner.announcement().zone == "eu-west-1a"
+
+
+async def test_heartbeats_until_the_leave_and_none_after(nats_url: str) -> None:
+    nc = await nats.connect(nats_url)
+    seen: list[tuple[str, dict[str, Any]]] = []
+
+    async def on_control(msg: Any) -> None:
+        seen.append((msg.subject.split(".")[2], json.loads(msg.data)))
+
+    try:
+        await nc.subscribe("mesh._ctl.*.echo", cb=on_control)
+        await nc.flush()
+        async with ServiceRunner(Echo, nats=nats_url, heartbeat=0.05) as runner:
+            await eventually(lambda: sum(kind == "heartbeat" for kind, _ in seen) >= 3)
+        # The leave is the last word: a heartbeat after it would bring the instance back.
+        await nc.flush()
+        kinds = [kind for kind, _ in seen]
+        assert kinds[0] == "announce"
+        assert kinds[-1] == "leave"
+        assert kinds.count("leave") == 1
+        assert {body["id"] for _, body in seen} == {runner.id}
+    finally:
+        await nc.close()
+
+
+async def test_srv_answers_whatever_the_request_carries(nats_url: str) -> None:
+    nc = await nats.connect(nats_url)
+    try:
+        async with ServiceRunner(Echo, nats=nats_url) as runner:
+            for data, headers in (
+                (b"\xc1\x00garbage", None),
+                (b"x" * 500_000, {"Content-Type": "application/json"}),
+                (b"", {"Mesh-Budget": "-1", "Mesh-Attempt": "NaN", "traceparent": "zz"}),
+            ):
+                for verb in ("PING", "INFO", "STATS"):
+                    reply = await nc.request(
+                        f"$SRV.{verb}.echo.{runner.id}", data, timeout=5, headers=headers
+                    )
+                    assert json.loads(reply.data)["id"] == runner.id
+            # Published without a reply subject: nothing to answer, nothing breaks.
+            await nc.publish("$SRV.PING.echo", b"no reply wanted")
+            reply = await nc.request("$SRV.PING.echo", b"", timeout=5)
+            assert json.loads(reply.data)["id"] == runner.id
+    finally:
+        await nc.close()
