@@ -165,7 +165,7 @@ async def test_hash_balancing_is_sticky_and_moves_only_the_keys_of_a_leaver(
             moved = {u for u in users if after[u] != first[u]}
             assert moved == {u for u in users if first[u] == gone}
         finally:
-            for r in runners:
+            for r in reversed(runners):  # in the reverse order of entry, as async with would
                 await r.__aexit__(None, None, None)
 
 

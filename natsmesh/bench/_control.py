@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from contextlib import AsyncExitStack
 from typing import Any
 
 import anyio
@@ -104,33 +105,35 @@ async def convergence(
         assert first.ok, first
         times: list[float] = []
         whole: list[float] = []  # from sending the apply, for the skeptical
-        async with ServiceRunner(Target, nats=url), anyio.create_task_group() as tg:
+        # The clients are entered before the task group and left after it: each owns a
+        # task group of its own, so they nest the other way round.
+        async with ServiceRunner(Target, nats=url), AsyncExitStack() as entered:
             meshes = [Mesh(url, name=f"client-{i}", timeout=2) for i in range(clients)]
-            stop = anyio.Event()
             for mesh in meshes:
-                await mesh.__aenter__()
+                await entered.enter_async_context(mesh)
                 await mesh.call("converge.ping")  # loads and watches the tables
+            stop = anyio.Event()
 
-                async def calling(m: Mesh = mesh) -> None:
-                    while not stop.is_set():
-                        await m.call("converge.ping")
-                        await anyio.sleep(0.05)
+            async def calling(m: Mesh) -> None:
+                while not stop.is_set():
+                    await m.call("converge.ping")
+                    await anyio.sleep(0.05)
 
-                tg.start_soon(calling)
-            for i in range(applies):
-                sent = time.perf_counter()
-                reply = await _apply(nc, _routes(3.0 + (i % 2)))
-                revision = reply.revisions["routes.converge"]
-                started = time.perf_counter()
-                with anyio.fail_after(10):
-                    while sum(r >= revision for r in applied.values()) < clients:
-                        changed = anyio.Event()
-                        await changed.wait()
-                times.append((time.perf_counter() - started) * 1000)
-                whole.append((time.perf_counter() - sent) * 1000)
-            stop.set()
-        for mesh in meshes:
-            await mesh.__aexit__(None, None, None)
+            async with anyio.create_task_group() as tg:
+                for mesh in meshes:
+                    tg.start_soon(calling, mesh)
+                for i in range(applies):
+                    sent = time.perf_counter()
+                    reply = await _apply(nc, _routes(3.0 + (i % 2)))
+                    revision = reply.revisions["routes.converge"]
+                    started = time.perf_counter()
+                    with anyio.fail_after(10):
+                        while sum(r >= revision for r in applied.values()) < clients:
+                            changed = anyio.Event()
+                            await changed.wait()
+                    times.append((time.perf_counter() - started) * 1000)
+                    whole.append((time.perf_counter() - sent) * 1000)
+                stop.set()
         await nc.close()
     finally:
         proc.terminate()

@@ -1,8 +1,8 @@
 """Run service instances until SIGINT or SIGTERM, then drain them.
 
 The shape every long-running natsmesh process shares (``natsmesh serve``,
-``natsmesh up``, the examples): enter every runner, signal readiness, wait for
-a signal, and leave in reverse order so each instance drains before it exits.
+``natsmesh up``, the examples): start every instance in a task of its own,
+signal readiness, wait for a signal, and let every instance drain before it exits.
 """
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ import signal
 import sys
 import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import AsyncExitStack
 from typing import Any
 
 import anyio
+import anyio.abc
 
 from natsmesh.services._runtime import ServiceRunner
 from natsmesh.services._spec import spec_of
@@ -86,7 +86,8 @@ async def serve(
 
     A class is instantiated once per instance; an instance object is shared.
     ``nats`` defaults to ``NATS_URL``, then ``nats://127.0.0.1:4222``. ``ready`` is
-    called with the runners once all of them are subscribed.
+    called with the runners once all of them are subscribed. Each instance runs
+    in a task of its own, so on the way out they drain side by side.
     """
     if instances < 1:
         raise ValueError("instances must be at least 1")
@@ -96,30 +97,59 @@ async def serve(
     # waits for a server that is not there (the first connection is tried until it works).
     stopped = anyio.Event()
     starting = anyio.CancelScope()
+    failure: Exception | None = None
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with anyio.create_task_group() as tg:
+            watching: anyio.CancelScope = await tg.start(_watch, signals, stopped, starting)
+            try:
+                runners: list[ServiceRunner] = []
+                with starting:
+                    for target in targets:
+                        for _ in range(instances):
+                            runners.append(await tg.start(_instance, target, url, prefix, stopped))
+                if not starting.cancelled_caught:
+                    if ready is not None:
+                        result = ready(runners)
+                        if result is not None:
+                            await result
+                    await stopped.wait()
+            except Exception as exc:  # raised below, once the instances started have drained
+                failure = exc
+            finally:
+                # Each instance drains in its own task, outside any cancelled scope.
+                stopped.set()
+                watching.cancel()
+    if failure is not None:
+        raise failure
 
-    async def watch(signals: AsyncIterator[signal.Signals]) -> None:
+
+async def _watch(
+    signals: AsyncIterator[signal.Signals],
+    stopped: anyio.Event,
+    starting: anyio.CancelScope,
+    *,
+    task_status: anyio.abc.TaskStatus[anyio.CancelScope],
+) -> None:
+    with anyio.CancelScope() as scope:
+        task_status.started(scope)
         async for _ in signals:
             stopped.set()
             starting.cancel()
             return
 
-    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        # The stack outside the task group: its instances drain outside any cancelled scope.
-        async with AsyncExitStack() as stack, anyio.create_task_group() as tg:
-            tg.start_soon(watch, signals)
-            runners: list[ServiceRunner] = []
-            with starting:
-                for target in targets:
-                    for _ in range(instances):
-                        runner = ServiceRunner(target, nats=url, prefix=prefix)
-                        runners.append(await stack.enter_async_context(runner))
-            if not starting.cancelled_caught:
-                if ready is not None:
-                    result = ready(runners)
-                    if result is not None:
-                        await result
-                await stopped.wait()
-            tg.cancel_scope.cancel()
+
+async def _instance(
+    target: object,
+    url: str,
+    prefix: str,
+    stopped: anyio.Event,
+    *,
+    task_status: anyio.abc.TaskStatus[ServiceRunner],
+) -> None:
+    """One instance: started (ready once subscribed), then serving until ``stopped``."""
+    async with ServiceRunner(target, nats=url, prefix=prefix) as runner:
+        task_status.started(runner)
+        await stopped.wait()
 
 
 async def wait_for_signal(ready: Callable[[], None] | None = None) -> int:
