@@ -61,7 +61,12 @@ async def gather(
                 if parsed is not None:
                     answers.append(parsed)
     finally:
-        await sub.unsubscribe()
+        # Shielded: a gather that is cancelled (or fails) still removes its inbox.
+        with anyio.CancelScope(shield=True):
+            try:
+                await sub.unsubscribe()
+            except Exception as exc:  # a closed connection took it already
+                log.debug("unsubscribing the $SRV inbox: %s", exc)
     answers.sort(key=lambda a: (getattr(a, "name", ""), getattr(a, "id", "")))
     return answers
 
