@@ -104,13 +104,14 @@ class Dispatcher:
             await self._cancel_running()
 
     async def finish(self, timeout: float) -> None:
-        """Wait (up to ``timeout``) for the requests in flight; log those still running."""
+        """Wait (up to ``timeout``) for the requests in flight, then cancel those still running."""
         self._closing = True
         with anyio.move_on_after(timeout) as scope:
             if self.in_flight:
                 await self._idle.wait()
         if scope.cancelled_caught:
             log.warning("%s: %d requests still running after drain", self._service, self.in_flight)
+        await self._cancel_running()
 
     async def _cancel_running(self) -> None:
         tasks = [t for t in (*self._running.values(), *self._callbacks) if not t.done()]
