@@ -246,7 +246,7 @@ retry_on = ["no_responders", "overloaded", "timeout", "unavailable"]
 @contextlib.asynccontextmanager
 async def zoned_mesh(
     nats_url: str, tally: collections.Counter[str], *, flaky_a: bool = False
-) -> AsyncIterator[tuple[Mesh, contextlib.AsyncExitStack, Controller]]:
+) -> AsyncIterator[tuple[Mesh, list[ServiceRunner], Controller]]:
     async with Controller(nats_url, lease=1.0) as ctl:
         await eventually(lambda: ctl.is_leader)
         reply = await ctl.apply(ROUTES.encode(), allow_empty=True)
@@ -256,11 +256,13 @@ async def zoned_mesh(
                 await others.enter_async_context(
                     ServiceRunner(Zoned(zone, tally), nats=nats_url, zone=zone)
                 )
-            async with contextlib.AsyncExitStack() as zone_a:
-                for _ in range(2):
-                    await zone_a.enter_async_context(
+            async with contextlib.AsyncExitStack() as entered:
+                zone_a = [
+                    await entered.enter_async_context(
                         ServiceRunner(Zoned("a", tally, flaky=flaky_a), nats=nats_url, zone="a")
                     )
+                    for _ in range(2)
+                ]
                 async with Mesh(nats_url, name="caller-a", zone="a") as mesh:
                     await mesh.call("shop.which")
                     assert mesh._tables is not None
@@ -298,7 +300,8 @@ async def test_calls_stay_in_the_callers_zone_then_fail_over_in_order(nats_url: 
             for _ in range(4):
                 tg.start_soon(load)
             await eventually(lambda: tally["a"] >= 250)
-            await zone_a.aclose()  # every instance of zone a drains and leaves
+            for runner in zone_a:  # every instance of zone a drains and leaves
+                await runner.drain()  # (left, as async with blocks are, at the end)
             served_a = tally["a"]
             # Zone c is next in the route's order; b, listed after it, gets nothing.
             await eventually(lambda: tally["c"] >= 200)
