@@ -20,8 +20,6 @@ from types import TracebackType
 from typing import Self
 
 import anyio
-from nats.aio.subscription import Subscription
-from nats.nuid import NUID
 
 from natsmesh.client._client import Mesh
 from natsmesh.observe._hooks import ServeObserver
@@ -36,7 +34,9 @@ from natsmesh.transport._tasks import Nesting
 from natsmesh.transport._transport import (
     NATS,
     Requester,
+    Subscription,
     connect,
+    new_id,
     server_cluster,
     subscribe_direct,
 )
@@ -84,7 +84,7 @@ class ServiceRunner:
         self._target = target() if isinstance(target, type) else target
         self._nats = nats
         self._subjects = Subjects(prefix)
-        self.id = instance_id or NUID().next().decode()
+        self.id = instance_id or new_id()
         self._limits = limits
         self._max_concurrency = max_concurrency or self.spec.max_concurrency
         self._drain_timeout = drain_timeout
