@@ -20,11 +20,12 @@ from types import TracebackType
 from typing import Any, Final, Literal, Self, TypeVar, overload
 
 import anyio
-import pydantic
-import pydantic_core
 
 from natsmesh.client import _discovery
-from natsmesh.client._caller import Call, Caller, Route
+from natsmesh.client._call import Caller
+from natsmesh.client._replies import decode_reply, encode_payload
+from natsmesh.client._resolve import Resolver
+from natsmesh.client._running import Call
 from natsmesh.client._tables import Snapshot, TableCache
 from natsmesh.client._upstream import Upstream
 from natsmesh.observe._hooks import CallObserver, NoObserver
@@ -32,22 +33,11 @@ from natsmesh.traffic._backoff import budget
 from natsmesh.traffic._routes import HttpRoute, ServicePolicy
 from natsmesh.traffic._traffic import DEFAULT_POLICY
 from natsmesh.transport._tasks import Nesting
-from natsmesh.transport._transport import NATS, Msg, Requester, connect, server_cluster
+from natsmesh.transport._transport import NATS, Requester, connect, server_cluster
 from natsmesh.wire import _codec, _headers, _micro
-from natsmesh.wire._codec import Codec, DecodeError, Limits
+from natsmesh.wire._codec import Limits
 from natsmesh.wire._control import HTTP_TABLE
-from natsmesh.wire._errors import (
-    CallError,
-    Cause,
-    DeadlineExceeded,
-    ErrorKind,
-    InvalidReply,
-    NoResponders,
-    UnknownEndpoint,
-    parse_causes,
-    remote_error_class,
-)
-from natsmesh.wire._subjects import Subjects, parse_target, validate_name, validate_token
+from natsmesh.wire._subjects import Subjects, validate_name
 
 log = logging.getLogger("natsmesh.client")
 T = TypeVar("T")
@@ -57,10 +47,7 @@ DEFAULT_TIMEOUT: Final = 5.0
 # never past its budget; and for a $SRV answer after no responders, the same.
 FIRST_LOAD_WAIT: Final = 0.25
 ONE_SHOT_LOAD_WAIT: Final = 2.0  # the same, for a client that does not watch them
-_DISCOVERY_WAIT: Final = 0.5
 _CLOSE_WITHIN: Final = 10.0  # a drain of a connection the Mesh opened, then it is closed
-# Error bodies larger than this are not read for details and causes (the headers suffice).
-_MAX_ERROR_BODY: Final = 64 * 1024
 
 
 _NO_TABLES = Snapshot()
@@ -121,7 +108,7 @@ class Mesh:
         self._limits = limits
         self._nc: NATS | None = None
         self._owns_connection = False
-        self._routes: dict[str, Route] = {}
+        self._resolver: Resolver | None = None
         self._rng = random.Random()
         self._requester: Requester | None = None
         self._caller: Caller | None = None
@@ -163,7 +150,15 @@ class Mesh:
         stack.callback(self._forget)
         requester = await stack.enter_async_context(Requester(nc))
         self._requester = requester
-        self._caller = Caller(nc, requester, self._subjects, name=self.name, rng=self._rng)
+        self._resolver = Resolver(nc, self._subjects)
+        self._caller = Caller(
+            nc,
+            requester,
+            self._subjects,
+            name=self.name,
+            rng=self._rng,
+            resolver=self._resolver,
+        )
         self._caller.zone = self.zone if self.zone is not None else server_cluster(nc)
         caller = self._caller
         await self._observer.start(
@@ -195,6 +190,7 @@ class Mesh:
         self._tables = None
         self._requester = None
         self._caller = None
+        self._resolver = None
         self._nc = None
         self._owns_connection = False
 
@@ -270,11 +266,11 @@ class Mesh:
         Raises NoResponders, DeadlineExceeded, RemoteError (InvalidRequest,
         UnknownEndpoint, Overloaded), InvalidReply, or InvalidName for a bad target.
         """
-        runner = self._caller
-        if runner is None:
+        runner, resolver = self._caller, self._resolver
+        if runner is None or resolver is None:
             raise RuntimeError("use 'async with Mesh(...)' before calling")
         context = context or self._context
-        route = self._routes.get(target) or self._convention(target)
+        route = resolver.route(target)
         started = time.monotonic()
         # The budget as known before the tables are read (raises ValueError for a bad one).
         left = budget(
@@ -306,38 +302,19 @@ class Mesh:
         )
         upstream_retries = context is not None and context.headers.get(_headers.RETRYING) == "1"
 
-        def decode(route: Route, msg: Msg) -> Any:
-            return self._reply(route, msg, response)
-
-        if not route.subject:
-            route = await self._reroute(target, route, deadline) or route
-            if not route.subject:
-                raise NoResponders(
-                    f"no responders for {target}",
-                    service=route.service,
-                    endpoint=route.endpoint,
-                    subject="",
-                )
+        call = Call(
+            target=target,
+            route=route,
+            payload=payload,
+            body=encode_payload(payload, route.codec),
+            deadline=deadline,
+            headers=extra,
+            traceparent=traceparent,
+            upstream_retries=upstream_retries,
+        )
         try:
-            while True:
-                call = Call(
-                    route=route,
-                    body=_encode_payload(payload, route.codec),
-                    deadline=deadline,
-                    headers=extra,
-                    traceparent=traceparent,
-                    upstream_retries=upstream_retries,
-                    decode=decode,
-                )
-                try:
-                    result = await runner.run(call, policy, snapshot.registry)
-                    break
-                except NoResponders:
-                    # Perhaps a micro service outside the natsmesh convention: ask $SRV once.
-                    rerouted = await self._reroute(target, route, deadline)
-                    if rerouted is None or rerouted == route:
-                        raise
-                    route = rerouted
+            route, msg = await runner.run(call, policy, snapshot.registry)
+            result = decode_reply(route, msg, response, self._limits)
         except BaseException as exc:
             self._observer.done(route.service, route.endpoint, None, exc, started, span)  # observe
             raise
@@ -357,78 +334,6 @@ class Mesh:
         if self._caller is None:
             return {}
         return {name: t.metrics() for name, t in sorted(self._caller.traffic.items())}
-
-    # -- resolution --------------------------------------------------------------------
-
-    def _convention(self, target: str) -> Route:
-        service, endpoint = parse_target(target)
-        route = Route(service, endpoint, self._subjects.endpoint(service, endpoint), Codec.MSGPACK)
-        try:
-            validate_name("endpoint", endpoint)
-        except ValueError:
-            # Never a subject token of anyone's ('.', '*', '>', whitespace): refuse.
-            validate_token("endpoint", endpoint)
-            # A micro service may use names natsmesh does not: only discovery can
-            # tell where such an endpoint lives (an empty subject means "look it up").
-            route = Route(service, endpoint, "", Codec.JSON, discovered_at=0.0)
-        if len(self._routes) < 10_000:
-            self._routes[target] = route
-        return route
-
-    async def _reroute(self, target: str, route: Route, deadline: float) -> Route | None:
-        """After *no responders*: ask ``$SRV`` where the endpoint lives, within the budget.
-
-        Returns a new route for a micro service outside natsmesh's subject
-        convention; raises UnknownEndpoint when the service runs without that
-        endpoint; None when no instance of the service answers at all, or not
-        before ``deadline``.
-        """
-        now = time.monotonic()
-        if route.subject and route.discovered_at and now - route.discovered_at < 1.0:
-            return None  # looked up a moment ago: the service is simply gone
-        wait = min(_DISCOVERY_WAIT, deadline - now)
-        if wait <= 0.001:
-            return None
-        info = await _discovery.first_info(self.nats, route.service, timeout=wait)
-        if info is None:
-            return None
-        for ep in info.endpoints:
-            if ep.name == route.endpoint:
-                if info.is_mesh and route.conventional:
-                    return None  # the convention holds: the subset tried is simply down
-                codec = Codec.MSGPACK if info.is_mesh else Codec.JSON
-                found = Route(route.service, route.endpoint, ep.subject, codec, discovered_at=now)
-                self._routes[target] = found
-                return found
-        raise UnknownEndpoint(
-            f"service {route.service!r} has no endpoint {route.endpoint!r}",
-            code=404,
-            kind=ErrorKind.UNKNOWN_ENDPOINT,
-            service=route.service,
-            endpoint=route.endpoint,
-            subject=route.subject,
-        )
-
-    # -- replies --------------------------------------------------------------------------
-
-    def _reply(self, route: Route, msg: Msg, response: Any) -> Any:
-        hdrs = msg.headers
-        if hdrs and _headers.ERROR_CODE in hdrs:
-            raise _remote_error(route, hdrs, msg.data, self._limits)
-        if response is bytes:
-            return msg.data
-        try:
-            value = _codec.decode(msg.data, route.codec, self._limits)
-            if response is None:
-                return value
-            return _adapter(response).validate_python(value)
-        except (DecodeError, pydantic.ValidationError) as exc:
-            raise InvalidReply(
-                f"invalid reply from {route.service}.{route.endpoint}: {_reason(exc)}",
-                service=route.service,
-                endpoint=route.endpoint,
-                subject=route.subject,
-            ) from None
 
     async def services(self, name: str | None = None, *, timeout: float = 1.0) -> list[_micro.Info]:
         """INFO of every running service instance (natsmesh or not), optionally of one name."""
@@ -472,81 +377,6 @@ class Mesh:
         if nc is None or not nc.is_connected:
             return False
         return self._tables is None or self._tables.loaded
-
-
-_adapters: dict[Any, pydantic.TypeAdapter[Any]] = {}
-
-
-def _adapter(kind: Any) -> pydantic.TypeAdapter[Any]:
-    adapter = _adapters.get(kind)
-    if adapter is None:
-        adapter = _adapters[kind] = pydantic.TypeAdapter(kind)
-    return adapter
-
-
-def _encode_payload(payload: Any, codec: Codec) -> bytes:
-    if isinstance(payload, bytes | bytearray | memoryview):
-        return bytes(payload)
-    if payload is None:
-        return b""
-    if codec is Codec.JSON:
-        return pydantic_core.to_json(payload)
-    if isinstance(payload, pydantic.BaseModel):
-        payload = payload.__pydantic_serializer__.to_python(payload, mode="json")
-    elif not isinstance(payload, dict | list | str | int | float | bool):
-        payload = pydantic_core.to_jsonable_python(payload)
-    return _codec.encode(payload, codec)
-
-
-def _remote_error(route: Route, hdrs: Mapping[str, str], data: bytes, limits: Limits) -> CallError:
-    raw_code = hdrs.get(_headers.ERROR_CODE, "")
-    code = int(raw_code) if raw_code.isdigit() and len(raw_code) < 4 else 500
-    message = hdrs.get(_headers.ERROR, "")[:1024] or "error"
-    kind = hdrs.get(_headers.ERROR_KIND, "")
-    if kind == ErrorKind.DEADLINE:
-        # The budget ran out downstream: to the caller that is the same condition.
-        return DeadlineExceeded(
-            f"deadline exceeded inside {route.service}.{route.endpoint}",
-            service=route.service,
-            endpoint=route.endpoint,
-            subject=route.subject,
-        )
-    details: list[dict[str, Any]] = []
-    causes: tuple[Cause, ...] = ()
-    # Only bodies that carry more than the headers say, and only small ones: an error
-    # body's details and causes are bounded, whatever a service sends.
-    if kind in (ErrorKind.VALIDATION, ErrorKind.UPSTREAM) and len(data) <= _MAX_ERROR_BODY:
-        try:
-            error = _codec.decode(data, route.codec, limits)["error"]
-            found = error.get("details")
-            if isinstance(found, list):
-                details = [d for d in found if isinstance(d, dict)][:100]
-            causes = parse_causes(error.get("causes"))
-        except (DecodeError, KeyError, TypeError, AttributeError):
-            pass
-    return remote_error_class(kind)(
-        message,
-        code=code,
-        kind=kind,
-        service=route.service,
-        endpoint=route.endpoint,
-        subject=route.subject,
-        details=details,
-        causes=causes,
-        trace_id=_trace_id(hdrs.get(_headers.TRACERESPONSE)),
-    )
-
-
-def _trace_id(value: str | None) -> str | None:
-    trace = _headers.parse_traceparent(value) if value else None
-    return None if trace is None else trace.trace_id
-
-
-def _reason(exc: Exception) -> str:
-    if isinstance(exc, pydantic.ValidationError):
-        first = exc.errors(include_input=False, include_url=False)[0]
-        return f"{'.'.join(str(p) for p in first['loc']) or 'value'}: {first['msg']}"
-    return str(exc)
 
 
 MAX_CALLER: Final = 256

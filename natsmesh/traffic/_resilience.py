@@ -49,11 +49,19 @@ class Budget:
         self._trim(now)
         return len(self._requests)
 
-    def try_spend(self, now: float) -> bool:
-        """Take one extra send from the budget; False (and counted) when it is empty."""
+    def available(self, now: float) -> bool:
+        """Whether the budget has one extra send to give now (nothing is taken)."""
         self._trim(now)
         allowed = self.ratio * len(self._requests) + self.min_per_second * self.window
-        if len(self._spent) + 1 > allowed:
+        return len(self._spent) + 1 <= allowed
+
+    def spend(self, now: float) -> None:
+        """Take one extra send (after :meth:`available` said there is one)."""
+        self._spent.append(now)
+
+    def try_spend(self, now: float) -> bool:
+        """Take one extra send from the budget; False (and counted) when it is empty."""
+        if not self.available(now):
             self.exhausted += 1
             return False
         self._spent.append(now)
