@@ -24,7 +24,6 @@ from natsmesh.client._resolve import Resolver
 from natsmesh.client._running import Call, Running
 from natsmesh.client._targets import Route, Silence, Targets
 from natsmesh.traffic._planner import (
-    PLAIN,
     PROCESSED_NAMES,
     Action,
     Plan,
@@ -106,7 +105,7 @@ class Caller:
             retries = traffic.policy.retries
             budget = traffic.retry_budget
             plan = decide(
-                run,
+                run.planned(),
                 failed.outcome,
                 budget_left=budget.available(now),
                 now=now,
@@ -144,17 +143,11 @@ class Caller:
         # a call chain; only those make the callee's own calls stop retrying.
         retrying = idempotent and attempts > 1 and not retries.retry_on.isdisjoint(PROCESSED_NAMES)
         return Running(
+            call,
+            traffic,
+            registry,
             attempts=attempts,
             idempotent=idempotent,
-            retry_on=retries.retry_on,
-            chain=PLAIN.chain,
-            queue=registry is not None and policy.load_balancer == "queue",
-            can_reroute=True,
-            call=call,
-            route=route,
-            body=call.body,
-            traffic=traffic,
-            registry=registry,
             retrying=retrying or call.upstream_retries,
             # A per-try timeout only helps where a timed-out try may be tried again.
             per_try=retries.per_try_timeout if idempotent and attempts > 1 else None,
@@ -167,19 +160,27 @@ class Caller:
         left = call.deadline - time.monotonic()
         if left <= 0.0005:
             raise deadline_error(run.route)
-        target = self.targets.choose(
-            run.route,
-            run.traffic,
-            run.registry,
-            run.subset,
-            exclude=run.tried,
-            by_name=run.by_name,
-            key=run.key,
-        )
+        state = run.state
+        if state is None:  # the first try
+            target = self.targets.choose(
+                run.route, run.traffic, run.registry, run.begin.chain[0], key=run.key
+            )
+            attempt = 1
+        else:
+            target = self.targets.choose(
+                run.route,
+                run.traffic,
+                run.registry,
+                state.subset,
+                exclude=state.tried,
+                by_name=state.by_name,
+                key=run.key,
+            )
+            attempt = state.attempt
         # The callee is told what this try will wait for, not the whole budget: its
         # nested calls inherit the truth, and it drops work this try has given up on.
         try_timeout = min(run.per_try, left) if run.per_try else left
-        headers = self._headers(call, run.route, try_timeout, run.attempt, run.retrying)
+        headers = self._headers(call, run.route, try_timeout, attempt, run.retrying)
         try:
             if run.begin.hedge:
                 return await self._exchange.hedged(run, target, headers, try_timeout)
@@ -200,7 +201,7 @@ class Caller:
             conventional=run.route.conventional,
             rng=self._rng,
         )
-        run.begin, run.chain = begin, begin.chain
+        run.begin = begin
         if policy.hedging is not None:
             traffic.hedge_budget.request(now)
         if begin.delay:
@@ -230,7 +231,7 @@ class Caller:
 
     async def _prepare_retry(self, run: Running, plan: Plan, failed: Failed, now: float) -> None:
         counters = run.traffic.counters
-        run.follow(plan, failed.outcome)
+        run.planned().follow(plan, failed.outcome)
         if plan.failover:
             counters.failovers += 1
         if plan.spend:
@@ -258,16 +259,17 @@ class Caller:
         """Perhaps a micro service outside the natsmesh convention: ask ``$SRV`` once.
         True when the call starts over on the route found.
         """
-        if not run.can_reroute:
+        state = run.planned()
+        if not state.can_reroute:
             return False
         found = await self._resolver.reroute(run.call.target, run.route, run.call.deadline)
         if found is None or not found.subject:
-            run.can_reroute = False
+            state.can_reroute = False
             return False
         if found.codec is not run.route.codec:
             run.body = encode_payload(run.call.payload, found.codec)
         run.route = found
-        run.rerouted()
+        state.rerouted()
         return True
 
     def _headers(

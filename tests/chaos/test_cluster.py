@@ -46,10 +46,6 @@ def test_a_frozen_instance_in_p2c_mode_loses_no_idempotent_call(figures: Figures
 
 
 @pytest.mark.chaos("sigstop-queue")
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 14 defect 1: queue-mode retry after timeout; fixed with the caller rewrite",
-)
 def test_a_frozen_instance_in_queue_mode_loses_no_idempotent_call(figures: Figures) -> None:
     assert figures.failed == 0, figures.errors
     assert figures.notes["calls past 2 tries"] == 0  # no retry went back to the frozen one
