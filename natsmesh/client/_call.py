@@ -162,6 +162,10 @@ class Caller:
             raise deadline_error(run.route)
         state = run.state
         if state is None:  # the first try
+            if run.registry is not None and self.targets.silence.due(run.route.service):
+                await self.targets.silence.probe(
+                    run.route.service, run.registry, min(_PROBE_WAIT, left)
+                )
             target = self.targets.choose(
                 run.route, run.traffic, run.registry, run.begin.chain[0], key=run.key
             )

@@ -30,8 +30,8 @@ from natsmesh.wire._subjects import Subjects
 
 log = logging.getLogger("natsmesh.client")
 
-#: Seconds a probe's answer holds: who did not answer ``$SRV.PING`` stays out of
-#: queue-mode choice that long, then is asked again.
+#: Seconds before instances that did not answer ``$SRV.PING`` are asked again; until
+#: then (and after, until they answer) queue-mode calls go by name past them.
 SILENCE_HOLDS = 1.0
 #: Seconds a probe waits for more answers after the last one.
 _PROBE_STALL = 0.05
@@ -91,7 +91,7 @@ class Targets:
                 self._subjects.subset(route.service, subset, route.endpoint), None, subset
             )
         if policy.load_balancer == "queue" and not (by_name or exclude):
-            silent = self.silence.known(route.service, registry)
+            silent = self.silence.known(route.service)
             if not silent:
                 if subset is None:
                     return route.queue_target
@@ -99,7 +99,7 @@ class Targets:
                 return Target(queue, None, subset)
             exclude = silent
         elif policy.load_balancer == "queue":
-            silent = self.silence.known(route.service, registry)
+            silent = self.silence.known(route.service)
             if silent:
                 exclude = {*exclude, *silent}
         return self._named(route, policy, traffic, registry, subset, exclude, key)
@@ -142,7 +142,6 @@ class Targets:
 
 @dataclass(slots=True)
 class _Heard:
-    registry: RegistryTable
     until: float
     silent: frozenset[str]
     asking: anyio.Event | None = None
@@ -153,27 +152,35 @@ class Silence:
 
     A timeout through a queue group names no instance; before its retry goes by
     name, the caller asks every instance of the service, once per service at a
-    time, and the answer holds for :data:`SILENCE_HOLDS` seconds.
+    time. Calls go by name past the silent ones; while any is silent, the first
+    call after :data:`SILENCE_HOLDS` seconds asks again (so a thawed instance is
+    back within that), instead of sending into the queue group to find out.
     """
 
     def __init__(self, nc: NATS) -> None:
         self._nc = nc
         self._heard: dict[str, _Heard] = {}
 
-    def known(self, service: str, registry: RegistryTable) -> frozenset[str]:
-        """The instances heard to be silent a moment ago (no I/O)."""
+    def known(self, service: str) -> frozenset[str]:
+        """The instances last heard to be silent (no I/O): kept until a probe hears them."""
         heard = self._heard.get(service)
-        if heard is None or heard.registry is not registry or not heard.silent:
-            return frozenset()
-        if time.monotonic() >= heard.until:
-            return frozenset()
-        return heard.silent
+        return frozenset() if heard is None else heard.silent
+
+    def due(self, service: str) -> bool:
+        """Whether instances were silent and that answer has aged: ask again."""
+        heard = self._heard.get(service)
+        return (
+            heard is not None
+            and bool(heard.silent)
+            and heard.asking is None
+            and time.monotonic() >= heard.until
+        )
 
     async def probe(self, service: str, registry: RegistryTable, wait: float) -> frozenset[str]:
         """The instances of ``registry`` that do not answer a ping within ``wait`` seconds."""
         heard = self._heard.get(service)
         now = time.monotonic()
-        if heard is not None and heard.registry is registry:
+        if heard is not None:
             if heard.asking is not None:
                 with anyio.move_on_after(wait):
                     await heard.asking.wait()  # another call is asking: share its answer
@@ -181,7 +188,7 @@ class Silence:
             if now < heard.until:
                 return heard.silent
         asking = anyio.Event()
-        entry = _Heard(registry, now, frozenset(), asking)
+        entry = _Heard(now, heard.silent if heard else frozenset(), asking)
         self._heard[service] = entry
         try:
             answers = await _discovery.gather(

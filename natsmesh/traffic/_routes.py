@@ -160,7 +160,7 @@ class Retries(_Model):
     attempts: Annotated[StrictInt, Field(ge=1, le=10)] = 3
     per_try_timeout: Seconds | None = None
     # "unavailable" and "timeout" are retried for idempotent endpoints only, whatever
-    # this says: see natsmesh.client._caller.
+    # this says: see natsmesh.traffic._planner.
     retry_on: frozenset[RetryOn] = frozenset({"no_responders", "overloaded", "unavailable"})
     backoff: NonNegative = 0.02
     max_backoff: NonNegative = 0.5
