@@ -22,7 +22,7 @@ from natsmesh.client._exchange import Exchange, Failed, deadline_error
 from natsmesh.client._replies import encode_payload
 from natsmesh.client._resolve import Resolver
 from natsmesh.client._running import Call, Running
-from natsmesh.client._targets import Route, Silence, Targets
+from natsmesh.client._targets import Route, Silence, Target, Targets
 from natsmesh.traffic._planner import (
     PROCESSED_NAMES,
     Action,
@@ -97,10 +97,17 @@ class Caller:
         traffic = run.traffic
         if not traffic.plain:
             await self._start(run)
+        exchange, silence = self._exchange, self.targets.silence
         while True:
-            failed = await self._try(run)
-            if not isinstance(failed, Failed):
-                return run.route, failed
+            if run.state is None and run.registry is not None and silence.due(run.route.service):
+                await self._ask_silent(run)
+            target, headers, timeout = self._aim(run)
+            try:
+                if run.begin.hedge:
+                    return run.route, await exchange.hedged(run, target, headers, timeout)
+                return run.route, await exchange.send(run, target, headers, timeout)
+            except Failed as failed_now:
+                failed = failed_now
             now = time.monotonic()
             retries = traffic.policy.retries
             budget = traffic.retry_budget
@@ -146,26 +153,30 @@ class Caller:
             call,
             traffic,
             registry,
-            attempts=attempts,
-            idempotent=idempotent,
-            retrying=retrying or call.upstream_retries,
+            attempts,
+            idempotent,
+            retrying or call.upstream_retries,
             # A per-try timeout only helps where a timed-out try may be tried again.
-            per_try=retries.per_try_timeout if idempotent and attempts > 1 else None,
-            key=call.headers.get(policy.hash_header) if policy.hash_header else None,
+            retries.per_try_timeout if idempotent and attempts > 1 else None,
+            call.headers.get(policy.hash_header) if policy.hash_header else None,
         )
 
-    async def _try(self, run: Running) -> Msg | Failed:
-        """One try: the reply to return (perhaps an error reply), or what failed."""
+    async def _ask_silent(self, run: Running) -> None:
+        """Before a first try in queue mode: ask again who is silent (it is due)."""
+        assert run.registry is not None
+        left = run.call.deadline - time.monotonic()
+        await self.targets.silence.probe(run.route.service, run.registry, min(_PROBE_WAIT, left))
+
+    def _aim(self, run: Running) -> tuple[Target, dict[str, str], float]:
+        """The next try's target, headers and timeout; raises DeadlineExceeded when no
+        time is left for it.
+        """
         call = run.call
         left = call.deadline - time.monotonic()
         if left <= 0.0005:
             raise deadline_error(run.route)
         state = run.state
         if state is None:  # the first try
-            if run.registry is not None and self.targets.silence.due(run.route.service):
-                await self.targets.silence.probe(
-                    run.route.service, run.registry, min(_PROBE_WAIT, left)
-                )
             target = self.targets.choose(
                 run.route, run.traffic, run.registry, run.begin.chain[0], key=run.key
             )
@@ -183,14 +194,8 @@ class Caller:
             attempt = state.attempt
         # The callee is told what this try will wait for, not the whole budget: its
         # nested calls inherit the truth, and it drops work this try has given up on.
-        try_timeout = min(run.per_try, left) if run.per_try else left
-        headers = self._headers(call, run.route, try_timeout, attempt, run.retrying)
-        try:
-            if run.begin.hedge:
-                return await self._exchange.hedged(run, target, headers, try_timeout)
-            return await self._exchange.send(run, target, headers, try_timeout)
-        except Failed as failed:
-            return failed
+        timeout = min(run.per_try, left) if run.per_try else left
+        return target, self._headers(call, run.route, timeout, attempt, run.retrying), timeout
 
     async def _start(self, run: Running) -> None:
         """Before the first try of a policy with more than a target: faults, the

@@ -270,7 +270,7 @@ class Mesh:
         if runner is None or resolver is None:
             raise RuntimeError("use 'async with Mesh(...)' before calling")
         context = context or self._context
-        route = resolver.route(target)
+        route = resolver.routes.get(target) or resolver.route(target)
         started = time.monotonic()
         # The budget as known before the tables are read (raises ValueError for a bad one).
         left = budget(
@@ -303,14 +303,14 @@ class Mesh:
         upstream_retries = context is not None and context.headers.get(_headers.RETRYING) == "1"
 
         call = Call(
-            target=target,
-            route=route,
-            payload=payload,
-            body=encode_payload(payload, route.codec),
-            deadline=deadline,
-            headers=extra,
-            traceparent=traceparent,
-            upstream_retries=upstream_retries,
+            target,
+            route,
+            payload,
+            encode_payload(payload, route.codec),
+            deadline,
+            extra,
+            traceparent,
+            upstream_retries,
         )
         try:
             route, msg = await runner.run(call, policy, snapshot.registry)

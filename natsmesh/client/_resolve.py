@@ -27,11 +27,11 @@ class Resolver:
     def __init__(self, nc: NATS, subjects: Subjects) -> None:
         self._nc = nc
         self._subjects = subjects
-        self._routes: dict[str, Route] = {}
+        self.routes: dict[str, Route] = {}  # by target, bounded
 
     def route(self, target: str) -> Route:
         """The route of ``target``; raises InvalidName for a bad one."""
-        return self._routes.get(target) or self._convention(target)
+        return self.routes.get(target) or self._convention(target)
 
     def _convention(self, target: str) -> Route:
         service, endpoint = parse_target(target)
@@ -44,8 +44,8 @@ class Resolver:
             # A micro service may use names natsmesh does not: only discovery can
             # tell where such an endpoint lives (an empty subject means "look it up").
             route = Route(service, endpoint, "", Codec.JSON, discovered_at=0.0)
-        if len(self._routes) < _MAX_ROUTES:
-            self._routes[target] = route
+        if len(self.routes) < _MAX_ROUTES:
+            self.routes[target] = route
         return route
 
     async def reroute(self, target: str, route: Route, deadline: float) -> Route | None:
@@ -73,7 +73,7 @@ class Resolver:
                 found = Route(route.service, route.endpoint, ep.subject, codec, discovered_at=now)
                 if found == route:
                     return None
-                self._routes[target] = found
+                self.routes[target] = found
                 return found
         raise UnknownEndpoint(
             f"service {route.service!r} has no endpoint {route.endpoint!r}",

@@ -57,7 +57,6 @@ class Running:
         call: Call,
         traffic: ServiceTraffic,
         registry: RegistryTable | None,
-        *,
         attempts: int,
         idempotent: bool,
         retrying: bool,
