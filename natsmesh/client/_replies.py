@@ -30,9 +30,14 @@ from natsmesh.wire._errors import (
 _MAX_ERROR_BODY: Final = 64 * 1024
 
 
+# Tuples, not unions: ``bytes | bytearray`` in an isinstance builds a union on every call.
+_RAW = (bytes, bytearray, memoryview)
+_PLAIN = (dict, list, str, int, float, bool)
+
+
 def encode_payload(payload: Any, codec: Codec) -> bytes:
     """The request body of ``payload`` (a model, JSON-able values, or raw bytes)."""
-    if isinstance(payload, bytes | bytearray | memoryview):
+    if isinstance(payload, _RAW):
         return bytes(payload)
     if payload is None:
         return b""
@@ -40,7 +45,7 @@ def encode_payload(payload: Any, codec: Codec) -> bytes:
         return pydantic_core.to_json(payload)
     if isinstance(payload, pydantic.BaseModel):
         payload = payload.__pydantic_serializer__.to_python(payload, mode="json")
-    elif not isinstance(payload, dict | list | str | int | float | bool):
+    elif not isinstance(payload, _PLAIN):
         payload = pydantic_core.to_jsonable_python(payload)
     return _codec.encode(payload, codec)
 
