@@ -12,6 +12,7 @@ import gc
 import json
 import logging
 import random
+import signal
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,11 +23,16 @@ import nats
 import pytest
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+from procs import Proc
+from services import Item
+from test_controller import eventually
 
+from natsmesh import Context, Mesh, ServiceRunner, endpoint, service
 from natsmesh.client._call import Caller
 from natsmesh.client._resolve import Resolver
 from natsmesh.client._running import Call
 from natsmesh.client._targets import Route
+from natsmesh.control._controller import Controller
 from natsmesh.traffic._routes import ServicePolicy
 from natsmesh.transport._transport import Requester
 from natsmesh.wire import _headers
@@ -247,3 +253,60 @@ async def test_the_retry_budget_stops_a_retry_storm(nats_url: str) -> None:
         metrics = runner.traffic[SERVICE].metrics()
         assert metrics["retries"] == 1
         assert metrics["retry_budget_exhausted"] >= 2
+
+
+# -- end to end: a SIGSTOPped instance process in queue mode (issue 14 defect 1) ----------
+
+FROZEN_ROUTES = """
+[services.echo]
+load_balancer = "queue"
+[services.echo.retries]
+attempts = 3
+per_try_timeout = 0.3
+retry_on = ["no_responders", "overloaded", "timeout", "unavailable"]
+"""
+
+
+@service("echo", version="1.0.0")
+class RecordingEcho:
+    """The echo service's ``echo`` endpoint, noting the attempt of every request."""
+
+    def __init__(self) -> None:
+        self.attempts: list[int] = []
+
+    @endpoint(idempotent=True)
+    async def echo(self, item: Item, ctx: Context) -> Item:
+        self.attempts.append(ctx.attempt)
+        return item
+
+
+@pytest.mark.slow
+async def test_a_frozen_process_in_queue_mode_meets_no_retry(nats_url: str) -> None:
+    good = [RecordingEcho(), RecordingEcho()]
+    async with contextlib.AsyncExitStack() as stack:
+        ctl = await stack.enter_async_context(Controller(nats_url, lease=1.0))
+        await eventually(lambda: ctl.is_leader)
+        assert (await ctl.apply(FROZEN_ROUTES.encode(), allow_empty=True)).ok
+        frozen = stack.enter_context(Proc("serve", "services:Echo", nats_url=nats_url))
+        await anyio.to_thread.run_sync(frozen.wait_ready)
+        for echo in good:
+            await stack.enter_async_context(ServiceRunner(echo, nats=nats_url))
+        mesh = await stack.enter_async_context(Mesh(nats_url, name="frozen-test"))
+        await mesh.route_timeout("echo")
+
+        def synced() -> bool:
+            snap = mesh.tables.snapshot("echo")  # type: ignore[union-attr]
+            count = 0 if snap.registry is None else len(snap.registry.instances)
+            return count == 3 and snap.policy is not None
+
+        await eventually(synced)
+        frozen.signal(signal.SIGSTOP)
+        stack.callback(frozen.signal, signal.SIGCONT)
+        for n in range(30):
+            assert await mesh.call("echo.echo", Item(id=n, name="x"), response=Item) == Item(
+                id=n, name="x"
+            )
+        seen = [a for echo in good for a in echo.attempts]
+        assert 2 in seen  # the frozen one was met (through the queue group)...
+        assert 3 not in seen  # ...and no retry went back to it
+        assert len(seen) == 30
