@@ -255,6 +255,42 @@ async def test_the_retry_budget_stops_a_retry_storm(nats_url: str) -> None:
         assert metrics["retry_budget_exhausted"] >= 2
 
 
+@pytest.mark.parametrize(
+    "answers",
+    [
+        [b"{not json"],
+        [b"[" * 900_000],  # deep nesting, near the server's 1 MiB payload limit
+        [json.dumps({"type": PING_TYPE, "name": SERVICE, "id": "nosuch"}).encode()],
+        [json.dumps({"type": PING_TYPE, "name": SERVICE, "id": "c" * 300}).encode()],
+    ],
+)
+async def test_hostile_ping_answers_do_not_send_a_retry_to_the_frozen_instance(
+    nats_url: str, answers: list[bytes]
+) -> None:
+    """Anyone allowed to subscribe to ``$SRV.PING.svc`` sees the probe's reply subject:
+    garbage, oversized and made-up answers are skipped, and the retry still goes by
+    name to an instance that answered.
+    """
+    frozen = Instance("c", "silent", queue=True)
+    others = [Instance("a", queue=False), Instance("b", queue=False)]
+    table = registry(frozen, *others)
+    hostile = await nats.connect(nats_url, max_outstanding_pings=10)
+
+    async def lie(msg: Msg) -> None:
+        for answer in answers:
+            await hostile.publish(msg.reply, answer)
+
+    try:
+        await hostile.subscribe(f"$SRV.PING.{SERVICE}", cb=lie)
+        await hostile.flush()
+        async with running(nats_url, frozen, *others), caller(nats_url) as runner:
+            _, msg = await runner.run(call(), QUEUE_TIMEOUTS, table)
+            assert msg.data in (b"a", b"b")
+            assert frozen.attempts == ["1"]
+    finally:
+        await hostile.close()
+
+
 # -- end to end: a SIGSTOPped instance process in queue mode (issue 14 defect 1) ----------
 
 FROZEN_ROUTES = """
