@@ -24,6 +24,7 @@ from natsmesh.client._resolve import Resolver
 from natsmesh.client._running import Call, Running
 from natsmesh.client._targets import Route, Silence, Target, Targets
 from natsmesh.traffic._planner import (
+    PLAIN,
     PROCESSED_NAMES,
     Action,
     Plan,
@@ -279,6 +280,8 @@ class Caller:
             run.body = encode_payload(run.call.payload, found.codec)
         run.route = found
         state.rerouted()
+        if not found.conventional:
+            state.chain = PLAIN.chain  # a service found through $SRV has no subsets
         return True
 
     def _headers(

@@ -287,30 +287,22 @@ class Mesh:
         policy = snapshot.policy or self.policy
         if timeout is None and context is None and snapshot.policy is not None:
             left = snapshot.policy.timeout  # the route's timeout, from the call's start
-        deadline = started + left
-        extra = _headers.check_user_headers(headers) if headers else {}
-        if caller is not None:
-            # After the check, which refuses Mesh-Caller among the user's headers, so only
-            # this keyword can name the caller; the call's headers are laid over the
-            # defaults (the client's name) when the request is sent.
-            extra[_headers.CALLER] = _check_caller(caller)
+        extra = _call_headers(headers, caller)
         # A call outside any trace sends no traceparent: the callee starts the trace
         # (see _headers), and a sampled traceparent costs nats-server a header parse.
         traceparent = context.trace.child().header() if context is not None else None
         span, traceparent = self._observer.begin(  # observe hook: the call's span, if tracing
             route.service, route.endpoint, context.trace if context else None, traceparent
         )
-        upstream_retries = context is not None and context.headers.get(_headers.RETRYING) == "1"
-
         call = Call(
             target,
             route,
             payload,
             encode_payload(payload, route.codec),
-            deadline,
+            started + left,
             extra,
             traceparent,
-            upstream_retries,
+            context is not None and context.headers.get(_headers.RETRYING) == "1",
         )
         try:
             route, msg = await runner.run(call, policy, snapshot.registry)
@@ -377,6 +369,17 @@ class Mesh:
         if nc is None or not nc.is_connected:
             return False
         return self._tables is None or self._tables.loaded
+
+
+def _call_headers(headers: Mapping[str, str] | None, caller: str | None) -> dict[str, str]:
+    """A call's own headers, checked; raises ValueError for a bad one."""
+    extra = _headers.check_user_headers(headers) if headers else {}
+    if caller is not None:
+        # After the check, which refuses Mesh-Caller among the user's headers, so only
+        # this keyword can name the caller; the call's headers are laid over the
+        # defaults (the client's name) when the request is sent.
+        extra[_headers.CALLER] = _check_caller(caller)
+    return extra
 
 
 MAX_CALLER: Final = 256
