@@ -331,7 +331,7 @@ async def test_a_frozen_process_in_queue_mode_meets_no_retry(nats_url: str) -> N
         await mesh.route_timeout("echo")
 
         def synced() -> bool:
-            snap = mesh.tables.snapshot("echo")  # type: ignore[union-attr]
+            snap = mesh._tables.snapshot("echo")  # type: ignore[union-attr]
             count = 0 if snap.registry is None else len(snap.registry.instances)
             return count == 3 and snap.policy is not None
 
