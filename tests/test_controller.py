@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+from anyio.abc import TaskStatus
 import anyio.to_thread
 import nats
 import nats.micro
@@ -172,23 +173,35 @@ async def _renewals(nats_url: str, holder: str, count: int) -> None:
 
 
 async def test_two_controllers_one_leader_and_a_takeover(nats_url: str) -> None:
-    async with Controller(nats_url, lease=1.0) as first:
+    # Each controller owns a task group: it lives in a task of its own here, so that
+    # the first can stop while the second runs (cancel scopes exit in LIFO order).
+    async def run(
+        controller: Controller, stop: anyio.Event, *, task_status: TaskStatus[None]
+    ) -> None:
+        async with controller:
+            task_status.started()
+            await stop.wait()
+
+    first, second = Controller(nats_url, lease=1.0), Controller(nats_url, lease=1.0)
+    stop_first, stop_second = anyio.Event(), anyio.Event()
+    async with anyio.create_task_group() as tg:
+        await tg.start(run, first, stop_first)
         await eventually(lambda: first.is_leader)
-        second = Controller(nats_url, lease=1.0)
-        await second.__aenter__()
+        await tg.start(run, second, stop_second)
         try:
             await _renewals(nats_url, first.id, 4)  # a full lease, in which the second tried
             assert first.is_leader
             assert not second.is_leader
             async with ServiceRunner(Echo, nats=nats_url) as runner:
                 await eventually(lambda: _eq(ids(nats_url, "echo"), {runner.id}))
-                await first.__aexit__(None, None, None)
+                stop_first.set()
                 await eventually(lambda: second.is_leader, within=3)
                 # the standby kept listening: it knows the instance without asking
                 assert "echo" in second.registry.services()
                 assert (await second.apply(ROUTES, allow_empty=True)).ok
         finally:
-            await second.__aexit__(None, None, None)
+            stop_first.set()
+            stop_second.set()
 
 
 async def test_kill_9_and_restart_of_the_controller_loses_nothing(nats_url: str) -> None:
@@ -263,7 +276,13 @@ async def test_foreign_micro_services_join_through_discovery(nats_url: str) -> N
         ("leave.mallory", b'{"service": "echo", "id": "x"}'),
         ("heartbeat.ok", b"[]"),
         ("leave.x", b'{"service": ">", "id": "x"}'),
-        ("status", b'{"client": "' + b"x" * 300 + b'"}'),
+        ("status.report.x", b'{"client": "' + b"x" * 300 + b'"}'),
+        (
+            "outlier.echo.mallory",
+            b'{"service": "victim", "instance": "x", "caller": "c",'
+            b' "failures": 1, "calls": 1, "window": 1}',
+        ),
+        ("outlier.echo.mallory", b"\xff" * 300_000),
         ("announce.ok", b"{" * 100_000),
         (
             "announce.big",
@@ -354,7 +373,8 @@ async def test_status_marks_stale_and_rejected_clients(nats_url: str) -> None:
                 ("current", Applied(routes=latest)),
             ):
                 report = StatusReport(client=client, services={"echo": applied})
-                await nc.publish("mesh._ctl.status", report.model_dump_json().encode())
+                subject = f"mesh._ctl.status.report.{client}"
+                await nc.publish(subject, report.model_dump_json().encode())
             await nc.flush()
         finally:
             await nc.close()

@@ -47,9 +47,24 @@ def test_leave_and_expiry_remove() -> None:
 def test_foreign_services_expire_on_their_own_clock() -> None:
     r = Registry(expiry=5, foreign_expiry=25)
     r.announce(ann(id="m"), now=0)
-    r.announce(ann(id="f", mesh=False), now=0)
+    r.announce(ann(service="other", id="f", mesh=False), now=0)
     r.expire(now=10)
-    assert [i.id for i in r.table("svc").instances] == ["f"]
+    assert r.table("svc").instances == ()
+    assert [i.id for i in r.table("other").instances] == ["f"]
+
+
+def test_a_foreign_instance_never_joins_a_natsmesh_service() -> None:
+    r = Registry(expiry=5)
+    assert r.announce(ann(id="m"), now=0) == {"svc"}
+    assert r.announce(ann(id="evil", mesh=False), now=0) == set()
+    assert [i.id for i in r.table("svc").instances] == ["m"]
+
+
+def test_a_natsmesh_instance_displaces_foreign_ones_of_its_name() -> None:
+    r = Registry(expiry=5)
+    r.announce(ann(id="f", mesh=False), now=0)
+    assert r.announce(ann(id="m"), now=1) == {"svc"}
+    assert [i.id for i in r.table("svc").instances] == ["m"]
 
 
 def test_seed_keeps_stored_instances_for_one_expiry() -> None:

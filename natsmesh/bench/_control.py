@@ -34,6 +34,7 @@ from natsmesh.wire._control import (
     StatusReport,
     control_subject,
     instance_subject,
+    status_subject,
 )
 
 CTL = "mesh"
@@ -100,7 +101,7 @@ async def convergence(
                 applied[report.client] = got.routes
                 changed.set()
 
-        await nc.subscribe(control_subject(CTL, "status"), cb=on_status)
+        await nc.subscribe(status_subject(CTL, "*"), cb=on_status)
         first = await _apply(nc, _routes(5.0))
         assert first.ok, first
         times: list[float] = []

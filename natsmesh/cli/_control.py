@@ -15,8 +15,9 @@ import pydantic
 from natsmesh.cli._exit import UsageError
 from natsmesh.cli._nats import server_of
 from natsmesh.control._controller import Controller
+from natsmesh.control._route_apply import MAX_ROUTE_FILE
+from natsmesh.security._policy import PolicyError, load_policy
 from natsmesh.services._serve import wait_for_signal
-from natsmesh.transport._kv import Tables, Unavailable
 from natsmesh.transport._transport import NoReply, NoResponse, connect, request
 from natsmesh.wire._control import (
     ALLOW_EMPTY,
@@ -26,14 +27,14 @@ from natsmesh.wire._control import (
     SchemaConflict,
     StatusView,
     control_subject,
-    routes_key,
 )
 from natsmesh.wire._errors import MeshError, NoResponders
 from natsmesh.wire._schema_text import printable
 from natsmesh.wire._subjects import validate_token
 
 Command = Callable[[argparse.Namespace], Awaitable[int]]
-MAX_ROUTE_FILE = 1024 * 1024
+#: Enough for the largest apply the controller takes (MAX_SERVICES keys at ~1k writes/s).
+APPLY_TIMEOUT = 30.0
 
 
 def add_commands(
@@ -43,6 +44,12 @@ def add_commands(
 ) -> None:
     """The control-plane commands; ``one_shot`` adds the options of a command that exits."""
     p = command("controller", _controller, "run the controller (registry and route tables)")
+    p.add_argument(
+        "--policy",
+        metavar="FILE",
+        help="the mesh access policy (TOML): foreign micro services are admitted to the"
+        " registry only when it names them",
+    )
     p.add_argument(
         "--replicas",
         type=int,
@@ -84,7 +91,15 @@ def add_commands(
 
 
 async def _controller(args: argparse.Namespace) -> int:
-    async with Controller(server_of(args), replicas=args.replicas) as controller:
+    admitted = None
+    if args.policy:
+        try:
+            policy = load_policy(args.policy)
+        except PolicyError as exc:
+            raise UsageError(str(exc)) from None
+        admitted = [i.name for i in policy.identity if i.kind == "service"]
+    controller = Controller(server_of(args), replicas=args.replicas, admitted=admitted)
+    async with controller:
         line = f"natsmesh controller {controller.id} running (Ctrl-C to stop)"
         await wait_for_signal(ready=lambda: print(line, flush=True))
     return 0
@@ -97,14 +112,26 @@ async def _routes(args: argparse.Namespace) -> int:
 
 
 async def _ask(
-    args: argparse.Namespace, name: str, payload: bytes, headers: dict[str, str] | None = None
+    args: argparse.Namespace,
+    name: str,
+    payload: bytes,
+    headers: dict[str, str] | None = None,
+    *,
+    timeout: float = 5.0,
 ) -> bytes:
     nc = await connect(server_of(args), name="natsmesh-cli", give_up_after=args.connect_timeout)
     try:
         msg = await request(
-            nc, control_subject("mesh", name), payload, timeout=5, headers=headers or {}
+            nc, control_subject("mesh", name), payload, timeout=timeout, headers=headers or {}
         )
-    except (NoResponse, NoReply):
+    except NoReply:
+        # A controller took the request (else the server says no responders) but has
+        # not answered: it may still be working on it.
+        raise MeshError(
+            f"the controller did not answer {name} within {timeout:g} s; it may still be"
+            " working on it: see 'natsmesh routes show' and 'natsmesh status'"
+        ) from None
+    except NoResponse:
         raise NoResponders(
             "no controller answered: start one with 'natsmesh controller'",
             service="controller",
@@ -120,12 +147,13 @@ async def _apply(args: argparse.Namespace, path: Path) -> int:
     file = anyio.Path(path)
     try:
         if (await file.stat()).st_size > MAX_ROUTE_FILE:
-            raise UsageError(f"{path}: larger than 1 MiB")
+            raise UsageError(f"{path}: larger than {MAX_ROUTE_FILE // 1024} KiB, the limit")
         data = await file.read_bytes()
     except OSError as exc:
         raise UsageError(f"{path}: {exc.strerror}") from None
     headers = {ALLOW_EMPTY: "1"} if args.allow_empty else None
-    reply = ApplyReply.model_validate_json(await _ask(args, "routes.apply", data, headers))
+    answer = await _ask(args, "routes.apply", data, headers, timeout=APPLY_TIMEOUT)
+    reply = ApplyReply.model_validate_json(answer)
     if args.json:
         print(reply.model_dump_json(indent=2))
     for problem in reply.problems:
@@ -150,19 +178,7 @@ async def _show(args: argparse.Namespace, service: str | None) -> int:
             validate_token("service", service)
         except ValueError as exc:
             raise UsageError(str(exc)) from None
-    nc = await connect(server_of(args), name="natsmesh-cli", give_up_after=args.connect_timeout)
-    try:
-        tables = await Tables.open(nc)
-        keys = [routes_key(service)] if service else [*await tables.keys("routes."), HTTP_KEY]
-        shown: dict[str, Any] = {}
-        for key in keys:
-            entry = await tables.get(key)
-            if entry is not None and entry.value is not None:
-                shown[key] = {"revision": entry.revision, **json.loads(entry.value)}
-    except Unavailable:
-        raise MeshError("no route tables: no controller has run on this NATS") from None
-    finally:
-        await nc.close()
+    shown: dict[str, Any] = json.loads(await _ask(args, "routes.show", (service or "").encode()))
     if args.json:
         print(json.dumps(shown, indent=2))
         return 0

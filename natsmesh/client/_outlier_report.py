@@ -4,7 +4,9 @@ In queue mode the caller does not choose the instance; an error reply names it
 (``Mesh-Instance``), a success does not (the success path stays lean). Failures
 are counted per instance by :class:`~natsmesh.traffic._resilience.QueueOutliers`, and
 an instance that fails far beyond its share is reported on
-``<prefix>._ctl.outlier.<service>``; the controller decides (see ``_ejector``).
+``<prefix>._ctl.outlier.<service>.<identity>``, a subject only this caller's
+identity may publish under a policy; the controller counts distinct identities
+from that token, never from the body (see ``_ejector``).
 
 What is counted: error replies with a 5xx code other than *overloaded* (an
 instance shedding load is doing its job; taking it out would push its share onto
@@ -25,7 +27,7 @@ from natsmesh.traffic._resilience import QueueOutliers
 from natsmesh.traffic._traffic import ServiceTraffic
 from natsmesh.transport._transport import NATS
 from natsmesh.wire import _headers
-from natsmesh.wire._control import OutlierReport, RegistryTable, instance_subject
+from natsmesh.wire._control import OutlierReport, RegistryTable, identity_of, outlier_subject
 from natsmesh.wire._errors import InvalidName
 from natsmesh.wire._subjects import validate_token
 
@@ -50,6 +52,7 @@ class QueueReporter:
         self._nc = nc
         self._prefix = prefix
         self._caller = caller[:256] or "client"
+        self._identity = identity_of(nc.new_inbox(), self._caller)
         self._detectors: dict[str, QueueOutliers] = {}
 
     async def failed(
@@ -82,7 +85,7 @@ class QueueReporter:
             calls=min(calls, 10_000_000),
             window=detector.window,
         )
-        subject = instance_subject(self._prefix, "outlier", service)
+        subject = outlier_subject(self._prefix, service, self._identity)
         try:
             await self._nc.publish(subject, report.model_dump_json().encode())
         except Exception as exc:  # a closed or reconnecting connection: the next failure retries

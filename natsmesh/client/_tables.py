@@ -1,31 +1,35 @@
 """The caller's copy of the control plane's tables, kept current and reported.
 
-A ``Mesh`` loads ``routes.<service>`` and ``registry.<service>`` from the KV
-bucket the first time it calls a service, and only for the services it calls.
-A KV watch applies changes as they are written; a periodic reconcile reads the
-same keys again because a watch can stall for tens of seconds when a cluster's
-stream leader dies. Each change builds a new immutable :class:`Snapshot`, so
+A ``Mesh`` loads ``routes.<service>`` and ``registry.<service>`` the first time it
+calls a service, and only for the services it calls. It follows the subjects the
+bucket republishes each write of those keys to (``<prefix>._ctl.table.<key>``,
+one message per change, with its revision), and reads them by JetStream direct
+get at first use and on a periodic reconcile (a republished message can be
+missed across a reconnect). A caller therefore never creates a JetStream
+consumer: its grants are a publish per key it may read and a subscription per
+key's subject, nothing that could aim deliveries elsewhere or fill the stream's
+consumer limit. Each change builds a new immutable :class:`Snapshot`, so
 readers on the call path never block (the grpc Picker style). Every applied or
 rejected change, and a keepalive every ``report_interval``, is published as a
-:class:`StatusReport` on ``<prefix>._ctl.status`` for the controller's status view;
-a last one, on closing, says the client left.
+:class:`StatusReport` on ``<prefix>._ctl.status.<identity>`` for the controller's
+status view; a last one, on closing, says the client left.
 
 The gateway's ``http`` table rides on the same machinery under the name
 ``HTTP_TABLE`` (which no service can have): ``ensure(HTTP_TABLE)`` loads and
-watches the one ``http`` key, and its snapshot carries the validated routes.
+follows the one ``http`` key, and its snapshot carries the validated routes.
 
 Without a bucket (no JetStream, no controller yet) the mesh works without tables;
-opening is retried at most once per reconcile interval.
+the reconcile reads again every interval. With the controller down, the tables
+already applied stay, and direct gets still answer while JetStream runs.
 
 With ``follow=False`` (one-shot tools) each service's keys are read once: no
-watch, no reconcile, no status reports.
+subscription, no reconcile, no status reports.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from dataclasses import dataclass, field, replace
 from types import TracebackType
 from typing import Literal, Self
@@ -34,9 +38,9 @@ import anyio
 import pydantic
 
 from natsmesh.traffic._routes import HttpRoute, RouteConfig, ServicePolicy
-from natsmesh.transport._kv import Entry, Tables, Unavailable
+from natsmesh.transport._kv import Entry, Unavailable, entry_of, read_direct
 from natsmesh.transport._tasks import stop
-from natsmesh.transport._transport import NATS
+from natsmesh.transport._transport import NATS, Msg, Subscription
 from natsmesh.wire._control import (
     HTTP_KEY,
     HTTP_TABLE,
@@ -45,9 +49,11 @@ from natsmesh.wire._control import (
     RegistryTable,
     RouteTable,
     StatusReport,
-    control_subject,
+    identity_of,
     registry_key,
     routes_key,
+    status_subject,
+    table_subject,
 )
 
 log = logging.getLogger("natsmesh.tables")
@@ -96,16 +102,17 @@ class TableCache:
         self.reconcile_interval = reconcile_interval
         self.report_interval = report_interval
         self.follow = follow
-        self._status_subject = control_subject(prefix, "status")
+        self._prefix = prefix
+        # The subject names the sender; under a policy only that identity may publish it.
+        self.identity = identity_of(nc.new_inbox(), self.client_name)
+        self._status_subject = status_subject(prefix, self.identity)
         self._snapshots: dict[str, Snapshot] = {}
         self._seen: dict[str, int] = {}  # key -> newest revision handled (applied or rejected)
         self._rejected: dict[str, str] = {}  # key -> why its newest value was refused
         self._loading: dict[str, asyncio.Task[None]] = {}
-        self._watchers: dict[str, asyncio.Task[None]] = {}
+        self._subs: dict[str, list[Subscription]] = {}
         self._tasks: list[asyncio.Task[None]] = []
-        self._bucket: Tables | None = None
-        self._retry_open_at = 0.0
-        self._open_lock = anyio.Lock()
+        self._unavailable_logged = False
         # Python 3.11's asyncio.wait_for (inside nats-py's requests) can swallow a
         # cancellation: every loop also checks this flag, or a stop could wait forever.
         self._closed = False
@@ -126,9 +133,15 @@ class TableCache:
         self, et: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self._closed = True
-        tasks = [*self._tasks, *self._loading.values(), *self._watchers.values()]
-        self._tasks, self._loading, self._watchers = [], {}, {}
+        tasks = [*self._tasks, *self._loading.values()]
+        subs = [sub for subs in self._subs.values() for sub in subs]
+        self._tasks, self._loading, self._subs = [], {}, {}
         await stop(tasks)
+        for sub in subs:
+            try:
+                await sub.unsubscribe()
+            except Exception as exc:  # a closed connection took its subscriptions along
+                log.debug("unsubscribing a table subject: %r", exc)
         if self._snapshots and self.follow:
             # The controller drops this client from its status at once, instead of
             # listing it as stale until it stops expecting reports.
@@ -181,76 +194,64 @@ class TableCache:
     async def _first_load(self, service: str) -> None:
         changed = False
         try:
-            bucket = await self._open()
-            if bucket is not None:
-                changed = await self._read(bucket, service)
-                self._start_watch(service, bucket)
+            # Follow first, then read: a change between the two is caught either way
+            # (the revision check drops whichever copy comes second).
+            await self._follow(service)
+            changed = await self._read(service)
         except Unavailable as exc:
-            log.warning("tables of %s: %s (the reconcile retries)", service, exc)
+            self._log_unavailable(service, exc)
         finally:
             self._snapshots.setdefault(service, _EMPTY)
             self._loading.pop(service, None)
         if changed and self.follow:
             await self._report()
 
-    async def _open(self) -> Tables | None:
-        """The bucket, opened on first use; None while it is unavailable."""
-        async with self._open_lock:
-            if self._bucket is None and time.monotonic() >= self._retry_open_at:
-                try:
-                    self._bucket = await Tables.open(self._nc)
-                except Unavailable as exc:
-                    if not self._retry_open_at:
-                        log.info("no tables (the mesh works without a controller): %s", exc)
-                    self._retry_open_at = time.monotonic() + self.reconcile_interval
-        return self._bucket
+    def _log_unavailable(self, service: str, exc: Unavailable) -> None:
+        if not self._unavailable_logged:
+            self._unavailable_logged = True
+            log.info("no tables for %s yet (the mesh works without them): %s", service, exc)
+        else:
+            log.debug("tables of %s: %s", service, exc)
 
-    async def _read(self, bucket: Tables, service: str) -> bool:
+    async def _read(self, service: str) -> bool:
         """Get both keys of ``service`` and apply what is newer; whether anything changed."""
         keys = _keys(service)
         before = [self._seen.get(key, 0) for key in keys]
         # Both gets first, then both applies: no reader sees half of a load.
-        entries = [await bucket.get(key) for key in keys]
+        entries = [await read_direct(self._nc, key) for key in keys]
         changed = False
         for key, seen, entry in zip(keys, before, entries, strict=True):
             if entry is not None:
                 changed |= self._apply(service, entry)
-            elif self._seen.get(key, 0) == seen:  # else the watch brought a newer value meanwhile
+            elif self._seen.get(key, 0) == seen:  # else a newer value came meanwhile
                 changed |= self._clear(service, key)
         return changed
 
-    def _start_watch(self, service: str, bucket: Tables) -> None:
-        if service not in self._watchers and not self._closed and self.follow:
-            task = asyncio.get_running_loop().create_task(self._watch(service, bucket))
-            self._watchers[service] = task
+    async def _follow(self, service: str) -> None:
+        """Subscribe to the subjects the bucket republishes ``service``'s keys to, once."""
+        if service in self._subs or self._closed or not self.follow:
+            return
+        self._subs[service] = []
 
-    async def _watch(self, service: str, bucket: Tables) -> None:
-        # One wildcard watch covers both keys: "*.<service>" matches routes.<service>
-        # and registry.<service> (service names are single tokens) and nothing else we use.
-        pattern = HTTP_KEY if service == HTTP_TABLE else f"*.{service}"
-        while not self._closed:
-            try:
-                async with bucket.watch(pattern) as updates:
-                    while not self._closed:
-                        entry = await updates.get()
-                        if self._apply(service, entry):
-                            await self._report()
-            except Unavailable as exc:
-                log.info("watch of %s: %s (retrying)", service, exc)
-                await anyio.sleep(self.reconcile_interval)
+        async def on_change(msg: Msg) -> None:
+            entry = entry_of(msg)
+            if entry is None or entry.key not in _keys(service):
+                return  # nothing the server republished: only its headers name a key
+            if self._apply(service, entry):
+                await self._report()
+
+        for key in _keys(service):
+            sub = await self._nc.subscribe(table_subject(self._prefix, key), cb=on_change)
+            self._subs[service].append(sub)
 
     async def reconcile(self) -> None:
-        """Read every watched key again and apply what the watch missed."""
-        bucket = await self._open()
-        if bucket is None:
-            return
+        """Read every followed key again and apply what the subjects missed."""
         changed = False
         try:
             for service in list(self._snapshots):
-                self._start_watch(service, bucket)  # services asked for before the bucket existed
-                changed |= await self._read(bucket, service)
+                changed |= await self._read(service)
         except Unavailable as exc:
-            log.info("reconcile: %s", exc)
+            log.debug("reconcile: %s", exc)
         if changed:
             await self._report()
 

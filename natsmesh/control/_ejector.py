@@ -17,9 +17,12 @@ since a noisy or malicious caller must not be able to drain a service:
 - only instances the registry knows, and natsmesh ones (a plain micro service
   cannot be told to leave).
 
-Reporter names come from the report's body: NATS does not tell a subscriber
-who published. The access policy lets only callers of a service report about
-it, and the cap bounds what any set of reporters can do.
+Reporter names come from the report's subject (``_ctl.outlier.<svc>.<identity>``),
+never its body: NATS does not tell a subscriber who published, but the access
+policy lets each identity publish only under its own name, and only about the
+services it calls. Many connections of one identity are one reporter; the
+population is the instances known from their own announcements, so nobody can
+dilute it with fakes; and the cap bounds what any set of reporters can do.
 """
 
 from __future__ import annotations

@@ -40,7 +40,18 @@ class Registry:
         self._services: dict[str, dict[str, _Member]] = {}
 
     def announce(self, announcement: Announcement, now: float) -> set[str]:
+        """Add or replace an instance. A foreign one (``mesh=False``) never joins a
+        service that has natsmesh instances; a natsmesh one displaces foreign ones."""
         members = self._services.setdefault(announcement.service, {})
+        if announcement.mesh:
+            foreign = [i for i, m in members.items() if not m.announcement.mesh]
+            for instance_id in foreign:
+                del members[instance_id]
+            if foreign:
+                members[announcement.id] = _Member(announcement, now)
+                return {announcement.service}
+        elif any(m.announcement.mesh for m in members.values()):
+            return set()
         old = members.get(announcement.id)
         members[announcement.id] = _Member(announcement, now)
         if old is not None and old.announcement == announcement:

@@ -32,8 +32,10 @@ only decides who may do what. What each kind gets, and why:
   received); it may announce, heartbeat and leave under its own name only, and
   hears eject commands (``_ctl.eject.<svc>.<id>``) for its own instances only;
 - a caller listing ``calls`` may report queue-mode outliers of exactly those
-  services (``_ctl.outlier.<svc>``); a ``*`` caller reports none (the control
-  plane deny below covers it), and its calls rely on retries and hedging;
+  services, under its own name only (``_ctl.outlier.<svc>.<identity>``); a ``*``
+  caller reports none, and its calls rely on retries and hedging;
+- every identity reports its status under its own name only
+  (``_ctl.report.<identity>``): the controller takes the sender from the subject;
 - the gateway publishes requests (and ``$SRV`` discovery) and nothing on the
   control plane but its status reports;
 - the controller alone may use the JetStream API (it creates and writes the
@@ -45,8 +47,14 @@ only decides who may do what. What each kind gets, and why:
   (``_ctl.observe.metrics.<name>.*``) and hear an observer's interest; a service
   publishes tap samples under its own name only; operators (the dashboard) may ask
   for and read both, and nothing else of the kind (``natsmesh.wire._observe``);
-- every reader of the tables gets the few JetStream subjects a KV get and an
-  ordered watch of the ``natsmesh`` bucket need (:data:`KV_READ`), no ``$JS.>``.
+- a caller reads the tables of the services it calls, and nothing else of
+  JetStream: a direct get per key (``$JS.API.DIRECT.GET.KV_natsmesh.$KV.natsmesh.<key>``)
+  and a subscription to the subject each key is republished to
+  (``_ctl.table.<key>``); the gateway also reads ``http``; a ``*`` caller reads
+  every key. Nobody but the controller may create a consumer: a consumer's
+  delivery subject is checked against nobody's permissions, so the grant would
+  let its holder inject messages into any subject and fill the stream's
+  consumer limit.
 
 No grant anywhere subscribes to a subject of a service other than the
 identity's own, so a request to an unknown service meets no subscriber and
@@ -74,7 +82,19 @@ from pydantic import (
 from natsmesh.traffic._routes import _named
 from natsmesh.wire import _observe
 from natsmesh.wire._config import Checks, ConfigError, Loc, load_as, parse_as, validate_as
-from natsmesh.wire._control import BUCKET, control_subject, eject_subject, instance_subject
+from natsmesh.wire._control import (
+    BUCKET,
+    HTTP_KEY,
+    control_subject,
+    direct_get_subject,
+    eject_subject,
+    instance_subject,
+    outlier_subject,
+    registry_key,
+    routes_key,
+    status_subject,
+    table_subject,
+)
 from natsmesh.wire._errors import InvalidName
 from natsmesh.wire._subjects import (
     DEFAULT_PREFIX,
@@ -85,7 +105,6 @@ from natsmesh.wire._subjects import (
 )
 
 __all__ = [
-    "KV_READ",
     "Identity",
     "NkeyUser",
     "PasswordUser",
@@ -98,6 +117,7 @@ __all__ = [
     "parse_policy",
     "permissions",
     "render_authorization",
+    "table_reads",
 ]
 
 Kind = Literal["service", "gateway", "controller", "operator"]
@@ -105,21 +125,6 @@ ANY: Final = "*"
 _SRV_VERBS: Final = ("PING", "INFO", "STATS")
 _KV_STREAM: Final = f"KV_{BUCKET}"
 _WILDCARD = "*"
-
-#: What reading the ``natsmesh`` KV bucket takes with nats-py: open (stream info), get
-#: (a message get: the controller does not create the bucket for direct gets) and watch
-#: (an ordered push consumer delivered to an inbox, whose info is read once, and which
-#: answers flow control under load). Checked against a real server, which reports the
-#: message get and the consumer info as violations without them. Gets and the ordered
-#: consumer carry the key in the request body, not the subject, so reads cannot be
-#: narrowed per key: a reader may read every table (none holds a secret).
-KV_READ: Final = (
-    f"$JS.API.STREAM.INFO.{_KV_STREAM}",
-    f"$JS.API.STREAM.MSG.GET.{_KV_STREAM}",
-    f"$JS.API.CONSUMER.CREATE.{_KV_STREAM}",
-    f"$JS.API.CONSUMER.INFO.{_KV_STREAM}.*",
-    f"$JS.FC.{_KV_STREAM}.>",
-)
 
 
 class PolicyError(ConfigError):
@@ -269,10 +274,23 @@ def _calls(subjects: Subjects, calls: Iterable[str]) -> list[str]:
     return grants
 
 
-def _reports(prefix: str, calls: Iterable[str]) -> list[str]:
-    """Outlier report grants: one per service called by name (never for ``*``)."""
-    services = dict.fromkeys(c.partition(".")[0] for c in calls if c != ANY)
-    return [instance_subject(prefix, "outlier", service) for service in services]
+def _reports(prefix: str, identity: Identity) -> list[str]:
+    """Outlier report grants, under the identity's own name, one per service called by
+    name (never for ``*``); and its status reports."""
+    services = dict.fromkeys(c.partition(".")[0] for c in identity.calls if c != ANY)
+    outliers = [outlier_subject(prefix, service, identity.name) for service in services]
+    return [*outliers, status_subject(prefix, identity.name)]
+
+
+def table_reads(prefix: str, identity: Identity) -> tuple[list[str], list[str]]:
+    """What reading its tables takes: (direct gets to publish, table subjects to follow)."""
+    if ANY in identity.calls:
+        return [direct_get_subject(">")], [table_subject(prefix, ">")]
+    services = dict.fromkeys(c.partition(".")[0] for c in identity.calls)
+    keys = [key for s in services for key in (routes_key(s), registry_key(s))]
+    if identity.kind == "gateway":
+        keys.append(HTTP_KEY)
+    return [direct_get_subject(k) for k in keys], [table_subject(prefix, k) for k in keys]
 
 
 def _srv_requests() -> list[str]:
@@ -300,15 +318,15 @@ def permissions(policy: Policy, identity: Identity) -> Permissions:
 def _service(prefix: str, identity: Identity) -> Permissions:
     subjects, name = Subjects(prefix), identity.name
     own = [instance_subject(prefix, kind, name) for kind in _INSTANCE_MESSAGES]
+    reads, follows = table_reads(prefix, identity)
     return Permissions(
         publish=_unique(
             [
                 *_calls(subjects, identity.calls),
-                *_reports(prefix, identity.calls),
+                *_reports(prefix, identity),
                 *_srv_requests(),
                 *own,
-                control_subject(prefix, "status"),
-                *KV_READ,
+                *reads,
                 *_observed(prefix, name),
             ]
         ),
@@ -322,6 +340,7 @@ def _service(prefix: str, identity: Identity) -> Permissions:
                 subjects.instance(name, _WILDCARD, _WILDCARD),
                 *_srv_own(name),
                 eject_subject(prefix, name, _WILDCARD),
+                *follows,
                 f"{inbox_prefix(identity.name)}.>",
                 _observe.metrics_interest(prefix),
                 _observe.tap_interest(prefix, name),
@@ -332,7 +351,8 @@ def _service(prefix: str, identity: Identity) -> Permissions:
 
 
 def _controller(prefix: str, identity: Identity) -> Permissions:
-    hears = [instance_subject(prefix, kind, _WILDCARD) for kind in (*_INSTANCE_MESSAGES, "outlier")]
+    hears = [instance_subject(prefix, kind, _WILDCARD) for kind in _INSTANCE_MESSAGES]
+    hears += [outlier_subject(prefix, _WILDCARD, _WILDCARD), status_subject(prefix, _WILDCARD)]
     answers = ("routes.apply", "routes.show", "status.show")
     return Permissions(
         publish=_unique(
@@ -347,7 +367,6 @@ def _controller(prefix: str, identity: Identity) -> Permissions:
         subscribe=_unique(
             [
                 *hears,
-                control_subject(prefix, "status"),
                 *(control_subject(prefix, name) for name in answers),
                 f"{inbox_prefix(identity.name)}.>",
             ]
@@ -365,30 +384,24 @@ def _caller(prefix: str, identity: Identity) -> Permissions:
             control.append(control_subject(prefix, "routes.apply"))
     deny: list[str] = []
     if ANY in identity.calls:
-        # mesh.*.*.* also covers the control plane's four-token subjects (routes.apply,
-        # announce.<svc>, ...): deny them, as deny wins over any allow in nats-server.
-        deny = [control_subject(prefix, "*.*"), control_subject(prefix, "*.*.*")]
+        # mesh.*.* and mesh.*.*.* also cover the control plane's three- and four-token
+        # subjects (routes.apply, announce.<svc>, ...): deny them, as deny wins over any
+        # allow in nats-server. Its five-token reports (status.report.<identity>) are
+        # outside every wildcard grant, so the explicit grant of its own one stands.
+        deny = [control_subject(prefix, "*"), control_subject(prefix, "*.*")]
     calls = _calls(Subjects(prefix), identity.calls)
-    reports = _reports(prefix, identity.calls)
+    reads, follows = table_reads(prefix, identity)
     publish = [_observe.metrics_subject(prefix, identity.name, _WILDCARD)]
-    subscribe = [f"{inbox_prefix(identity.name)}.>", _observe.metrics_interest(prefix)]
+    subscribe = [*follows, f"{inbox_prefix(identity.name)}.>", _observe.metrics_interest(prefix)]
     if identity.kind == "operator":
         # The dashboard and `natsmesh top`/`tap`: ask for and read observations, no more.
         publish += [_observe.metrics_interest(prefix), _observe.tap_interest(prefix, _WILDCARD)]
         subscribe += [_observe.metrics_wildcard(prefix), _observe.tap_wildcard(prefix)]
     return Permissions(
         publish=_unique(
-            [
-                *calls,
-                *reports,
-                *_srv_requests(),
-                control_subject(prefix, "status"),
-                *control,
-                *KV_READ,
-                *publish,
-            ]
+            [*calls, *_reports(prefix, identity), *_srv_requests(), *control, *reads, *publish]
         ),
-        subscribe=tuple(subscribe),
+        subscribe=_unique(subscribe),
         publish_deny=tuple(deny),
     )
 

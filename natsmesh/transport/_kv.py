@@ -4,6 +4,12 @@ Only this module knows nats-py's KV API and its exceptions. Values are bytes;
 revisions are the bucket's sequence numbers (they only grow). Writes can be
 conditional (compare-and-swap on the key's last revision), which is how two
 controllers never overwrite each other.
+
+The bucket allows direct gets and republishes every write (and deletion) of a
+key to ``<prefix>._ctl.table.<key>``: callers follow those subjects and read a
+key with one direct get (:func:`read_direct`), so a caller needs no JetStream
+consumer and no stream grant, only a publish grant per key it may read. Only the
+controller opens the bucket through :class:`Tables` (it alone has those grants).
 """
 
 from __future__ import annotations
@@ -13,18 +19,21 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Final
 
 import nats.errors
 import nats.js.errors
+from nats.aio.msg import Msg
+from nats.js.api import KeyValueConfig, RePublish
 from nats.js.kv import KeyValue
 
 from natsmesh.transport._tasks import stop
 from natsmesh.transport._transport import NATS
-from natsmesh.wire._control import BUCKET
+from natsmesh.wire._control import BUCKET, KV_STREAM, direct_get_subject, table_subject
 
 log = logging.getLogger("natsmesh.kv")
 
-__all__ = ["Conflict", "Entry", "Tables", "Unavailable"]
+__all__ = ["Conflict", "Entry", "Tables", "Unavailable", "entry_of", "read_direct"]
 
 
 class Conflict(Exception):
@@ -58,24 +67,43 @@ class Tables:
         self._kv = kv
 
     @classmethod
-    async def open(cls, nc: NATS, *, create: bool = False, replicas: int = 1) -> Tables:
-        """Open the bucket (creating it when ``create``); raises Unavailable."""
+    async def open(
+        cls, nc: NATS, *, create: bool = False, replicas: int = 1, prefix: str = "mesh"
+    ) -> Tables:
+        """Open the bucket; raises Unavailable.
+
+        With ``create`` the bucket is created, or its stream's config brought up to
+        date (direct gets allowed, writes republished under ``prefix``): a bucket
+        made by an older controller gets the subjects callers now follow.
+        """
         js = nc.jetstream(timeout=2.0)
+        republish = RePublish(src=f"$KV.{BUCKET}.>", dest=table_subject(prefix, ">"))
         try:
-            if create:
-                kv = await js.create_key_value(
-                    bucket=BUCKET,
-                    history=5,
-                    replicas=replicas,
-                    description="natsmesh registry and route tables",
-                )
-            else:
-                kv = await js.key_value(BUCKET)
+            if not create:
+                return cls(await js.key_value(BUCKET))
+            config = KeyValueConfig(
+                bucket=BUCKET,
+                history=5,
+                replicas=replicas,
+                description="natsmesh registry and route tables",
+                direct=True,
+                republish=republish,
+            )
+            try:
+                return cls(await js.create_key_value(config))
+            except nats.js.errors.BadRequestError:
+                pass  # exists with another config (an older controller's): update it
+            info = await js.stream_info(KV_STREAM)
+            if not info.config.allow_direct or info.config.republish != republish:
+                log.info("updating bucket %s: direct gets, republish to %s", BUCKET, republish.dest)
+                info.config.allow_direct = True
+                info.config.republish = republish
+                await js.update_stream(info.config)
+            return cls(await js.key_value(BUCKET))
         except (nats.js.errors.NotFoundError, *_TRANSIENT) as exc:
             raise Unavailable(f"KV bucket {BUCKET!r}: {exc!r}") from None
         except nats.js.errors.APIError as exc:
             raise Unavailable(f"KV bucket {BUCKET!r}: {exc}") from None
-        return cls(kv)
 
     async def get(self, key: str) -> Entry | None:
         """The key's current entry, or None when it does not exist (or was deleted)."""
@@ -115,7 +143,8 @@ class Tables:
             found = await self._kv.keys()
         except nats.js.errors.NoKeysError:
             return []
-        except _TRANSIENT as exc:
+        except (*_TRANSIENT, nats.js.errors.APIError) as exc:
+            # APIError: e.g. the stream's consumer limit reached (listing keys takes one).
             raise Unavailable(repr(exc)) from None
         return sorted(k for k in found if k.startswith(prefix))
 
@@ -142,5 +171,46 @@ class Tables:
             yield queue
         finally:
             await stop([task])
-            with contextlib.suppress(Exception):
+            try:
                 await watcher.stop()  # type: ignore[no-untyped-call]
+            except Exception as exc:  # its consumer may be gone with the connection
+                log.debug("stopping a watch: %r", exc)
+
+
+_OPERATION: Final = "KV-Operation"
+_SEQUENCE: Final = "Nats-Sequence"
+_SUBJECT: Final = "Nats-Subject"
+_KEY_PREFIX: Final = f"$KV.{BUCKET}."
+
+
+def entry_of(msg: Msg) -> Entry | None:
+    """The entry a direct get's reply or a republished write carries; None if it is no entry.
+
+    The key comes from the stream subject the server stamped (``Nats-Subject``), the
+    revision from ``Nats-Sequence``; a ``KV-Operation`` of DEL or PURGE is a deletion.
+    """
+    headers = msg.headers or {}
+    subject, sequence = headers.get(_SUBJECT, ""), headers.get(_SEQUENCE, "")
+    if not subject.startswith(_KEY_PREFIX) or not sequence.isdigit() or len(sequence) > 20:
+        return None
+    deleted = headers.get(_OPERATION) in ("DEL", "PURGE")
+    return Entry(subject[len(_KEY_PREFIX) :], None if deleted else msg.data, int(sequence))
+
+
+async def read_direct(nc: NATS, key: str, *, timeout: float = 2.0) -> Entry | None:
+    """``key``'s current entry by one direct get (no consumer); None if it never existed.
+
+    Raises Unavailable: no bucket (no responders), no answer, or an unexpected status.
+    A deleted key comes back as an entry without a value (its revision still counts).
+    """
+    try:
+        msg = await nc.request(direct_get_subject(key), b"", timeout=timeout)
+    except (nats.errors.TimeoutError, nats.errors.NoRespondersError) as exc:
+        raise Unavailable(f"direct get of {key}: {exc!r}") from None
+    status = (msg.headers or {}).get("Status")
+    if status == "404":
+        return None
+    entry = entry_of(msg)
+    if status or entry is None or entry.key != key:
+        raise Unavailable(f"direct get of {key}: unexpected reply (status {status or 'none'})")
+    return entry

@@ -10,11 +10,12 @@ subject or key                    carries
 ``<prefix>._ctl.announce.<svc>``  :class:`Announcement`, on start (full description)
 ``<prefix>._ctl.heartbeat.<svc>`` :class:`Heartbeat`, every interval (small)
 ``<prefix>._ctl.leave.<svc>``     :class:`Leave`, on a graceful stop
-``<prefix>._ctl.status``          :class:`StatusReport`, from every client on a change
-``<prefix>._ctl.outlier.<svc>``   :class:`OutlierReport`, from a caller in queue mode
+``<prefix>._ctl.status.report.<who>`` :class:`StatusReport`, from every client on a change
+``<prefix>._ctl.outlier.<svc>.<who>`` :class:`OutlierReport`, from a caller in queue mode
+``<prefix>._ctl.table.<key>``     every write of a KV key, republished by the server
 ``<prefix>._ctl.eject.<svc>.<id>`` :class:`EjectCommand`, controller to one instance
 ``<prefix>._ctl.routes.apply``    request: a route file; reply: :class:`ApplyReply`
-``<prefix>._ctl.routes.show``     request; reply: the tables as JSON
+``<prefix>._ctl.routes.show``     request (a service name, or empty); reply: :class:`RoutesView`
 ``<prefix>._ctl.status.show``     request; reply: :class:`StatusView`
 KV ``registry.<service>``         :class:`RegistryTable`
 KV ``routes.<service>``           :class:`RouteTable`
@@ -25,7 +26,9 @@ KV ``leader``                     :class:`Lease`
 A table's revision is its KV revision: it only grows, across controller restarts too.
 An instance's messages carry its service's name in the subject as well as in the body:
 NATS permissions can then let each service speak for itself alone, and the controller
-drops a message whose body names another service than its subject.
+drops a message whose body names another service than its subject. Reports from
+callers end in ``<who>``, the reporting identity: the compiled policy lets only
+that identity publish there, and the controller takes the sender from the subject.
 """
 
 from __future__ import annotations
@@ -56,8 +59,57 @@ def routes_key(service: str) -> str:
     return f"routes.{service}"
 
 
+KV_STREAM: Final = f"KV_{BUCKET}"
+
+
+def table_subject(prefix: str, key: str) -> str:
+    """Where the bucket republishes every write of ``key`` (a KV key, or ``>``)."""
+    return f"{prefix}._ctl.table.{key}"
+
+
+def direct_get_subject(key: str) -> str:
+    """The JetStream direct get of ``key``'s last value (no body; grantable per key)."""
+    return f"$JS.API.DIRECT.GET.{KV_STREAM}.$KV.{BUCKET}.{key}"
+
+
 def control_subject(prefix: str, name: str) -> str:
     return f"{prefix}._ctl.{name}"
+
+
+#: How an access policy's identities' inbox prefixes begin: ``_INBOX_<identity>``.
+IDENTITY_INBOX: Final = "_INBOX_"
+ANONYMOUS: Final = "anonymous"
+
+
+def identity_of(inbox: str, fallback: str) -> str:
+    """The identity a connection speaks as, from one of its inboxes (``nc.new_inbox()``).
+
+    Under a compiled policy each identity's inbox prefix is ``_INBOX_<identity>``
+    and its grants are bound to that name; without one (dev mode) it is
+    ``fallback`` when that is a valid subject token, else ``anonymous``.
+    """
+    head = inbox.partition(".")[0]
+    named = head[len(IDENTITY_INBOX) :] if head.startswith(IDENTITY_INBOX) else ""
+    for candidate in (named, fallback):
+        try:
+            return validate_token("identity", candidate)
+        except ValueError:
+            continue
+    return ANONYMOUS
+
+
+def status_subject(prefix: str, identity: str) -> str:
+    """Where a client reports what it applied; the last token names the sender.
+
+    Five tokens, like outlier reports: no ``*`` caller's grant (``<prefix>.*.*``,
+    ``<prefix>.*.*.*``) covers them, so only the explicit per-identity grant does.
+    """
+    return f"{prefix}._ctl.status.report.{identity}"
+
+
+def outlier_subject(prefix: str, service: str, reporter: str) -> str:
+    """Where ``reporter`` (an identity) reports an outlier instance of ``service``."""
+    return f"{prefix}._ctl.outlier.{service}.{reporter}"
 
 
 def instance_subject(prefix: str, kind: str, service: str) -> str:
