@@ -14,7 +14,6 @@ from hypothesis import strategies as st
 
 from natsmesh.security._auth_files import AUTH_CONF, CompileError, compile_policy
 from natsmesh.security._policy import (
-    KV_READ,
     Identity,
     Policy,
     PolicyError,
@@ -87,6 +86,10 @@ def test_example_policy_compiles_to_the_documented_grants() -> None:
         "$SRV.INFO.orders.*",
         "$SRV.STATS.orders.*",
         "mesh._ctl.eject.orders.*",
+        "mesh._ctl.table.routes.catalog",
+        "mesh._ctl.table.registry.catalog",
+        "mesh._ctl.table.routes.pricing",
+        "mesh._ctl.table.registry.pricing",
         "_INBOX_orders.>",
         "mesh._ctl.observe.interest",  # an observer's interest in summaries
         "mesh._ctl.observe.tap.orders",  # someone watching its own requests only
@@ -95,9 +98,24 @@ def test_example_policy_compiles_to_the_documented_grants() -> None:
         "mesh._ctl.announce.orders",
         "mesh._ctl.heartbeat.orders",
         "mesh._ctl.leave.orders",
-        "mesh._ctl.status",
+        "mesh._ctl.status.report.orders",
     } <= set(pub)
     assert not allowed(pub, "mesh._ctl.announce.pricing")
+    assert not allowed(pub, "mesh._ctl.status.report.pricing")
+
+
+def test_a_caller_reads_the_tables_of_what_it_calls_and_nothing_else() -> None:
+    policy = load_policy(EXAMPLE)
+    pub, sub = grants_of(policy, "orders")
+    for key in ("routes.pricing", "registry.pricing", "routes.catalog", "registry.catalog"):
+        assert allowed(pub, f"$JS.API.DIRECT.GET.KV_natsmesh.$KV.natsmesh.{key}")
+        assert allowed(sub, f"mesh._ctl.table.{key}")
+    for key in ("routes.orders", "registry.orders", "http", "leader"):
+        assert not allowed(pub, f"$JS.API.DIRECT.GET.KV_natsmesh.$KV.natsmesh.{key}")
+        assert not allowed(sub, f"mesh._ctl.table.{key}")
+    gateway_pub, gateway_sub = grants_of(policy, "gateway")
+    assert allowed(gateway_pub, "$JS.API.DIRECT.GET.KV_natsmesh.$KV.natsmesh.http")
+    assert allowed(gateway_sub, "mesh._ctl.table.http")
 
 
 def test_each_kind_gets_its_own_control_plane_grants() -> None:
@@ -107,9 +125,13 @@ def test_each_kind_gets_its_own_control_plane_grants() -> None:
     admin, _ = grants_of(policy, "admin")
     assert "$JS.API.>" in controller
     assert "$KV.natsmesh.>" in controller
-    assert {"mesh._ctl.announce.*", "mesh._ctl.routes.apply", "mesh._ctl.status"} <= set(
-        controller_sub
-    )
+    assert {
+        "mesh._ctl.announce.*",
+        "mesh._ctl.routes.apply",
+        "mesh._ctl.routes.show",
+        "mesh._ctl.status.report.*",
+        "mesh._ctl.outlier.*.*",
+    } <= set(controller_sub)
     for subject in ("mesh._ctl.routes.apply", "mesh._ctl.announce.catalog", "$KV.natsmesh.http"):
         assert not allowed(gateway, subject)
     assert allowed(gateway, "mesh.catalog.list")
@@ -158,15 +180,18 @@ def test_only_the_controller_ejects_and_only_callers_report_outliers() -> None:
     for name in ("orders", "pricing", "catalog", "gateway", "admin"):
         pub, _ = grants_of(policy, name)
         assert not allowed(pub, "mesh._ctl.eject.orders.abc123"), name
-    # A caller reports outliers of the services it calls, and of no other.
-    assert allowed(orders_pub, "mesh._ctl.outlier.pricing")
-    assert allowed(orders_pub, "mesh._ctl.outlier.catalog")
-    assert not allowed(orders_pub, "mesh._ctl.outlier.orders")
-    assert allowed(controller_sub, "mesh._ctl.outlier.pricing")
+    # A caller reports outliers of the services it calls, of no other, and as itself only.
+    assert allowed(orders_pub, "mesh._ctl.outlier.pricing.orders")
+    assert allowed(orders_pub, "mesh._ctl.outlier.catalog.orders")
+    assert not allowed(orders_pub, "mesh._ctl.outlier.orders.orders")
+    assert not allowed(orders_pub, "mesh._ctl.outlier.catalog.pricing")
+    assert not allowed(orders_pub, "mesh._ctl.outlier.catalog")
+    assert allowed(controller_sub, "mesh._ctl.outlier.pricing.orders")
     edge = parse_policy('[[identity]]\nname = "edge"\nkind = "gateway"\ncalls = ["*"]\n')
     grants = permissions(edge, edge.identity[0])
     # '*' grants no report subject, and the control-plane deny covers it anyway.
     assert allowed(list(grants.publish_deny), "mesh._ctl.outlier.pricing")
+    assert not allowed(list(grants.publish), "mesh._ctl.outlier.pricing.edge")
     assert not any("outlier" in p for p in grants.publish)
     assert gateway_pub  # the example gateway lists its calls
 
@@ -181,7 +206,14 @@ def test_a_call_to_every_service_excludes_the_control_plane() -> None:
     for subject in ("mesh._ctl.routes.apply", "mesh._ctl.announce.catalog"):
         assert allowed(list(grants.publish), subject)
         assert allowed(list(grants.publish_deny), subject)
-    assert not allowed(list(grants.publish_deny), "mesh._ctl.status")
+    for subject in ("mesh._ctl.status", "mesh._ctl.table.http"):
+        assert allowed(list(grants.publish_deny), subject)
+    # Its own status reports: five tokens, outside every wildcard grant, so only the
+    # explicit grant covers them, and no deny does.
+    assert allowed(list(grants.publish), "mesh._ctl.status.report.edge")
+    assert not allowed(list(grants.publish_deny), "mesh._ctl.status.report.edge")
+    assert not allowed(list(grants.publish), "mesh._ctl.status.report.other")
+    assert not allowed(list(grants.publish), "mesh._ctl.table.routes.x")
 
 
 # -- properties --------------------------------------------------------------------------
@@ -242,7 +274,20 @@ def test_jetstream_writes_and_foreign_inboxes_are_the_controllers_and_nobodys(
         if identity.kind == "controller":
             assert "$JS.API.>" in js
         else:
-            assert set(js) <= set(KV_READ)
+            # Direct gets of the tables only: no consumer (whose delivery subject
+            # nobody's permissions check), no stream API, no write.
+            direct = "$JS.API.DIRECT.GET.KV_natsmesh.$KV.natsmesh."
+            assert all(p.startswith(direct) for p in js), js
+            for subject in (
+                "$JS.API.CONSUMER.CREATE.KV_natsmesh",
+                "$JS.API.CONSUMER.CREATE.KV_natsmesh.x.$KV.natsmesh.>",
+                "$JS.API.CONSUMER.DURABLE.CREATE.KV_natsmesh.x",
+                "$JS.API.STREAM.INFO.KV_natsmesh",
+                "$JS.API.STREAM.MSG.GET.KV_natsmesh",
+                "$JS.API.DIRECT.GET.KV_natsmesh",
+                "$KV.natsmesh.routes.x",
+            ):
+                assert not allowed(pub, subject), (identity.name, subject)
         own = inbox_prefix(identity.name)
         for other in prefixes - {own}:
             assert not allowed(sub, f"{other}.x")
