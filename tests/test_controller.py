@@ -10,11 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-from anyio.abc import TaskStatus
 import anyio.to_thread
 import nats
 import nats.micro
 import pytest
+from anyio.abc import TaskStatus
 from nats.micro.request import Request
 from procs import Proc
 from services import Echo

@@ -61,14 +61,19 @@ async def test_a_cli_call_applies_the_route_without_watching_the_tables(
             )  # fmt: skip
             assert done.returncode == 5, done.stderr
             assert "418" in done.stderr  # the fault of echo's route: the policy applied
-            assert cli.count == 0  # ...read by KV gets, with no watch set up
+            assert cli.count == 0  # ...read by direct gets, with no consumer
 
-            # The same observer does see a watching client's consumer: the count can move.
+            # A following client gets changes on the table subjects, with no consumer either.
             monkeypatch.setenv("NATS_INBOX_PREFIX", "_INBOX_watching")
             async with Mesh(nats_url, name="watching") as mesh:
                 with pytest.raises(RemoteError, match="418"):
                     await mesh.call("echo.echo", {"id": 1, "name": "a"})
-                await eventually(lambda: watching.count > 0)
+                assert (await controller.apply(b"[services.echo]\ntimeout = 4\n")).ok
+                assert mesh.tables is not None
+                await eventually(
+                    lambda: mesh.tables is not None and mesh.tables.timeout("echo") == 4
+                )
+            assert watching.count == 0
         finally:
             await observer.close()
 
