@@ -283,9 +283,9 @@ async def test_a_report_naming_another_service_than_its_subject_is_dropped(
             report = OutlierReport(
                 service="shop", instance=r.id, caller="x", failures=5, calls=5, window=10.0
             )
-            await nc.publish("mesh._ctl.outlier.other", report.model_dump_json().encode())
-            await nc.publish("mesh._ctl.outlier.shop", b"{not json")
-            await nc.publish("mesh._ctl.outlier.shop", report.model_dump_json().encode())
+            await nc.publish("mesh._ctl.outlier.other.x", report.model_dump_json().encode())
+            await nc.publish("mesh._ctl.outlier.shop.x", b"{not json")
+            await nc.publish("mesh._ctl.outlier.shop.x", report.model_dump_json().encode())
             await nc.flush()
         finally:
             await nc.close()
