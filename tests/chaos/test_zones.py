@@ -36,11 +36,5 @@ def test_a_site_keeps_its_own_calls_and_fails_fast_across_a_dropped_link(
 
 
 @pytest.mark.chaos("leaf-site")
-@pytest.mark.xfail(
-    strict=True,
-    reason="a leaf site cannot reach the hub's KV: JetStream's API crosses a leaf"
-    " connection only under a JetStream domain ($JS.<domain>.API), and natsmesh has no"
-    " domain option, so the site's callers run without tables (queue groups, defaults)",
-)
 def test_a_site_applies_the_hub_tables(figures: Figures) -> None:
     assert figures.notes["site tables applied"] > 0
