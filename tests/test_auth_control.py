@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from typing import Any
 
 import anyio
 import anyio.lowlevel
@@ -20,7 +21,7 @@ from nats.aio.msg import Msg
 from test_auth_isolation import MARKER, Conn, Secured, connected, first, secured
 from test_controller import eventually
 
-from natsmesh import Mesh
+from natsmesh import Context, Mesh, ServiceRunner, endpoint, service
 from natsmesh.control._controller import Controller
 from natsmesh.transport._kv import read_direct
 from natsmesh.wire import _micro
@@ -261,3 +262,59 @@ async def test_a_second_apply_meanwhile_is_answered_at_once(
         tg.start_soon(apply, ROUTES)
     assert sorted(r.ok for r in replies) == [False, True]
     assert "another apply is in progress" in next(r.error for r in replies if not r.ok)
+
+
+# -- the caller, vouched for by the server ------------------------------------------------
+
+
+@service(name="catalog", version="1.0.0")
+class WhoCalls:
+    """A catalog that answers who called it."""
+
+    @endpoint
+    async def get(self, ctx: Context) -> dict[str, Any]:
+        return {
+            "caller": ctx.caller,
+            "verified": ctx.caller_verified,
+            "on_behalf_of": ctx.on_behalf_of,
+        }
+
+
+async def test_the_callee_knows_its_caller_and_nobody_can_pose_as_another(
+    secured: Secured,
+) -> None:
+    async with (
+        connected(secured, "catalog", "orders", "gateway") as (catalog, orders, gateway),
+        ServiceRunner(WhoCalls(), nats=catalog.nc),
+        Mesh(orders.nc, name="orders") as mesh,
+        Mesh(gateway.nc, name="gateway", kind="gateway") as edge,
+    ):
+        got = await mesh.call("catalog.get", caller="pricing")
+        assert got == {"caller": "orders", "verified": True, "on_behalf_of": "pricing"}
+        got = await edge.call("catalog.get", caller="key:bob")
+        assert got == {"caller": "gateway", "verified": True, "on_behalf_of": "key:bob"}
+        # Posing as another identity in the subject: refused by the server.
+        await orders.nc.publish("mesh.catalog.get._c.pricing", b"", reply="_INBOX_orders.x")
+        await orders.denied("publish", "mesh.catalog.get._c.pricing")
+        # The plain subject (nats req, foreign clients): an unverified claim, said so.
+        reply = await orders.nc.request(
+            "mesh.catalog.get",
+            b"{}",
+            timeout=5,
+            headers={"Content-Type": "application/json", "Mesh-Caller": "pricing"},
+        )
+        assert json.loads(reply.data) == {
+            "caller": "pricing",
+            "verified": False,
+            "on_behalf_of": None,
+        }
+
+
+async def test_in_dev_mode_the_caller_is_a_claim_and_says_so(nats_url: str) -> None:
+    async with (
+        ServiceRunner(WhoCalls(), nats=nats_url),
+        Mesh(nats_url, name="orders") as mesh,
+    ):
+        got = await mesh.call("catalog.get", caller="key:bob")
+        assert got == {"caller": "key:bob", "verified": False, "on_behalf_of": None}
+        assert (await mesh.call("catalog.get"))["caller"] == "orders"

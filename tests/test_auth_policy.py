@@ -72,10 +72,18 @@ def test_example_policy_compiles_to_the_documented_grants() -> None:
     assert {"mesh.pricing.quote", "mesh.pricing.*.quote", "mesh._i.pricing.*.quote"} <= set(pub)
     assert not allowed(pub, "mesh.catalog.list")
     assert not allowed(pub, "mesh.orders.place")  # it does not call itself
+    # Naming itself as the caller, and nobody else.
+    for subject in ("mesh.catalog.get", "mesh.catalog.v1.get", "mesh._i.catalog.c1.get"):
+        assert allowed(pub, f"{subject}._c.orders")
+        assert not allowed(pub, f"{subject}._c.pricing")
+        assert not allowed(pub, f"{subject}._c.*")
     assert set(sub) == {
         "mesh.orders.* orders",
         "mesh.orders.*.* orders.*",
         "mesh._i.orders.*.*",
+        "mesh.orders.*._c.* orders",
+        "mesh.orders.*.*._c.* orders.*",
+        "mesh._i.orders.*.*._c.*",
         "$SRV.PING",
         "$SRV.INFO",
         "$SRV.STATS",
@@ -206,8 +214,16 @@ def test_a_call_to_every_service_excludes_the_control_plane() -> None:
     for subject in ("mesh._ctl.routes.apply", "mesh._ctl.announce.catalog"):
         assert allowed(list(grants.publish), subject)
         assert allowed(list(grants.publish_deny), subject)
-    for subject in ("mesh._ctl.status", "mesh._ctl.table.http"):
+    for subject in (
+        "mesh._ctl.status",
+        "mesh._ctl.table.http",
+        "mesh._ctl.outlier._c.edge",
+        "mesh._ctl.table.routes._c.edge",
+    ):
         assert allowed(list(grants.publish_deny), subject)
+    assert allowed(list(grants.publish), "mesh.anything.get._c.edge")
+    assert not allowed(list(grants.publish_deny), "mesh.anything.get._c.edge")
+    assert not allowed(list(grants.publish), "mesh.anything.get._c.other")
     # Its own status reports: five tokens, outside every wildcard grant, so only the
     # explicit grant covers them, and no deny does.
     assert allowed(list(grants.publish), "mesh._ctl.status.report.edge")

@@ -25,6 +25,7 @@ from natsmesh.traffic._planner import Kind, Outcome, Why, hedge_after
 from natsmesh.traffic._traffic import Counters
 from natsmesh.transport._transport import NATS, Lost, Msg, NoReply, NoResponse, Requester
 from natsmesh.wire import _headers
+from natsmesh.wire._control import RegistryTable
 from natsmesh.wire._errors import (
     CallError,
     DeadlineExceeded,
@@ -72,6 +73,10 @@ class Exchange:
         self._subjects = subjects
         self._targets = targets
         self._reporter = QueueReporter(nc, prefix=subjects.prefix, caller=name)
+        # Requests name their caller in the subject (ctx.caller) when the registry says
+        # the service runs natsmesh; others (foreign micro services, plain subscribers,
+        # anything while no controller runs) know nothing of it: the plain subject.
+        self._named = Subjects.caller_suffix(self._reporter.identity)
 
     async def hedged(
         self, run: Running, target: Target, headers: dict[str, str], timeout: float
@@ -129,8 +134,11 @@ class Exchange:
         ok = False
         try:
             try:
+                subject = target.subject
+                if route.conventional and run.registry is not None and _mesh(run.registry):
+                    subject += self._named  # it knows the named subjects: see __init__
                 msg = await self._requester.request(
-                    target.subject, run.body, timeout=timeout, headers=headers
+                    subject, run.body, timeout=timeout, headers=headers
                 )
             except NoResponse:
                 ok = True  # gone, not slow: no outlier evidence
@@ -276,3 +284,8 @@ def deadline_error(route: Route) -> DeadlineExceeded:
         endpoint=route.endpoint,
         subject=route.subject,
     )
+
+
+def _mesh(registry: RegistryTable) -> bool:
+    """Whether the service's instances are natsmesh ones (they all are, or none)."""
+    return bool(registry.instances) and registry.instances[0].mesh

@@ -52,7 +52,7 @@ class QueueReporter:
         self._nc = nc
         self._prefix = prefix
         self._caller = caller[:256] or "client"
-        self._identity = identity_of(nc.new_inbox(), self._caller)
+        self.identity = identity_of(nc.new_inbox(), self._caller)
         self._detectors: dict[str, QueueOutliers] = {}
 
     async def failed(
@@ -85,7 +85,7 @@ class QueueReporter:
             calls=min(calls, 10_000_000),
             window=detector.window,
         )
-        subject = outlier_subject(self._prefix, service, self._identity)
+        subject = outlier_subject(self._prefix, service, self.identity)
         try:
             await self._nc.publish(subject, report.model_dump_json().encode())
         except Exception as exc:  # a closed or reconnecting connection: the next failure retries

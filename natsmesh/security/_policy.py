@@ -258,19 +258,22 @@ def inbox_prefix(identity: str) -> str:
     return f"_INBOX_{validate_name('identity', identity)}"
 
 
-def _calls(subjects: Subjects, calls: Iterable[str]) -> list[str]:
-    """Publish grants for ``calls``: queue-group, subset and instance subjects of each."""
+def _calls(subjects: Subjects, calls: Iterable[str], identity: str) -> list[str]:
+    """Publish grants for ``calls``: queue-group, subset and instance subjects of each,
+    plain (anonymous) and with the identity's own name in them (``..._c.<identity>``)."""
+    named = Subjects.caller_suffix(identity)
     grants: list[str] = []
     for call in calls:
         if call == ANY:
             service = endpoint = _WILDCARD
         else:
             service, _, endpoint = call.partition(".")
-        grants += [
+        plain = [
             subjects.endpoint(service, endpoint),
             subjects.subset(service, _WILDCARD, endpoint),
             subjects.instance(service, _WILDCARD, endpoint),
         ]
+        grants += plain + [subject + named for subject in plain]
     return grants
 
 
@@ -317,12 +320,13 @@ def permissions(policy: Policy, identity: Identity) -> Permissions:
 
 def _service(prefix: str, identity: Identity) -> Permissions:
     subjects, name = Subjects(prefix), identity.name
+    named = Subjects.caller_suffix(_WILDCARD)
     own = [instance_subject(prefix, kind, name) for kind in _INSTANCE_MESSAGES]
     reads, follows = table_reads(prefix, identity)
     return Permissions(
         publish=_unique(
             [
-                *_calls(subjects, identity.calls),
+                *_calls(subjects, identity.calls, identity.name),
                 *_reports(prefix, identity),
                 *_srv_requests(),
                 *own,
@@ -338,6 +342,11 @@ def _service(prefix: str, identity: Identity) -> Permissions:
                 f"{subjects.subset(name, _WILDCARD, _WILDCARD)} "
                 f"{Subjects.queue_group(name, _WILDCARD)}",
                 subjects.instance(name, _WILDCARD, _WILDCARD),
+                # The same, with the caller named in the subject: any caller's name.
+                f"{subjects.endpoint(name, _WILDCARD)}{named} {Subjects.queue_group(name)}",
+                f"{subjects.subset(name, _WILDCARD, _WILDCARD)}{named} "
+                f"{Subjects.queue_group(name, _WILDCARD)}",
+                subjects.instance(name, _WILDCARD, _WILDCARD) + named,
                 *_srv_own(name),
                 eject_subject(prefix, name, _WILDCARD),
                 *follows,
@@ -389,7 +398,10 @@ def _caller(prefix: str, identity: Identity) -> Permissions:
         # allow in nats-server. Its five-token reports (status.report.<identity>) are
         # outside every wildcard grant, so the explicit grant of its own one stands.
         deny = [control_subject(prefix, "*"), control_subject(prefix, "*.*")]
-    calls = _calls(Subjects(prefix), identity.calls)
+        # ...and their named forms (mesh.*.*._c.<me>, mesh.*.*.*._c.<me>).
+        deny += [control_subject(prefix, f"*{Subjects.caller_suffix('*')}")]
+        deny += [control_subject(prefix, f"*.*{Subjects.caller_suffix('*')}")]
+    calls = _calls(Subjects(prefix), identity.calls, identity.name)
     reads, follows = table_reads(prefix, identity)
     publish = [_observe.metrics_subject(prefix, identity.name, _WILDCARD)]
     subscribe = [*follows, f"{inbox_prefix(identity.name)}.>", _observe.metrics_interest(prefix)]

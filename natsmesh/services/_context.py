@@ -19,6 +19,7 @@ from natsmesh.wire._headers import (
     parse_attempt,
     parse_traceparent,
 )
+from natsmesh.wire._subjects import caller_of
 
 if TYPE_CHECKING:
     from natsmesh.client._client import Mesh
@@ -31,7 +32,16 @@ class Context:
     milliseconds, so the clocks of caller and callee never need to agree.
     """
 
-    __slots__ = ("_mesh", "_trace", "deadline", "endpoint", "headers", "service")
+    __slots__ = (
+        "_mesh",
+        "_secured",
+        "_subject",
+        "_trace",
+        "deadline",
+        "endpoint",
+        "headers",
+        "service",
+    )
 
     def __init__(
         self,
@@ -42,7 +52,11 @@ class Context:
         deadline: float,
         mesh: Mesh | None,
         trace: Trace | None = None,
+        subject: str = "",
+        secured: bool = False,
     ) -> None:
+        self._subject = subject
+        self._secured = secured
         self.service = service
         self.endpoint = endpoint
         self.headers = headers
@@ -60,8 +74,32 @@ class Context:
 
     @property
     def caller(self) -> str | None:
-        """Who called, as the caller's ``Mesh-Caller`` header says (not authenticated)."""
-        return self.headers.get(CALLER)
+        """Who called. Under a compiled access policy, the identity the request's
+        subject names (``..._c.<identity>``, which only that identity may publish);
+        otherwise (dev mode, ``nats req``, foreign clients on the plain subject) what
+        the ``Mesh-Caller`` header says, which anyone can write: see
+        :attr:`caller_verified`.
+        """
+        named = caller_of(self._subject)
+        if self._secured and named is not None:
+            return named
+        return self.headers.get(CALLER) or named
+
+    @property
+    def caller_verified(self) -> bool:
+        """Whether nats-server vouches for :attr:`caller`: it came from the subject and
+        this service runs under a compiled access policy (never in dev mode)."""
+        return self._secured and caller_of(self._subject) is not None
+
+    @property
+    def on_behalf_of(self) -> str | None:
+        """Whom a verified caller says it acts for (its ``Mesh-Caller``, e.g. the end
+        user the gateway authenticated); vouched for by that caller only. None when
+        the caller is not verified or says nothing beyond its own name."""
+        if not self.caller_verified:
+            return None
+        claimed = self.headers.get(CALLER)
+        return claimed if claimed != caller_of(self._subject) else None
 
     @property
     def attempt(self) -> int:

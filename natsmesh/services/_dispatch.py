@@ -67,6 +67,9 @@ class Dispatcher:
         observer: ServeObserver,
     ) -> None:
         self._service = service
+        # Whether this instance runs under a compiled access policy: the caller a
+        # request's subject names is then vouched for by the server (Context.caller).
+        self.secured = False
         # The tap while someone watches, and a span per request with the otel extra.
         self._observer = observer
         self._limits = limits
@@ -177,6 +180,8 @@ class Dispatcher:
                 headers=headers,
                 deadline=deadline,
                 mesh=self._mesh,
+                subject=msg.subject,
+                secured=self.secured,
             )
         self._start(ep, msg, codec, argument, deadline, context)
 

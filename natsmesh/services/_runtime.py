@@ -42,7 +42,7 @@ from natsmesh.transport._transport import (
 )
 from natsmesh.wire import _codec, _micro
 from natsmesh.wire._codec import Limits
-from natsmesh.wire._control import Announcement
+from natsmesh.wire._control import IDENTITY_INBOX, Announcement
 from natsmesh.wire._subjects import Subjects
 
 __all__ = ["DEFAULT_BUDGET", "ServiceRunner"]
@@ -238,6 +238,8 @@ class ServiceRunner:
         self, nc: NATS, queues: QueueMembership, dispatch: Dispatcher
     ) -> None:
         name, subset, s = self.spec.name, self.spec.subset, self._subjects
+        named = Subjects.caller_suffix("*")
+        dispatch.secured = nc.new_inbox().startswith(IDENTITY_INBOX)
         for spec in self.spec.endpoints:
             handler = getattr(self._target, spec.attribute)
             ep = EndpointState(spec, handler, s.endpoint(name, spec.name))
@@ -248,6 +250,11 @@ class ServiceRunner:
             await queues.join(subset_subject, s.queue_group(name, subset), deliver)
             own = s.instance(name, self.id, spec.name)
             self._request_subs.append(await subscribe_direct(nc, own, deliver))
+            # The same subjects with the caller named in them (Context.caller); under a
+            # policy only that identity may publish such a subject, so the name is vouched.
+            await queues.join(ep.subject + named, s.queue_group(name), deliver)
+            await queues.join(subset_subject + named, s.queue_group(name, subset), deliver)
+            self._request_subs.append(await subscribe_direct(nc, own + named, deliver))
 
     # -- what it says about itself ---------------------------------------------------
 

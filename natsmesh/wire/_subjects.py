@@ -106,8 +106,27 @@ class Subjects:
         return f"{self.prefix}.{INSTANCE_TOKEN}.{service}.{instance_id}."
 
     @staticmethod
+    def caller_suffix(identity: str) -> str:
+        """What a caller appends to a request subject to name itself (see :func:`caller_of`)."""
+        return f".{CALLER_MARK}.{identity}"
+
+    @staticmethod
     def queue_group(service: str, subset: str | None = None) -> str:
         return service if subset is None else f"{service}.{subset}"
+
+
+#: ``<request subject>._c.<identity>``: a request that names its caller in its subject.
+#: A compiled access policy lets each identity publish only its own; service and
+#: endpoint names start with a letter, so ``_c`` is never one of their tokens.
+CALLER_MARK: Final = "_c"
+
+
+def caller_of(subject: str) -> str | None:
+    """The caller a request subject names (``..._c.<identity>``), or None."""
+    head, _, identity = subject.rpartition(".")
+    if not head.endswith(f".{CALLER_MARK}") or not identity:
+        return None
+    return identity
 
 
 def srv_subjects(verb: str, name: str, instance_id: str) -> tuple[str, str, str]:
