@@ -381,3 +381,25 @@ async def test_status_marks_stale_and_rejected_clients(nats_url: str) -> None:
         await eventually(lambda: len(controller.status().rows) == 3)
         states = {r.client: r.state for r in controller.status().rows}
         assert states == {"behind": "STALE", "refused": "REJECTED", "current": "SYNCED"}
+
+
+async def test_a_controller_starts_and_leads_with_the_streams_consumers_exhausted(
+    nats_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 13, hole 2: consumers filled up (by anyone who could) took the control
+    plane down; a controller must still start, lead, and apply."""
+    nc = await nats.connect(nats_url)
+    try:
+        tables = await Tables.open(nc, create=True)
+        await tables.put("registry.echo", b"{not a table")
+        js = nc.jetstream()
+        info = await js.stream_info("KV_natsmesh")
+        info.config.max_consumers = 1
+        await js.update_stream(info.config)
+        await js.subscribe("$KV.natsmesh.>", ordered_consumer=True)  # the last one left
+        async with Controller(nats_url, lease=1.0) as controller:
+            await eventually(lambda: controller.is_leader)
+            assert (await controller.apply(ROUTES, allow_empty=True)).ok
+        assert "could not read the stored registry" in caplog.text
+    finally:
+        await nc.close()

@@ -154,7 +154,8 @@ class Tables:
         queue: asyncio.Queue[Entry] = asyncio.Queue()
         try:
             watcher = await self._kv.watch(pattern)
-        except _TRANSIENT as exc:
+        except (*_TRANSIENT, nats.js.errors.APIError) as exc:
+            # APIError: e.g. the stream's consumer limit reached (a watch takes one).
             raise Unavailable(repr(exc)) from None
 
         async def pump() -> None:
