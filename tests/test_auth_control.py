@@ -281,7 +281,7 @@ class WhoCalls:
 
 
 async def test_the_callee_knows_its_caller_and_nobody_can_pose_as_another(
-    secured: Secured,
+    secured: Secured, controller: tuple[Controller, Conn]
 ) -> None:
     async with (
         connected(secured, "catalog", "orders", "gateway") as (catalog, orders, gateway),
@@ -289,6 +289,12 @@ async def test_the_callee_knows_its_caller_and_nobody_can_pose_as_another(
         Mesh(orders.nc, name="orders") as mesh,
         Mesh(gateway.nc, name="gateway", kind="gateway") as edge,
     ):
+        # Callers name themselves to services their registry shows to run natsmesh.
+        for client in (mesh, edge):
+            tables = client.tables
+            assert tables is not None
+            await tables.ensure("catalog", wait=5)
+            await eventually(lambda t=tables: t.registry("catalog") is not None)
         got = await mesh.call("catalog.get", caller="pricing")
         assert got == {"caller": "orders", "verified": True, "on_behalf_of": "pricing"}
         got = await edge.call("catalog.get", caller="key:bob")

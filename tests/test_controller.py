@@ -403,3 +403,30 @@ async def test_a_controller_starts_and_leads_with_the_streams_consumers_exhauste
         assert "could not read the stored registry" in caplog.text
     finally:
         await nc.close()
+
+
+async def test_under_a_policy_only_named_foreign_services_join(nats_url: str) -> None:
+    nc = await nats.connect(nats_url)
+
+    async def add(req: Request) -> None:
+        await req.respond(b"{}")
+
+    services = []
+    for name in ("legacy", "stranger"):
+        svc = await nats.micro.add_service(nc, name=name, version="2.3.0")
+        await svc.add_endpoint(name="add", handler=add)
+        services.append(svc)
+    try:
+        async with Controller(nats_url, scan_interval=0.5, admitted=["legacy"]) as controller:
+            await eventually(lambda: controller.is_leader)
+            await eventually(lambda: controller.registry.instances("legacy"))
+            await controller._members.scan(timeout=1.0)
+            assert controller.registry.instances("stranger") == []
+            # Without a policy, the same scan takes both.
+            controller._members.admitted = None
+            await controller._members.scan(timeout=1.0)
+            assert controller.registry.instances("stranger")
+    finally:
+        for svc in services:
+            await svc.stop()
+        await nc.close()

@@ -32,13 +32,12 @@ from typing import Final
 import bcrypt
 import nkeys  # type: ignore[import-untyped]  # ships no type information
 
-from natsmesh.security._policy import (
-    Identity,
+from natsmesh.security._policy import Identity, load_policy
+from natsmesh.security._render import (
     NkeyUser,
     PasswordUser,
     User,
     env_text,
-    load_policy,
     render_authorization,
 )
 from natsmesh.wire._errors import MeshError
