@@ -430,3 +430,20 @@ async def test_under_a_policy_only_named_foreign_services_join(nats_url: str) ->
         for svc in services:
             await svc.stop()
         await nc.close()
+
+
+async def test_a_bucket_made_by_an_older_controller_gets_direct_gets_and_republish(
+    nats_url: str,
+) -> None:
+    nc = await nats.connect(nats_url)
+    try:
+        js = nc.jetstream()
+        await js.create_key_value(bucket="natsmesh", history=5)  # as before: neither
+        async with Controller(nats_url, lease=1.0, prefix="shop") as controller:
+            await eventually(lambda: controller.is_leader)
+            config = (await js.stream_info("KV_natsmesh")).config
+            assert config.allow_direct
+            assert config.republish is not None
+            assert config.republish.dest == "shop._ctl.table.>"
+    finally:
+        await nc.close()
