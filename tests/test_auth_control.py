@@ -115,7 +115,7 @@ async def test_a_caller_follows_its_tables_without_a_consumer(
         await orders.denied("publish", "$JS.API.DIRECT.GET.KV_natsmesh")
         # The Mesh of pricing follows catalog's table as it changes, with no consumer.
         async with Mesh(pricing.nc, name="pricing") as mesh:
-            tables = mesh.tables
+            tables = mesh._tables
             assert tables is not None
             await tables.ensure("catalog", wait=5)
             assert tables.timeout("catalog") == 2
@@ -291,7 +291,7 @@ async def test_the_callee_knows_its_caller_and_nobody_can_pose_as_another(
     ):
         # Callers name themselves to services their registry shows to run natsmesh.
         for client in (mesh, edge):
-            tables = client.tables
+            tables = client._tables
             assert tables is not None
             await tables.ensure("catalog", wait=5)
             await eventually(lambda t=tables: t.registry("catalog") is not None)

@@ -69,9 +69,9 @@ async def test_a_cli_call_applies_the_route_without_watching_the_tables(
                 with pytest.raises(RemoteError, match="418"):
                     await mesh.call("echo.echo", {"id": 1, "name": "a"})
                 assert (await controller.apply(b"[services.echo]\ntimeout = 4\n")).ok
-                assert mesh.tables is not None
+                assert mesh._tables is not None
                 await eventually(
-                    lambda: mesh.tables is not None and mesh.tables.timeout("echo") == 4
+                    lambda: mesh._tables is not None and mesh._tables.timeout("echo") == 4
                 )
             assert watching.count == 0
         finally:
