@@ -515,3 +515,19 @@ async def test_up_with_a_routes_file_that_is_not_there_is_a_usage_error() -> Non
     done = await run("up", "--routes", "/nonexistent/routes.toml", "--port", "0")
     assert done.returncode == 2
     assert done.stderr == "natsmesh: /nonexistent/routes.toml: No such file or directory\n"
+
+
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [(None, "no such file"), ("[[identity]]\nname = 'a'\nkind = 'robot'\n", "kind")],
+    ids=["missing", "invalid"],
+)
+async def test_the_controller_refuses_a_policy_it_cannot_read(
+    nats_url: str, tmp_path: Path, content: str | None, reason: str
+) -> None:
+    policy = tmp_path / "policy.toml"
+    if content is not None:
+        policy.write_text(content)
+    done = await run("controller", "--policy", str(policy), "--nats", nats_url)
+    assert done.returncode == 2, done.stderr
+    assert reason in done.stderr
