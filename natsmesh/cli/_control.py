@@ -33,8 +33,9 @@ from natsmesh.wire._schema_text import printable
 from natsmesh.wire._subjects import validate_token
 
 Command = Callable[[argparse.Namespace], Awaitable[int]]
-#: Enough for the largest apply the controller takes (MAX_SERVICES keys at ~1k writes/s).
-APPLY_TIMEOUT = 30.0
+#: Enough for the largest apply the controller takes (MAX_SERVICES keys at ~1k writes/s),
+#: and short: a request lost on its way (a partition) costs a retry this long.
+APPLY_TIMEOUT = 10.0
 
 
 def add_commands(
