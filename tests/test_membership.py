@@ -151,6 +151,7 @@ async def test_commands_flooding_in_while_it_leaves_and_rejoins(nats_url: str) -
             assert 1 <= stats["queue_ejections"] == stats["queue_rejoins"]
             assert await _answers(nc, "mesh.echo.whoami")
             assert runner._queues is not None
-            assert len(runner._queues.subscriptions) == 2 * len(runner.spec.endpoints)
+            # Queue group and subset, each plain and with the caller named: four per endpoint.
+            assert len(runner._queues.subscriptions) == 4 * len(runner.spec.endpoints)
     finally:
         await nc.close()
