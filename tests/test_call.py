@@ -88,9 +88,14 @@ async def running(url: str, *instances: Instance) -> AsyncIterator[Client]:
                     body = {"type": PING_TYPE, "name": SERVICE, "id": inst.id}
                     await msg.respond(json.dumps(body).encode())
 
-            await nc.subscribe(SUBJECTS.instance(SERVICE, inst.id, ENDPOINT), cb=handle)
+            own = SUBJECTS.instance(SERVICE, inst.id, ENDPOINT)
+            # Plain, and with the caller named (as a natsmesh instance takes requests).
+            for subject in (own, own + SUBJECTS.caller_suffix("*")):
+                await nc.subscribe(subject, cb=handle)
             if inst.queue:
-                await nc.subscribe(SUBJECTS.endpoint(SERVICE, ENDPOINT), queue="q", cb=handle)
+                queue = SUBJECTS.endpoint(SERVICE, ENDPOINT)
+                for subject in (queue, queue + SUBJECTS.caller_suffix("*")):
+                    await nc.subscribe(subject, queue="q", cb=handle)
             await nc.subscribe(f"$SRV.PING.{SERVICE}", cb=ping)
         await nc.flush()
         yield nc
