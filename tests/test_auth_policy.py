@@ -13,15 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from natsmesh.security._auth_files import AUTH_CONF, CompileError, compile_policy
-from natsmesh.security._policy import (
-    Identity,
-    Policy,
-    PolicyError,
-    inbox_prefix,
-    load_policy,
-    parse_policy,
-    permissions,
-)
+from natsmesh.security._grants import inbox_prefix, permissions
+from natsmesh.security._policy import Identity, Policy, PolicyError, load_policy, parse_policy
 
 ROOT = Path(__file__).parent.parent
 EXAMPLE = ROOT / "examples" / "policy.toml"

@@ -8,7 +8,8 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from natsmesh.security._policy import Identity, Policy, inbox_prefix, permissions
+from natsmesh.security._grants import inbox_prefix, permissions
+from natsmesh.security._policy import Identity, Policy
 
 __all__ = ["NkeyUser", "PasswordUser", "User", "env_text", "render_authorization"]
 
