@@ -139,6 +139,13 @@ async def convergence(
     finally:
         proc.terminate()
         await proc.wait()
+    return _convergence_figures(times, whole, clients=clients, applies=applies)
+
+
+def _convergence_figures(
+    times: list[float], whole: list[float], *, clients: int, applies: int
+) -> dict[str, Any]:
+    """Milliseconds from the apply's reply (``times``) and from its request (``whole``)."""
     return {
         "clients": clients,
         "applies": applies,
