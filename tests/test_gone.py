@@ -7,6 +7,7 @@ from typing import Any
 
 import anyio
 import pytest
+from anyio.abc import TaskStatus
 from nats.errors import NoRespondersError
 from services import Echo
 from test_controller import eventually
@@ -88,7 +89,18 @@ async def test_a_draining_instance_still_answers_what_it_took(nats_url: str) -> 
     # A draining instance stops listening on its subjects before it finishes what it
     # took: the no responders a caller meets then is no proof of death, and the calls
     # it is still working on must get their replies, not InstanceLost.
-    async with Controller(nats_url, lease=1.0) as controller:
+    # The controller runs in a task of its own (it owns a task group): it stops while
+    # the runner and the client it saw stay up.
+    stop, stopped = anyio.Event(), anyio.Event()
+
+    async def control(*, task_status: TaskStatus[Controller]) -> None:
+        async with Controller(nats_url, lease=1.0) as controller:
+            task_status.started(controller)
+            await stop.wait()
+        stopped.set()
+
+    async with anyio.create_task_group() as outer:
+        controller = await outer.start(control)
         await eventually(lambda: controller.is_leader)
         runner = await ServiceRunner(Echo(), nats=nats_url).__aenter__()
         mesh = await Mesh(nats_url).__aenter__()
@@ -96,38 +108,40 @@ async def test_a_draining_instance_still_answers_what_it_took(nats_url: str) -> 
             assert mesh._tables is not None
             await mesh._tables.ensure("echo", wait=5)
             await eventually(lambda: mesh._tables.snapshot("echo").registry)  # type: ignore[union-attr]
+            stop.set()
+            await stopped.wait()
         except BaseException:
             await mesh.__aexit__(None, None, None)
             await runner.__aexit__(None, None, None)
             raise
-    # The controller is gone: the client's registry keeps listing the instance.
-    try:
-        subject = f"mesh._i.echo.{runner.id}.slow"
-        async with anyio.create_task_group() as tg:
-            slow: list[Any] = []
+        # The controller is gone: the client's registry keeps listing the instance.
+        try:
+            subject = f"mesh._i.echo.{runner.id}.slow"
+            async with anyio.create_task_group() as tg:
+                slow: list[Any] = []
 
-            async def call_slow() -> None:
-                slow.append(await mesh.call("echo.slow", {"seconds": 1.0}))
+                async def call_slow() -> None:
+                    slow.append(await mesh.call("echo.slow", {"seconds": 1.0}))
 
-            tg.start_soon(call_slow)
-            await eventually(lambda: runner.stats().endpoints[1].num_requests == 1)
-            tg.start_soon(runner.drain)
+                tg.start_soon(call_slow)
+                await eventually(lambda: runner.stats().endpoints[1].num_requests == 1)
+                tg.start_soon(runner.drain)
 
-            async def unsubscribed() -> bool:
-                try:
-                    await mesh.nats.request(subject, b"", timeout=1)
-                except NoRespondersError:
-                    return True
-                except Exception:
+                async def unsubscribed() -> bool:
+                    try:
+                        await mesh.nats.request(subject, b"", timeout=1)
+                    except NoRespondersError:
+                        return True
+                    except Exception:
+                        return False
                     return False
-                return False
 
-            await eventually(unsubscribed)
-            with pytest.raises(NoResponders):
-                await mesh.call("echo.slow", {"seconds": 0})
-        assert slow
-        assert slow[0]["pid"] == os.getpid()
-        assert runner.id in mesh._caller.traffic["echo"].gone  # type: ignore[union-attr]
-    finally:
-        await mesh.__aexit__(None, None, None)
-        await runner.__aexit__(None, None, None)
+                await eventually(unsubscribed)
+                with pytest.raises(NoResponders):
+                    await mesh.call("echo.slow", {"seconds": 0})
+            assert slow
+            assert slow[0]["pid"] == os.getpid()
+            assert runner.id in mesh._caller.traffic["echo"].gone  # type: ignore[union-attr]
+        finally:
+            await mesh.__aexit__(None, None, None)
+            await runner.__aexit__(None, None, None)
