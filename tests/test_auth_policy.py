@@ -149,6 +149,7 @@ def test_each_kind_gets_its_own_control_plane_grants() -> None:
         "mesh._ctl.observe.interest",
         "mesh._ctl.observe.metrics.*.*",
         "mesh._ctl.observe.samples.*.*",
+        "mesh._ctl.observe.errors.*.*",
     ]
     assert allowed(ops, "mesh._ctl.observe.tap.orders")
     assert not allowed(ops, "mesh._ctl.observe.samples.orders.x")
@@ -162,6 +163,8 @@ def test_each_identity_reports_observations_under_its_own_name_only() -> None:
     assert allowed(orders, "mesh._ctl.observe.samples.orders.abc")
     assert not allowed(orders, "mesh._ctl.observe.metrics.pricing.abc")  # no forged sender
     assert not allowed(orders, "mesh._ctl.observe.samples.pricing.abc")
+    assert allowed(orders, "mesh._ctl.observe.errors.orders.abc")
+    assert not allowed(orders, "mesh._ctl.observe.errors.pricing.abc")
     assert not allowed(orders, "mesh._ctl.observe.interest")
     assert allowed(gateway, "mesh._ctl.observe.metrics.gateway.abc")
     assert not allowed(gateway, "mesh._ctl.observe.metrics.orders.abc")

@@ -161,6 +161,7 @@ class Dashboard:
             route=tables.route(name) if tables is not None else None,
             registry=tables.registry(name) if tables is not None else None,
             status=await observer.status(),
+            failures=observer.failures.of(name),
         )
         if page is None:
             await _plain(send, 404, b"no such service\n")

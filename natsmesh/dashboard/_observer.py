@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections import OrderedDict, deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -36,6 +37,34 @@ log = logging.getLogger("natsmesh.observe")
 
 #: How many samples a tap watcher may fall behind before samples are dropped for it.
 TAP_BACKLOG = 256
+#: Failed requests kept per service, and services kept (the least recently failed go first).
+FAILURES_KEPT = 50
+FAILING_SERVICES_KEPT = 512
+
+
+class RecentFailures:
+    """The last failed requests of each service, as its instances reported them."""
+
+    def __init__(self) -> None:
+        self._by_service: OrderedDict[str, deque[tuple[str, int, dict[str, Any]]]] = OrderedDict()
+
+    def add(self, service: str, instance: str, batch: list[_wire.Failure]) -> None:
+        kept = self._by_service.pop(service, None)
+        if kept is None:
+            kept = deque(maxlen=FAILURES_KEPT)
+            while len(self._by_service) >= FAILING_SERVICES_KEPT:
+                self._by_service.popitem(last=False)
+        self._by_service[service] = kept
+        seen = {(i, seq) for i, seq, _ in kept}
+        for failure in batch:
+            # An instance sends again all it keeps to an observer back after a silence.
+            if (instance, failure.seq) not in seen:
+                kept.append((instance, failure.seq, failure.as_json(service, instance)))
+
+    def of(self, service: str) -> list[dict[str, Any]]:
+        """Newest first."""
+        kept = self._by_service.get(service, ())
+        return sorted((item for _, _, item in kept), key=lambda f: -f["at"])
 
 
 @dataclass(slots=True)
@@ -58,6 +87,7 @@ class Observer:
         self.instances = Instances()
         self.rejected = 0
         self.summaries = 0
+        self.failures = RecentFailures()
         self._taps: dict[str, list[MemoryObjectSendStream[dict[str, Any]]]] = {}
         self.updated = anyio.Event()  # set after each beat: live views wait for it
 
@@ -69,6 +99,7 @@ class Observer:
         nc = self.nc
         metrics = await nc.subscribe(_wire.metrics_wildcard(self.prefix), cb=self._on_summary)
         taps = await nc.subscribe(_wire.tap_wildcard(self.prefix), cb=self._on_samples)
+        failed = await nc.subscribe(_wire.errors_wildcard(self.prefix), cb=self._on_failures)
         try:
             await nc.flush()
             async with anyio.create_task_group() as tg:
@@ -80,7 +111,7 @@ class Observer:
                     await self._beat()
         finally:
             with anyio.CancelScope(shield=True):
-                for sub in (metrics, taps):
+                for sub in (metrics, taps, failed):
                     try:
                         await sub.unsubscribe()
                     except Exception as exc:  # the connection is closing under us
@@ -124,6 +155,16 @@ class Observer:
             return
         self.summaries += 1
         self.aggregate.add(sender, summary, time.monotonic())
+
+    async def _on_failures(self, msg: Msg) -> None:
+        try:
+            service, instance = _wire.errors_sender(msg.subject, self.prefix)
+            batch = _wire.parse_failures(msg.data)
+        except _wire.Rejected as exc:
+            self.rejected += 1
+            log.debug("observer: failures on %s rejected: %s", msg.subject[:200], exc)
+            return
+        self.failures.add(service, instance, batch)
 
     # -- taps ---------------------------------------------------------------------------------
 

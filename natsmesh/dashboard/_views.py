@@ -113,8 +113,11 @@ def service(
     route: RouteTable | None,
     registry: RegistryTable | None,
     status: StatusView | None,
+    failures: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any] | None:
-    """One service's page; None when nothing is known of it."""
+    """One service's page; None when nothing is known of it. ``failures``: its recent
+    failed requests, newest first, each with its cause chain.
+    """
     listed = [s for s in services(aggregate, instances, now) if s["name"] == name]
     if not listed:
         return None
@@ -135,7 +138,7 @@ def service(
             )
     for ep_name, stat in aggregate.endpoints(now, name).items():
         endpoints.setdefault(ep_name, {"name": ep_name, "subject": ""}).update(stat.as_json())
-    errors = [
+    last_errors = [
         {"instance": i["id"], "error": i["last_error"]}
         for i in page["instances"]
         if i["last_error"]
@@ -146,7 +149,8 @@ def service(
         "routes": route.policy if route is not None else None,
         "registry": _registry(registry),
         "clients": _clients(name, status),
-        "errors": errors,
+        "errors": failures or [],
+        "last_errors": last_errors,
         "callers": [
             {"caller": c, **stat.as_json()}
             for (c, callee), stat in sorted(aggregate.edges(now).items())

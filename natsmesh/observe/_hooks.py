@@ -16,9 +16,10 @@ from time import monotonic as _monotonic
 from typing import Any, Self
 
 from natsmesh.observe import _otel
-from natsmesh.observe._report import MetricsReporter, Tap
+from natsmesh.observe._report import FailureLog, MetricsReporter, Tap
 from natsmesh.traffic._meter import Meter, outcome_of
 from natsmesh.transport._transport import NATS
+from natsmesh.wire._errors import Cause
 from natsmesh.wire._headers import TRACEPARENT, Trace, parse_traceparent
 
 
@@ -91,12 +92,13 @@ class NoObserver(CallObserver):
 
 
 class ServeObserver:
-    """A service instance's side: its tap."""
+    """A service instance's side: its tap and its recent failed requests."""
 
-    __slots__ = ("_stack", "tap", "tracer")
+    __slots__ = ("_stack", "failures", "tap", "tracer")
 
     def __init__(self) -> None:
         self.tap: Tap | None = None
+        self.failures: FailureLog | None = None
         self.tracer: Any = None
         self._stack = AsyncExitStack()
 
@@ -130,15 +132,36 @@ class ServeObserver:
         if span is not None:
             _otel.end(span, error)
 
+    def failed(
+        self,
+        endpoint: str,
+        code: int,
+        kind: str,
+        message: str,
+        causes: tuple[Cause, ...],
+        headers: Mapping[str, str] | None,
+        trace: Trace | None,
+    ) -> None:
+        """A request was answered with an error (called where the reply is built)."""
+        failures = self.failures
+        if failures is None:
+            return
+        if trace is None and headers:
+            trace = parse_traceparent(headers.get(TRACEPARENT))
+        failures.record(endpoint, code, kind, message, causes, trace.trace_id if trace else "")
+
     async def start(self, nc: NATS, *, prefix: str, service: str, instance: str) -> Self:
         tap = Tap(nc, prefix=prefix, service=service, instance=instance)
         self.tap = await self._stack.enter_async_context(tap)
+        failures = FailureLog(nc, prefix=prefix, service=service, instance=instance)
+        self.failures = await self._stack.enter_async_context(failures)
         self.tracer = _otel.tracer(service)
         return self
 
     async def stop(self) -> None:
         await self._stack.aclose()
         self.tap = None
+        self.failures = None
 
 
 def _status(error: str | None) -> int:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Self
 
@@ -19,6 +20,7 @@ from natsmesh.traffic._meter import Meter
 from natsmesh.transport._transport import NATS, Msg
 from natsmesh.wire import _headers
 from natsmesh.wire import _observe as _wire
+from natsmesh.wire._errors import Cause, clean_message
 
 log = logging.getLogger("natsmesh.observe")
 
@@ -130,6 +132,58 @@ class Tap(_WhileInterested):
         if self._held:
             batch, self._held = self._held, []
             await self._nc.publish(self._subject, _wire.samples(batch))
+
+
+class FailureLog(_WhileInterested):
+    """An instance's recent failed requests (the last :data:`FAILURES_PER_ENDPOINT` of
+    each endpoint), published while an observer asks: only those it has not yet sent,
+    and all of them to an observer that appears after a silence.
+
+    Recording is on the error path only (a reply is being built and sent there anyway),
+    so a mesh without an observer pays nothing per request for it.
+    """
+
+    def __init__(self, nc: NATS, *, prefix: str, service: str, instance: str) -> None:
+        super().__init__(nc, _wire.metrics_interest(prefix), _wire.REPORT_EVERY)
+        self._subject = _wire.errors_subject(prefix, service, instance)
+        self._recent: dict[str, deque[_wire.Failure]] = {}
+        self._seq = 0
+        self._sent = 0
+
+    def record(
+        self,
+        endpoint: str,
+        code: int,
+        kind: str,
+        message: str,
+        causes: tuple[Cause, ...],
+        trace_id: str,
+    ) -> None:
+        self._seq += 1
+        ring = self._recent.get(endpoint)
+        if ring is None:
+            ring = self._recent[endpoint] = deque(maxlen=FAILURES_PER_ENDPOINT)
+        failure = _wire.Failure(
+            self._seq, time.time(), endpoint, code, kind, clean_message(message), trace_id, causes
+        )
+        ring.append(failure)
+
+    async def _on_interest(self, msg: Msg) -> None:
+        if not self.on:
+            self._sent = 0  # an observer (re)appears: it gets everything kept
+        await super()._on_interest(msg)
+
+    async def _publish(self) -> None:
+        new = sorted(
+            (f for ring in self._recent.values() for f in ring if f.seq > self._sent),
+            key=lambda f: f.seq,
+        )
+        if new:
+            self._sent = new[-1].seq
+            await self._nc.publish(self._subject, _wire.failures(new))
+
+
+FAILURES_PER_ENDPOINT = 8
 
 
 async def _unsubscribe(sub: object) -> None:

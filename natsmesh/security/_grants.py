@@ -30,8 +30,9 @@ what. What each kind gets, and why:
 - operators may show routes and status; an ``admin`` may also apply routes;
 - every identity may publish summaries of its own calls under its own name
   (``_ctl.observe.metrics.<name>.*``) and hear an observer's interest; a service
-  publishes tap samples under its own name only; operators (the dashboard) may ask
-  for and read both, and nothing else of the kind (``natsmesh.wire._observe``);
+  publishes tap samples and its failed requests under its own name only; operators
+  (the dashboard) may ask for and read them, and nothing else of the kind
+  (``natsmesh.wire._observe``);
 - a caller reads the tables of the services it calls, and nothing else of
   JetStream: a direct get per key (``$JS.API.DIRECT.GET.KV_natsmesh.$KV.natsmesh.<key>``)
   and a subscription to the subject each key is republished to
@@ -254,7 +255,7 @@ def _caller(prefix: str, identity: Identity) -> Permissions:
     if identity.kind == "operator":
         # The dashboard and `natsmesh top`/`tap`: ask for and read observations, no more.
         publish += [_observe.metrics_interest(prefix), _observe.tap_interest(prefix, _WILDCARD)]
-        subscribe += [_observe.metrics_wildcard(prefix), _observe.tap_wildcard(prefix)]
+        subscribe += _observe.observed_wildcards(prefix)
     return Permissions(
         publish=_unique(
             [*calls, *_reports(prefix, identity), *_srv_requests(), *control, *reads, *publish]
@@ -265,10 +266,11 @@ def _caller(prefix: str, identity: Identity) -> Permissions:
 
 
 def _observed(prefix: str, service: str) -> list[str]:
-    """A service instance's summaries (of its own calls) and tap samples, under its name."""
+    """A service instance's summaries (of its own calls), tap samples and failures, by name."""
     return [
         _observe.metrics_subject(prefix, service, _WILDCARD),
         _observe.tap_subject(prefix, service, _WILDCARD),
+        _observe.errors_subject(prefix, service, _WILDCARD),
     ]
 
 

@@ -12,7 +12,7 @@ failure is logged once, one line, by the service where it began (see
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Protocol
 
 import pydantic
 
@@ -37,13 +37,36 @@ log = logging.getLogger("natsmesh.service")
 __all__ = ["ErrorReplies", "validation_details"]
 
 
+class Recorder(Protocol):
+    """Where a failed request is kept for observers (``ServeObserver.failed``)."""
+
+    def __call__(
+        self,
+        endpoint: str,
+        code: int,
+        kind: str,
+        message: str,
+        causes: tuple[Cause, ...],
+        headers: dict[str, str] | None,
+        trace: Trace | None,
+    ) -> None: ...
+
+
 class ErrorReplies:
     """Error replies and logs of one service instance."""
 
-    def __init__(self, replies: Requester, *, service: str, instance_id: str) -> None:
+    def __init__(
+        self,
+        replies: Requester,
+        *,
+        service: str,
+        instance_id: str,
+        record: Recorder | None = None,
+    ) -> None:
         self._replies = replies
         self._service = service
         self._id = instance_id
+        self._record = record
 
     async def send(
         self,
@@ -61,6 +84,8 @@ class ErrorReplies:
         """Count the error in the endpoint's stats and answer it (if a reply is wanted)."""
         code = code if code is not None else KIND_CODES[kind]
         ep.error(code, message)
+        if self._record is not None:
+            self._record(ep.spec.name, code, kind.value, message, causes, msg.headers, trace)
         if not msg.reply:
             return
         body: dict[str, Any] = {"code": code, "kind": kind.value, "message": message}

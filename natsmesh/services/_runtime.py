@@ -135,7 +135,9 @@ class ServiceRunner:
         )
         stack.push_async_callback(observer.stop)
         replies = Requester(nc)
-        errors = ErrorReplies(replies, service=self.spec.name, instance_id=self.id)
+        errors = ErrorReplies(
+            replies, service=self.spec.name, instance_id=self.id, record=observer.failed
+        )
         dispatch = self._dispatch = Dispatcher(
             replies,
             errors,

@@ -7,6 +7,7 @@ subject                                             what
 ``<prefix>._ctl.observe.metrics.<name>.<id>``       a caller's summary (msgpack, :func:`summary`)
 ``<prefix>._ctl.observe.tap.<service>``             someone watches ``service``'s requests
 ``<prefix>._ctl.observe.samples.<service>.<id>``    instance ``id``'s recent requests (msgpack)
+``<prefix>._ctl.observe.errors.<service>.<id>``     instance ``id``'s recent failed requests
 ==================================================  ===========================================
 
 Who sent a summary is the subject's ``<name>`` token (a service's name, the
@@ -28,6 +29,8 @@ from typing import Any, Final
 
 import msgpack
 
+from natsmesh.wire._errors import MAX_CAUSE_MESSAGE, Cause, clean_message, parse_causes
+
 REPORT_EVERY: Final = 2.0
 INTEREST_TTL: Final = 6.0
 TAP_FLUSH_EVERY: Final = 0.5
@@ -36,6 +39,8 @@ MAX_ROWS: Final = 4096
 MAX_TAP_BATCH: Final = 64
 MAX_TAP_MESSAGE: Final = 64 * 1024
 MAX_LABEL: Final = 128
+MAX_ERROR_BATCH: Final = 16
+MAX_ERROR_MESSAGE: Final = 128 * 1024
 _COUNT_MAX: Final = 2**62
 _LABEL = re.compile(r"[A-Za-z0-9_\-/:@]*")
 _TOKEN = re.compile(r"[A-Za-z0-9_\-:@]")
@@ -97,6 +102,19 @@ def tap_wildcard(prefix: str) -> str:
     return f"{prefix}._ctl.observe.samples.*.*"
 
 
+def errors_subject(prefix: str, service: str, instance: str) -> str:
+    return f"{prefix}._ctl.observe.errors.{service}.{instance}"
+
+
+def errors_wildcard(prefix: str) -> str:
+    return f"{prefix}._ctl.observe.errors.*.*"
+
+
+def observed_wildcards(prefix: str) -> list[str]:
+    """What an observer reads: every summary, tap sample and failed request."""
+    return [metrics_wildcard(prefix), tap_wildcard(prefix), errors_wildcard(prefix)]
+
+
 def identity_token(name: str) -> str:
     """A name as one subject token: characters that could split or widen a subject
     (``.``, ``*``, ``>``, whitespace) become ``_``.
@@ -125,6 +143,16 @@ def sender_of(subject: str, prefix: str) -> str:
     return f"{name}/{instance}"
 
 
+def errors_sender(subject: str, prefix: str) -> tuple[str, str]:
+    """(service, id) of a failures subject; raises Rejected for any other subject."""
+    head = f"{prefix}._ctl.observe.errors."
+    rest = subject[len(head) :] if subject.startswith(head) else ""
+    service, _, instance = rest.partition(".")
+    if _IDENTITY.fullmatch(service) is None or _IDENTITY.fullmatch(instance) is None:
+        raise Rejected(f"not a failures subject: {subject[:200]!r}")
+    return service, instance
+
+
 def caller_of(identity: str) -> str:
     """The caller label of ``name/id``: ``name``."""
     return identity.split("/", 1)[0] or identity
@@ -147,13 +175,13 @@ def summary(epoch: int, zone: str, rows: list[Row]) -> bytes:
     return msgpack.packb({"v": VERSION, "e": epoch, "z": zone, "r": rows})
 
 
-def _unpack(data: bytes, limit: int, *, max_array: int) -> Any:
+def _unpack(data: bytes, limit: int, *, max_array: int, max_str: int = MAX_LABEL * 2) -> Any:
     if len(data) > limit:
         raise Rejected(f"{len(data)} bytes, more than {limit}")
     try:
         return msgpack.unpackb(
             data,
-            max_str_len=MAX_LABEL * 2,
+            max_str_len=max_str,
             max_bin_len=0,
             max_array_len=max_array,
             max_map_len=8,
@@ -273,3 +301,91 @@ def parse_samples(data: bytes) -> list[Sample]:
             Sample(_label(endpoint), _label(caller), status, float(latency), trace, float(at))
         )
     return out
+
+
+# -- failed requests -----------------------------------------------------------------------
+
+_KIND = re.compile(r"[a-z_]{1,32}")
+_TRACE_ID = re.compile(r"[0-9a-f]{32}")
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """One request an instance answered with an error, and the chain below it."""
+
+    seq: int  # the instance's own count: tells a repeat from a new one
+    at: float  # the instance's wall clock, seconds
+    endpoint: str
+    code: int
+    kind: str
+    message: str  # one printable line (clean_message)
+    trace_id: str  # "" when unknown
+    causes: tuple[Cause, ...]  # nearest first, bounded as error replies bound them
+
+    def as_wire(self) -> list[Any]:
+        return [
+            self.seq,
+            self.at,
+            self.endpoint,
+            self.code,
+            self.kind,
+            self.message,
+            self.trace_id,
+            [c.as_dict() for c in self.causes],
+        ]
+
+    def as_json(self, service: str, instance: str) -> dict[str, Any]:
+        return {
+            "service": service,
+            "instance": instance,
+            "at": self.at,
+            "endpoint": self.endpoint,
+            "code": self.code,
+            "kind": self.kind,
+            "message": self.message,
+            "trace_id": self.trace_id,
+            "causes": [c.as_dict() for c in self.causes],
+        }
+
+
+def failures(batch: list[Failure]) -> bytes:
+    return msgpack.packb({"v": VERSION, "x": [f.as_wire() for f in batch[-MAX_ERROR_BATCH:]]})
+
+
+def _failure(item: Any) -> Failure:
+    if not isinstance(item, list) or len(item) != 8:
+        raise Rejected("a failure that is not a list of 8")
+    seq, at, endpoint, code, kind, message, trace_id, causes = item
+    if type(code) is not int or not 100 <= code <= 999:
+        raise Rejected("a code that is not one")
+    if not isinstance(at, float | int) or isinstance(at, bool) or not math.isfinite(at) or at < 0:
+        raise Rejected("a time that is not finite and positive")
+    if not isinstance(kind, str) or _KIND.fullmatch(kind) is None:
+        raise Rejected("a kind that is not one")
+    if not isinstance(message, str) or not isinstance(trace_id, str):
+        raise Rejected("a message or trace id that is not text")
+    if trace_id and _TRACE_ID.fullmatch(trace_id) is None:
+        raise Rejected("a trace id that is not one")
+    if not isinstance(causes, list):
+        raise Rejected("causes that are not a list")
+    return Failure(
+        _count(seq),
+        float(at),
+        _label(endpoint),
+        code,
+        kind,
+        clean_message(message, MAX_CAUSE_MESSAGE),
+        trace_id,
+        parse_causes(causes),
+    )
+
+
+def parse_failures(data: bytes) -> list[Failure]:
+    """A batch of failed requests from the wire; raises Rejected."""
+    value = _unpack(data, MAX_ERROR_MESSAGE, max_array=MAX_ERROR_BATCH)
+    if not isinstance(value, dict) or value.get("v") != VERSION:
+        raise Rejected("not a version 1 batch of failures")
+    batch = value.get("x")
+    if not isinstance(batch, list):
+        raise Rejected("no failures")
+    return [_failure(item) for item in batch]

@@ -253,8 +253,24 @@ async function renderService(name) {
     el("h2", {}, "Clients"),
     s.clients ? table(["client", "kind", "applied", "latest", "state"], s.clients.map((c) => [c.client, c.kind, c.applied, c.latest, el("td", { class: c.state === "SYNCED" ? "ok" : "bad" }, c.state)])) : el("p", {}, "no controller"),
     el("h2", {}, "Recent errors"),
-    s.errors.length ? table(["instance", "error"], s.errors.map((e) => [e.instance, e.error])) : el("p", {}, "none"),
+    recentErrors(s),
   );
+}
+
+function causeChain(causes) {
+  if (!causes.length) return "–";
+  return el("ol", { class: "causes" }, ...causes.map((c) => el("li", {}, `${c.service}.${c.endpoint}: ${c.code} ${c.kind}: ${c.message}`)));
+}
+
+function recentErrors(s) {
+  if (s.errors.length) {
+    return table(["time", "instance", "endpoint", "error", "caused by", "trace id"],
+      s.errors.map((e) => [new Date(e.at * 1000).toLocaleTimeString(), e.instance, e.endpoint,
+        el("td", { class: "bad" }, `${e.code} ${e.kind}: ${e.message}`), el("td", {}, causeChain(e.causes)), e.trace_id || "–"]));
+  }
+  // Instances report their failed requests to an observer; until then, $SRV's last error.
+  if (s.last_errors.length) return table(["instance", "last error"], s.last_errors.map((e) => [e.instance, e.error]));
+  return el("p", {}, "none");
 }
 
 // -- tap --------------------------------------------------------------------------------------
