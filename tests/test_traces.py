@@ -169,3 +169,54 @@ def test_the_standard_variables_switch_traces_on(environ: dict[str, str], on: bo
     from natsmesh.observe._otel import enabled_by_environment
 
     assert enabled_by_environment(environ) is on
+
+
+@pytest.fixture
+def spans() -> Iterator[Any]:
+    """Spans as the SDK finished them, in process (an in-memory exporter)."""
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    exporter.tracer = provider.get_tracer("test")  # type: ignore[attr-defined]
+    yield exporter
+    provider.shutdown()
+
+
+# The span begins before Mesh.call's try when the target's endpoint is outside the
+# convention (only $SRV can say where it lives); an error raised there skips the end.
+# The fix is Mesh.call's (client/_client.py, being rewritten by the planner): the
+# `if not route.subject:` lookup inside the `try:` that ends the span.
+_SPAN_LEAK = pytest.mark.xfail(
+    strict=True, reason="Mesh.call: the $SRV lookup before its try leaves the span open"
+)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("target", "payload", "error"),
+    [
+        ("echo.nosuch", {}, "UnknownEndpoint"),  # found out in the try: the control case
+        ("echo.echo", object(), "PydanticSerializationError"),  # a payload it cannot encode
+        pytest.param("ghost.1st", {}, "NoResponders", marks=_SPAN_LEAK),
+        pytest.param("echo.1st", {}, "UnknownEndpoint", marks=_SPAN_LEAK),
+    ],
+)
+async def test_a_call_that_fails_before_sending_ends_its_span(
+    nats_url: str, spans: Any, target: str, payload: Any, error: str
+) -> None:
+    from services import Echo
+
+    from natsmesh import Mesh, ServiceRunner
+
+    async with ServiceRunner(Echo, nats=nats_url), Mesh(nats_url, name="probe") as mesh:
+        mesh._observer.tracer = spans.tracer
+        with pytest.raises(Exception) as raised:  # noqa: PT011  (the name is checked below)
+            await mesh.call(target, payload, timeout=1)
+        assert type(raised.value).__name__ == error
+    [span] = spans.get_finished_spans()
+    assert span.name == target
+    assert span.status.status_code.name == "ERROR"
