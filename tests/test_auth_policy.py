@@ -59,6 +59,7 @@ def test_example_policy_compiles_to_the_documented_grants() -> None:
         "gateway",
         "controller",
         "admin",
+        "dashboard",
     ]
     pub, sub = grants_of(policy, "orders")
     assert {"mesh.catalog.get", "mesh.catalog.*.get", "mesh._i.catalog.*.get"} <= set(pub)
@@ -389,9 +390,9 @@ def test_compile_writes_auth_conf_and_private_credentials(tmp_path: Path) -> Non
     compiled = compile_policy(EXAMPLE, out)
     assert set(compiled.new_secrets) == set(compiled.identities)
     conf = (out / AUTH_CONF).read_text()
-    assert conf.count("nkey:") == 5
+    assert conf.count("nkey:") == 6
     assert 'user: "admin", password: "$2a$11$' in conf
-    for name in ("catalog", "pricing", "orders", "gateway", "controller"):
+    for name in ("catalog", "pricing", "orders", "gateway", "controller", "dashboard"):
         seed = out / f"{name}.nk"
         assert seed.read_text().startswith("SU")
         assert stat.S_IMODE(seed.stat().st_mode) == 0o600
