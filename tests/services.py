@@ -7,7 +7,7 @@ import os
 import anyio
 import pydantic
 
-from natsmesh import Context, endpoint, service
+from natsmesh import Context, ServiceError, endpoint, service
 
 
 class Item(pydantic.BaseModel):
@@ -76,3 +76,26 @@ class Frontdesk:
         nested = await ctx.mesh.call("echo.slow", {"seconds": 0})
         await anyio.sleep(req.sleep_ms / 1000)
         return {"hello": req.name, "remaining": remaining, "nested_remaining": nested["remaining"]}
+
+
+#: What a hostile or careless service might put in an error message: markup, control
+#: characters, and far more than anyone should send.
+HOSTILE_MESSAGE = "<img src=x onerror=alert(1)><script>alert(2)</script>\n\x1b[31m" + "x" * 5000
+
+
+@service("back", version="1.0.0", description="fails, with a hostile message")
+class Back:
+    @endpoint
+    async def fail(self, ctx: Context) -> int:
+        raise ServiceError(503, HOSTILE_MESSAGE)
+
+
+@service("front", version="1.0.0", description="calls back, so fails with a cause")
+class Front:
+    @endpoint
+    async def go(self, ctx: Context) -> int:
+        result: int = await ctx.mesh.call("back.fail")
+        return result
+
+
+FAILING = [Back, Front]

@@ -9,6 +9,11 @@ console errors and no request outside the dashboard's own origin. Each state is
 saved as a screenshot under ``artifacts/dashboard/`` (with NATSMESH_UPDATE_DOCS=1
 the topology also becomes ``docs/dashboard.png``, the README's picture).
 
+A second test signs in: behind an auth file the page's fetches get 401, it asks
+for a key (a wrong one is asked again) and sends it as a header on its event
+streams; a service's recent errors, markup and control characters included,
+show with their cause chain as text only.
+
 The browser is the system's (``/usr/bin/chromium``, installed by ``.ci/run`` with
 apt-get); Playwright downloads nothing.
 """
@@ -16,6 +21,7 @@ apt-get); Playwright downloads nothing.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import shutil
 import signal
@@ -187,3 +193,85 @@ def test_the_dashboard_shows_the_shop_live(shop: dict[str, Any]) -> None:
             browser.close()
     assert errors == []
     assert outside == []
+
+
+OPS_KEY = "ops-key-0123456789"
+
+
+def _auth_file(tmp: Path) -> Path:
+    digest = hashlib.sha256(OPS_KEY.encode()).hexdigest()
+    path = tmp / "auth.toml"
+    path.write_text(
+        f'[api_keys.ops]\nsha256 = "{digest}"\n\n[[rules]]\npaths = ["/**"]\nallow = ["key:ops"]\n'
+    )
+    return path
+
+
+def _sign_in(page: Any, key: str) -> None:
+    page.wait_for_selector("#login:not([hidden])", timeout=10_000)
+    page.fill("#credential", key)
+    page.click("#login button[type=submit]")
+
+
+def test_sign_in_and_hostile_errors_render_as_text(nats_url: str, tmp_path: Path) -> None:
+    """A 401 asks for a key, sent as a header on the event streams; a service's recent
+    errors, markup and all, are text in the page (no element, no script, no dialog).
+    """
+    with (
+        Proc("serve", "services:FAILING", nats_url=nats_url) as served,
+        Proc(
+            "dashboard", "--port", "0", "--auth", str(_auth_file(tmp_path)), nats_url=nats_url
+        ) as board,
+    ):
+        served.wait_ready()
+        origin = board.wait_ready().split()[2]
+        with Proc("call", "front.go", "{}", nats_url=nats_url) as call:
+            assert call.popen.wait(30) != 0  # it fails: that is the point
+        problems: list[str] = []
+        dialogs: list[str] = []
+        sent: list[dict[str, str]] = []
+        with sync_api.sync_playwright() as pw:
+            browser = pw.chromium.launch(
+                executable_path=str(CHROMIUM), args=["--no-sandbox", "--disable-gpu"]
+            )
+            try:
+                page = browser.new_page(viewport={"width": 1280, "height": 900})
+                page.on("pageerror", lambda e: problems.append(str(e)))
+                page.on(
+                    "console",
+                    # Chromium logs each refused fetch (the 401s that ask for a key).
+                    lambda m: (
+                        problems.append(m.text)
+                        if m.type == "error" and "status of 401" not in m.text
+                        else None
+                    ),
+                )
+                page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+                page.on(
+                    "request",
+                    lambda r: (
+                        sent.append({"url": r.url, **r.headers}) if "/api/" in r.url else None
+                    ),
+                )
+                page.goto(origin + "/#/service/front")
+                _sign_in(page, "wrong-key-000000")
+                _sign_in(page, OPS_KEY)  # the wrong key was refused: asked again
+                page.wait_for_selector("#live[data-state=live]", timeout=15_000)
+                page.wait_for_selector("#service ol.causes li", timeout=20_000)
+                _shot(page, "7-recent-errors")
+                section = page.locator("#service")
+                text = section.inner_text()
+                assert "<img src=x onerror=alert(1)><script>alert(2)</script>" in text
+                assert "back.fail: 503 service: <img" in text
+                assert "502 upstream: call to back.fail failed" in text
+                assert section.locator("img, script, iframe, object").count() == 0
+            finally:
+                browser.close()
+        assert problems == []
+        assert dialogs == []
+        events = [r for r in sent if r["url"].endswith("/api/v1/events")]
+        keys = [r.get("x-api-key") for r in events]
+        assert keys[0] is None  # no key yet: 401, and the page asks for one
+        assert "wrong-key-000000" in keys
+        assert keys[-1] == OPS_KEY  # a header, never in the URL
+        assert not [r for r in sent if OPS_KEY in r["url"]]

@@ -14,8 +14,9 @@ import anyio
 import msgpack
 import nats
 import pytest
+from services import Back, Front
 
-from natsmesh import Context, Mesh, RemoteError, ServiceError, ServiceRunner, endpoint, service
+from natsmesh import Mesh, RemoteError, ServiceRunner
 from natsmesh.dashboard import _views
 from natsmesh.dashboard._observer import FAILING_SERVICES_KEPT, FAILURES_KEPT, Observer
 from natsmesh.observe._report import FAILURES_PER_ENDPOINT
@@ -23,23 +24,6 @@ from natsmesh.wire import _observe
 from natsmesh.wire._errors import MAX_CAUSE_MESSAGE, MAX_CAUSES, Cause
 
 pytestmark = pytest.mark.anyio
-
-HOSTILE = "<img src=x onerror=alert(1)><script>alert(2)</script>\n\x1b[31m" + "x" * 5000
-
-
-@service("back", version="1.0.0", description="fails")
-class Back:
-    @endpoint
-    async def fail(self, ctx: Context) -> int:
-        raise ServiceError(503, HOSTILE)
-
-
-@service("front", version="1.0.0", description="calls back")
-class Front:
-    @endpoint
-    async def go(self, ctx: Context) -> int:
-        result: int = await ctx.mesh.call("back.fail")
-        return result
 
 
 @asynccontextmanager

@@ -70,22 +70,30 @@ async function stream(path, onEvent, abort) {
   }
 }
 
+let following = false;
+
 async function followEvents() {
-  for (;;) {
-    eventsAbort = new AbortController();
-    try {
-      await stream("/api/v1/events", (kind, data) => {
-        if (kind !== "update") return;
-        state.topology = data.topology;
-        state.services = data.services;
-        setLive("live", "live · " + new Date().toLocaleTimeString());
-        render();
-      }, eventsAbort);
-    } catch (err) {
-      if (err.message === "unauthorized") return;
+  if (following) return;  // one stream: a second sign-in must not start another
+  following = true;
+  try {
+    for (;;) {
+      eventsAbort = new AbortController();
+      try {
+        await stream("/api/v1/events", (kind, data) => {
+          if (kind !== "update") return;
+          state.topology = data.topology;
+          state.services = data.services;
+          setLive("live", "live · " + new Date().toLocaleTimeString());
+          render();
+        }, eventsAbort);
+      } catch (err) {
+        if (err.message === "unauthorized") return;
+      }
+      setLive("down", "reconnecting…");
+      await new Promise((r) => setTimeout(r, 2000));
     }
-    setLive("down", "reconnecting…");
-    await new Promise((r) => setTimeout(r, 2000));
+  } finally {
+    following = false;
   }
 }
 
@@ -101,6 +109,7 @@ document.getElementById("login").addEventListener("submit", (e) => {
   sessionStorage.setItem("natsmesh-credential", credential);
   document.getElementById("login").hidden = true;
   followEvents();
+  route();  // the view that asked for a key, again with it
 });
 
 // -- topology -------------------------------------------------------------------------------
@@ -235,6 +244,7 @@ function schema(text) {
 async function renderService(name) {
   const section = document.getElementById("service");
   const response = await fetch("/api/v1/services/" + encodeURIComponent(name), { headers: authHeaders(), cache: "no-store" });
+  if (response.status === 401 || response.status === 403) { showLogin(); section.replaceChildren(el("p", {}, "sign in to see " + name)); return; }
   if (!response.ok) { section.replaceChildren(el("p", {}, `no service ${name} (${response.status})`)); return; }
   const s = await response.json();
   section.replaceChildren(
