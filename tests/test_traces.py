@@ -186,12 +186,12 @@ def spans() -> Iterator[Any]:
     provider.shutdown()
 
 
-# The span begins before Mesh.call's try when the target's endpoint is outside the
-# convention (only $SRV can say where it lives); an error raised there skips the end.
-# The fix is Mesh.call's (client/_client.py, being rewritten by the planner): the
-# `if not route.subject:` lookup inside the `try:` that ends the span.
+# The span begins before Mesh.call's try, and the payload is encoded between the two:
+# a payload it cannot encode skips the span's end. The fix is Mesh.call's
+# (client/_client.py): build the Call (which encodes) inside the `try:` that ends the
+# span, or encode before `self._observer.begin(...)`.
 _SPAN_LEAK = pytest.mark.xfail(
-    strict=True, reason="Mesh.call: the $SRV lookup before its try leaves the span open"
+    strict=True, reason="Mesh.call: the payload is encoded after the span begins, before its try"
 )
 
 
@@ -199,10 +199,10 @@ _SPAN_LEAK = pytest.mark.xfail(
 @pytest.mark.parametrize(
     ("target", "payload", "error"),
     [
-        ("echo.nosuch", {}, "UnknownEndpoint"),  # found out in the try: the control case
-        ("echo.echo", object(), "PydanticSerializationError"),  # a payload it cannot encode
-        pytest.param("ghost.1st", {}, "NoResponders", marks=_SPAN_LEAK),
-        pytest.param("echo.1st", {}, "UnknownEndpoint", marks=_SPAN_LEAK),
+        ("echo.nosuch", {}, "UnknownEndpoint"),
+        ("ghost.1st", {}, "NoResponders"),  # outside the convention: $SRV must tell
+        ("echo.1st", {}, "UnknownEndpoint"),
+        pytest.param("echo.echo", object(), "PydanticSerializationError", marks=_SPAN_LEAK),
     ],
 )
 async def test_a_call_that_fails_before_sending_ends_its_span(
