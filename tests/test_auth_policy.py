@@ -144,8 +144,12 @@ def test_each_kind_gets_its_own_control_plane_grants() -> None:
     ops, ops_sub = grants_of(read_only, "ops")
     assert allowed(ops, "mesh._ctl.routes.show")
     assert not allowed(ops, "mesh._ctl.routes.apply")
-    # Observation (the dashboard): ask for and read summaries and tap samples, no more.
+    # Every table (the dashboard shows them); observation: ask for and read summaries,
+    # tap samples and failed requests, no more.
+    assert allowed(ops, "$JS.API.DIRECT.GET.KV_natsmesh.$KV.natsmesh.routes.orders")
+    assert not allowed(ops, "$JS.API.CONSUMER.CREATE.KV_natsmesh")
     assert ops_sub == [
+        "mesh._ctl.table.>",
         "_INBOX_ops.>",
         "mesh._ctl.observe.interest",
         "mesh._ctl.observe.metrics.*.*",

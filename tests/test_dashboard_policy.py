@@ -116,7 +116,7 @@ async def test_the_dashboard_shows_the_shop_as_a_read_only_operator(shop_policy:
                         break
         tg.cancel_scope.cancel()
     # Its grants sufficed for all of it, and nobody else's were exceeded either.
-    assert ops.errors == []
+    assert ops.errors == [], "\n".join(ops.errors)
     assert [f"{c.name}: {e}" for c in conns for e in c.errors] == []
 
 

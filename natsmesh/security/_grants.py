@@ -134,7 +134,9 @@ def _reports(prefix: str, identity: Identity) -> list[str]:
 
 def table_reads(prefix: str, identity: Identity) -> tuple[list[str], list[str]]:
     """What reading its tables takes: (direct gets to publish, table subjects to follow)."""
-    if ANY in identity.calls:
+    # Operators read every table: routes.show tells them as much, and the dashboard
+    # shows each service's routes and instances.
+    if ANY in identity.calls or identity.kind == "operator":
         return [direct_get_subject(">")], [table_subject(prefix, ">")]
     services = dict.fromkeys(c.partition(".")[0] for c in identity.calls)
     keys = [key for s in services for key in (routes_key(s), registry_key(s))]
