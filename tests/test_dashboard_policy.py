@@ -167,3 +167,23 @@ async def test_no_other_identity_reads_the_observations(shop_policy: Secured) ->
         await gateway.nc.flush()
         await pricing.nc.flush()
         assert [s.pending_msgs for s in spies] == [0] * len(spies)
+
+
+async def test_a_client_reports_under_its_identity_whatever_it_calls_itself(
+    shop_policy: Secured,
+) -> None:
+    """The grants allow summaries only under the connection's identity: a client named
+    otherwise still reports, under its identity, and the server refuses nothing."""
+    async with (
+        _shop(shop_policy) as _,
+        connected(shop_policy, "dashboard", "gateway") as (ops, gateway),
+        Mesh(gateway.nc, name="front-door", kind="gateway") as mesh,
+    ):
+        reads = await ops.nc.subscribe(_observe.metrics_wildcard("mesh"))
+        await mesh.call("orders.place", ORDER, timeout=5)
+        await ops.nc.publish(_observe.metrics_interest("mesh"), b"")
+        msg = await reads.next_msg(timeout=5)
+        while msg.subject.split(".")[-2] != "gateway" or not msg.data:
+            msg = await reads.next_msg(timeout=5)
+        await gateway.nc.flush()
+        assert not [e for e in gateway.errors if "violation" in e.lower()], gateway.errors

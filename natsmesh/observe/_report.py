@@ -20,6 +20,7 @@ from natsmesh.traffic._meter import Meter
 from natsmesh.transport._transport import NATS, Msg
 from natsmesh.wire import _headers
 from natsmesh.wire import _observe as _wire
+from natsmesh.wire._control import identity_of
 from natsmesh.wire._errors import Cause, clean_message
 
 log = logging.getLogger("natsmesh.observe")
@@ -80,7 +81,11 @@ class MetricsReporter(_WhileInterested):
     ) -> None:
         super().__init__(nc, _wire.metrics_interest(prefix), _wire.REPORT_EVERY)
         self._meter = meter
-        self._subject = _wire.reporter_subject(prefix, name, meter.epoch)
+        # Under a policy the subject must name the connection's identity (its grants
+        # allow only that), whatever the client calls itself; in dev mode, its name.
+        base, slash, instance = name.partition("/")
+        sender = identity_of(nc.new_inbox(), base) + slash + instance
+        self._subject = _wire.reporter_subject(prefix, sender, meter.epoch)
         self._zone = zone
 
     async def _publish(self) -> None:
