@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from natsmesh.transport import _nats_internals, _transport
 from natsmesh.transport._nats_internals import (
+    CachedHeaders,
     FrameWriter,
     _HandOver,
     fast_header_parse,
@@ -197,5 +198,81 @@ async def test_connections_parse_headers_with_header_lines(nats_url: str) -> Non
         sent = {"Mesh-Budget-Ms": "4999", "X-Unicode": "café ☕", "X-Pad": "p"}
         await nc.publish("h", b"", headers=sent)
         assert (await sub.next_msg(timeout=5)).headers == sent
+    finally:
+        await nc.close()
+
+
+# -- CachedHeaders: a block's parse remembered -----------------------------------------------
+
+BLOCK = st.builds(
+    lambda status, lines: b"NATS/1.0" + status + b"\r\n" + b"\r\n".join(lines) + b"\r\n\r\n",
+    st.sampled_from([b"", b" 503", b" 404 No Messages", b" 100 Idle Heartbeat", b" x"]),
+    st.lists(LINE, max_size=4),
+)
+
+
+@settings(max_examples=300)
+@given(st.lists(BLOCK, min_size=1, max_size=4))
+def test_a_remembered_parse_is_nats_pys_parse(blocks: list[bytes]) -> None:
+    async def both() -> None:
+        fresh, remembering = NATS(), NATS()
+        fresh._parse_header_lines = remembering._parse_header_lines = header_lines  # type: ignore[method-assign]
+        cached = CachedHeaders(remembering._process_headers)
+        for block in blocks + blocks:  # each block twice: parsed, then remembered
+            expected, got = (
+                await _outcome(fresh._process_headers, block),
+                await _outcome(cached, block),
+            )
+            assert got == expected
+            if isinstance(got, dict):
+                got["Mutated"] = "by the receiver"  # a copy: the next answer is untouched
+
+    asyncio.run(both())
+
+
+async def _outcome(process: Any, block: bytes) -> Any:
+    try:
+        return await process(block)
+    except Exception as exc:  # nats-py's own parse raises on some status lines: so must ours
+        return type(exc)
+
+
+async def test_connections_remember_header_blocks_and_hand_out_copies(nats_url: str) -> None:
+    nc = await _transport.connect(nats_url, name="headers")
+    try:
+        cache = nc._process_headers
+        assert isinstance(cache, CachedHeaders)
+        sub = await nc.subscribe("h")
+        sent = {"Mesh-Budget-Ms": "4999", "Mesh-Caller": "bench"}
+        for _ in range(2):
+            await nc.publish("h", b"", headers=sent)
+        first = await sub.next_msg(timeout=5)
+        assert first.headers == sent
+        first.headers["Mesh-Caller"] = "changed by the receiver"
+        assert (await sub.next_msg(timeout=5)).headers == sent
+        assert len(cache.seen) == 1
+    finally:
+        await nc.close()
+
+
+async def test_hostile_header_blocks_cannot_grow_the_cache(nats_url: str) -> None:
+    nc = await _transport.connect(nats_url, name="headers")
+    try:
+        cache = nc._process_headers
+        assert isinstance(cache, CachedHeaders)
+        sub = await nc.subscribe("h")
+        unique = [{"X-Flood": str(i)} for i in range(2500)]
+        big = {"X-Big": "b" * 4000}
+        unicode = {"X-Unicode": "café ☕"}
+        for headers in (*unique, big, unicode):
+            await nc.publish("h", b"", headers=headers)
+        for headers in (*unique, big, unicode):
+            assert (await sub.next_msg(timeout=5)).headers == headers
+        assert 0 < len(cache.seen) <= 1024
+        assert all(len(block) < 256 and block.isascii() for block in cache.seen)
+        async with Requester(nc) as requester:
+            for _ in range(2):  # a remembered "503" still means no responders
+                with pytest.raises(_transport.NoResponse):
+                    await requester.request("nobody", b"", timeout=5, headers=None)
     finally:
         await nc.close()

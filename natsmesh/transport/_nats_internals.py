@@ -12,8 +12,8 @@ the fallback (the README's table "Private internals we rely on" lists them):
 - :func:`hand_over` replaces a subscription's pending queue (``_pending_queue``,
   ``_pending_size``, ``_wait_for_msgs_task``) by a hand-over to plain code;
   fallback: the subscription's callback, as nats-py runs it.
-- :func:`fast_header_parse` gives a connection a faster ``_parse_header_lines``;
-  fallback: nats-py's own.
+- :func:`fast_header_parse` gives a connection a faster ``_parse_header_lines`` and
+  a ``_process_headers`` that remembers short blocks; fallback: nats-py's own.
 - :func:`listen_refusals` hears the server refuse a publish, which nats-py reports
   only to the connection's error callback, as text: on a connection natsmesh made,
   through the ``error_cb`` it passed (public); on one a user passed in, by wrapping
@@ -38,12 +38,14 @@ import weakref
 from collections.abc import Awaitable, Callable
 from typing import Final
 
+import nats.aio.client as _nats_client
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 __all__ = [
     "TESTED_NATS_PY",
+    "CachedHeaders",
     "FrameWriter",
     "fast_header_parse",
     "hand_over",
@@ -281,10 +283,47 @@ def header_lines(raw: bytes) -> dict[str, str]:
     return out
 
 
+_CACHED_BLOCK: Final = 256  # longer blocks are parsed each time: no memory for a hostile sender
+_CACHED_BLOCKS: Final = 1024  # the cache starts over when it holds this many
+
+
+class CachedHeaders:
+    """nats-py's ``_process_headers`` (``process``), remembering what it made of each block.
+
+    A mesh's header blocks repeat (one caller, one budget on first tries). Answers are
+    copies: callers may change theirs. Only ASCII blocks are kept, which
+    :func:`header_lines` parses without raising: none skipped nats-py's error callback.
+    """
+
+    __slots__ = ("_process", "seen")
+
+    def __init__(self, process: Callable[[bytes], Awaitable[dict[str, str] | None]]) -> None:
+        self._process = process
+        self.seen: dict[bytes, dict[str, str]] = {}
+
+    async def __call__(self, headers: bytes) -> dict[str, str] | None:
+        if not headers:
+            return None
+        known = self.seen.get(headers)
+        if known is not None:
+            return known.copy()
+        parsed = await self._process(headers)
+        if parsed is not None and len(headers) < _CACHED_BLOCK and headers.isascii():
+            if len(self.seen) >= _CACHED_BLOCKS:
+                self.seen.clear()
+            self.seen[headers] = parsed.copy()
+        return parsed
+
+
 def fast_header_parse(nc: NATS) -> bool:
-    """Make ``nc`` parse message headers with :func:`header_lines`; whether it does."""
+    """Make ``nc`` parse message headers with :func:`header_lines`, and remember each
+    short block's parse (see :class:`CachedHeaders`); whether it does.
+    """
     if internals_allowed() and callable(getattr(nc, "_parse_header_lines", None)):
         nc._parse_header_lines = header_lines  # type: ignore[method-assign]
+        # With fast_mail_parser installed, nats-py parses with it, not with header_lines.
+        if getattr(_nats_client, "parse_email", None) is None:
+            nc._process_headers = CachedHeaders(nc._process_headers)  # type: ignore[method-assign]
         return True
     return False
 
