@@ -102,15 +102,17 @@ class ServeObserver:
         self.tracer: Any = None
         self._stack = AsyncExitStack()
 
-    def begin(self, name: str, headers: Mapping[str, str] | None, context: Any) -> Any:
+    def begin(
+        self, service: str, endpoint: str, headers: Mapping[str, str] | None, context: Any
+    ) -> Any:
         """A request's handler starts: its server span (None without tracing), the
         child of the caller's span; the handler's nested calls become its children
         (``context``'s trace is the span's).
         """
         if self.tracer is None:
-            return None
+            return None  # before the span's name is built: this is every request's path
         parent = parse_traceparent(headers.get(TRACEPARENT)) if headers else None
-        span, trace = _otel.start(self.tracer, name, "server", parent)
+        span, trace = _otel.start(self.tracer, f"{service}.{endpoint}", "server", parent)
         if context is not None:
             context._trace = trace  # the Context's own slot: read by its `trace` property
         return span

@@ -249,7 +249,7 @@ class Dispatcher:
         start = time.perf_counter_ns()
         spec = ep.spec
         errors = ep.num_errors
-        span = self._observer.begin(f"{self._service}.{spec.name}", msg.headers, context)
+        span = self._observer.begin(self._service, spec.name, msg.headers, context)
         try:
             try:
                 kwargs: dict[str, Any] = {}

@@ -251,6 +251,14 @@ class Requester:
         self, subject: str, payload: bytes, headers: dict[str, str] | None = None
     ) -> None:
         """Publish one message (a reply, say), as ``nc.publish()`` does; raises what it raises."""
+        # _send's fast path, inline: a service's every reply comes this way.
+        writer = self._writer
+        if writer is not None:
+            frame = writer.frame(subject, "", payload, headers)
+            if frame is not None:
+                if not writer.write_nowait(frame, len(payload), self._loop):
+                    await writer.finish(self._loop)
+                return
         await self._send(subject, "", payload, headers)
 
     async def _send(
