@@ -67,7 +67,8 @@ def decode_reply(route: Route, msg: Msg, response: Any, limits: Limits) -> Any:
         value = _codec.decode(msg.data, route.codec, limits)
         if response is None:
             return value
-        return _adapter(response).validate_python(value)
+        # The adapter's own validator: TypeAdapter.validate_python only adds defaults.
+        return _adapter(response).validator.validate_python(value)
     except (DecodeError, pydantic.ValidationError) as exc:
         raise InvalidReply(
             f"invalid reply from {route.service}.{route.endpoint}: {_reason(exc)}",
