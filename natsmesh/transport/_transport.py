@@ -237,7 +237,12 @@ class Requester:
         self._subject_of[token] = subject
         self._deadlines.add(token, time.monotonic() + timeout)
         try:
-            await self._send(subject, reply, payload, headers)
+            writer = self._writer  # _send's fast path, inline: this is every call's path
+            if writer is not None and (frame := writer.frame(subject, reply, payload, headers)):
+                if not writer.write_nowait(frame, len(payload), loop):
+                    await writer.finish(loop)
+            else:
+                await self._send(subject, reply, payload, headers)
             msg = await future
         finally:
             self._pending.pop(token, None)
@@ -251,15 +256,12 @@ class Requester:
         self, subject: str, payload: bytes, headers: dict[str, str] | None = None
     ) -> None:
         """Publish one message (a reply, say), as ``nc.publish()`` does; raises what it raises."""
-        # _send's fast path, inline: a service's every reply comes this way.
-        writer = self._writer
-        if writer is not None:
-            frame = writer.frame(subject, "", payload, headers)
-            if frame is not None:
-                if not writer.write_nowait(frame, len(payload), self._loop):
-                    await writer.finish(self._loop)
-                return
-        await self._send(subject, "", payload, headers)
+        writer = self._writer  # _send's fast path, inline: a service's every reply comes this way
+        if writer is not None and (frame := writer.frame(subject, "", payload, headers)):
+            if not writer.write_nowait(frame, len(payload), self._loop):
+                await writer.finish(self._loop)
+        else:
+            await self._send(subject, "", payload, headers)
 
     async def _send(
         self, subject: str, reply: str, payload: bytes, headers: dict[str, str] | None
