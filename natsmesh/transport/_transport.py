@@ -160,6 +160,7 @@ class Requester:
         self._deadlines: Deadlines[str] = Deadlines(self._expire, tick=tick)
         self._stack = contextlib.AsyncExitStack()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._publish_loop: asyncio.AbstractEventLoop | None = None
         self._writer = FrameWriter.for_connection(nc) if direct is not False else None
 
     async def __aenter__(self) -> Self:
@@ -258,8 +259,13 @@ class Requester:
         """Publish one message (a reply, say), as ``nc.publish()`` does; raises what it raises."""
         writer = self._writer  # _send's fast path, inline: a service's every reply comes this way
         if writer is not None and (frame := writer.frame(subject, "", payload, headers)):
-            if not writer.write_nowait(frame, len(payload), self._loop):
-                await writer.finish(self._loop)
+            loop = self._publish_loop
+            if loop is None:
+                # Learned once, also when not entered (a service's replies): without a
+                # loop every write waits for nats-py's own flush, a getpid() on 3.11.
+                loop = self._publish_loop = asyncio.get_running_loop()
+            if not writer.write_nowait(frame, len(payload), loop):
+                await writer.finish(loop)
         else:
             await self._send(subject, "", payload, headers)
 
