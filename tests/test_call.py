@@ -159,7 +159,7 @@ async def test_overloaded_is_retried_on_another_instance(nats_url: str) -> None:
     busy, ok = Instance("a", "overloaded", queue=False), Instance("b", queue=False)
     async with running(nats_url, busy, ok), caller(nats_url) as runner:
         for _ in range(10):
-            _, msg = await runner.run(call(), policy(), registry(busy, ok))
+            _, msg, _ = await runner.run(call(), policy(), registry(busy, ok))
             assert msg.data == b"b"
         # Every try that met the busy one went on to the other, as attempt 2.
         assert busy.attempts == ["1"] * len(busy.attempts)
@@ -180,7 +180,7 @@ async def test_an_error_reply_that_no_retry_helps_comes_back_raw(nats_url: str) 
                 .model_copy(update={"endpoints": (EndpointEntry(name=ENDPOINT, subject=""),)}),
             ),
         )
-        _, msg = await runner.run(call(), policy(), table)
+        _, msg, _ = await runner.run(call(), policy(), table)
         assert msg.headers is not None
         assert msg.headers[_headers.ERROR_CODE] == "502"
         assert bad.attempts == ["1"]
@@ -196,13 +196,13 @@ async def test_a_queue_mode_retry_after_a_timeout_goes_by_name_to_one_that_answe
     others = [Instance("a", queue=False), Instance("b", queue=False)]
     table = registry(frozen, *others)
     async with running(nats_url, frozen, *others), caller(nats_url) as runner:
-        _, msg = await runner.run(call(), QUEUE_TIMEOUTS, table)
+        _, msg, _ = await runner.run(call(), QUEUE_TIMEOUTS, table)
         assert msg.data in (b"a", b"b")
         assert frozen.attempts == ["1"]  # tried once, through the group, and never again
         assert [a for o in others for a in o.attempts] == ["2"]
         # What the probe learned holds for a moment: the next call's first try goes by
         # name too, past the silent one.
-        _, msg = await runner.run(call(), QUEUE_TIMEOUTS, table)
+        _, msg, _ = await runner.run(call(), QUEUE_TIMEOUTS, table)
         assert frozen.attempts == ["1"]
         assert [a for o in others for a in o.attempts] == ["2", "1"]
 
@@ -225,7 +225,7 @@ async def test_a_hedge_wins_over_a_silent_first_copy(nats_url: str) -> None:
     hedged = policy(hedging={"delay": 0.05, "max_ratio": 1.0})
     async with running(nats_url, silent, fast), caller(nats_url, seed=3) as runner:
         for _ in range(8):
-            _, msg = await runner.run(call(1.0), hedged, registry(silent, fast))
+            _, msg, _ = await runner.run(call(1.0), hedged, registry(silent, fast))
             assert msg.data == b"b"
         counters = runner.traffic[SERVICE].counters
         assert counters.hedges == len(silent.attempts) > 0
@@ -253,7 +253,7 @@ async def test_the_retry_budget_stops_a_retry_storm(nats_url: str) -> None:
     tight = policy(retries={"budget_ratio": 0.0, "budget_min_per_second": 0.1})  # 1 in 10 s
     async with running(nats_url, *busy), caller(nats_url) as runner:
         for _ in range(3):
-            _, msg = await runner.run(call(), tight, registry(*busy))
+            _, msg, _ = await runner.run(call(), tight, registry(*busy))
             assert msg.headers is not None  # the overloaded reply, for Mesh to raise
         metrics = runner.traffic[SERVICE].metrics()
         assert metrics["retries"] == 1
@@ -289,7 +289,7 @@ async def test_hostile_ping_answers_do_not_send_a_retry_to_the_frozen_instance(
         await hostile.subscribe(f"$SRV.PING.{SERVICE}", cb=lie)
         await hostile.flush()
         async with running(nats_url, frozen, *others), caller(nats_url) as runner:
-            _, msg = await runner.run(call(), QUEUE_TIMEOUTS, table)
+            _, msg, _ = await runner.run(call(), QUEUE_TIMEOUTS, table)
             assert msg.data in (b"a", b"b")
             assert frozen.attempts == ["1"]
     finally:

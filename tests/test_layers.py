@@ -59,3 +59,28 @@ def test_examples_and_the_gateway_use_only_the_public_api(package: str) -> None:
         for name in _imports(path):
             private = name.startswith("natsmesh.") and name not in PUBLIC_MODULES
             assert not private, f"{path} imports {name}"
+
+
+MODULE_LINES = 400
+FUNCTION_LINES = 60
+
+
+def _sources() -> list[Path]:
+    return sorted([*(ROOT / "natsmesh").rglob("*.py"), *(ROOT / "gateway").rglob("*.py")])
+
+
+def test_modules_and_functions_stay_small() -> None:
+    # STYLE.md: small modules with one job, small functions. A limit a reviewer would
+    # otherwise count by hand.
+    too_big = []
+    for path in _sources():
+        source = path.read_text()
+        if source.count("\n") > MODULE_LINES:
+            too_big.append(f"{path.relative_to(ROOT)}: {source.count(chr(10))} lines")
+        for node in ast.walk(ast.parse(source)):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                length = (node.end_lineno or node.lineno) - node.lineno + 1
+                if length > FUNCTION_LINES:
+                    where = f"{path.relative_to(ROOT)}:{node.lineno} {node.name}"
+                    too_big.append(f"{where}: {length} lines")
+    assert not too_big, "\n".join(too_big)

@@ -87,10 +87,11 @@ class Caller:
 
     async def run(
         self, call: Call, policy: ServicePolicy, registry: RegistryTable | None
-    ) -> tuple[Route, Msg]:
+    ) -> tuple[Route, Msg, str | None]:
         """Send ``call`` until a plan returns a reply (raw: perhaps an error reply),
-        and the route it came by; raises NoResponders, DeadlineExceeded, InstanceLost,
-        PermissionDenied, or the RemoteError of an injected fault.
+        the route it came by and the subset of its last try; raises NoResponders,
+        DeadlineExceeded, InstanceLost, PermissionDenied, or the RemoteError of an
+        injected fault.
         """
         run = self._running(call, policy, registry)
         if not run.route.subject:
@@ -105,8 +106,12 @@ class Caller:
             target, headers, timeout = self._aim(run)
             try:
                 if run.begin.hedge:
-                    return run.route, await exchange.hedged(run, target, headers, timeout)
-                return run.route, await exchange.send(run, target, headers, timeout)
+                    return (
+                        run.route,
+                        await exchange.hedged(run, target, headers, timeout),
+                        run.subset,
+                    )
+                return run.route, await exchange.send(run, target, headers, timeout), run.subset
             except Failed as failed_now:
                 failed = failed_now
             now = time.monotonic()
@@ -130,7 +135,7 @@ class Caller:
                 if plan.why is Why.BUDGET:
                     budget.exhausted += 1
                 if failed.msg is not None:
-                    return run.route, failed.msg  # an error reply: Mesh raises its error
+                    return run.route, failed.msg, run.subset  # an error reply: Mesh raises it
                 raise failed.error_for(run, plan.why)
 
     def _running(

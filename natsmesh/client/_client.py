@@ -23,10 +23,10 @@ import anyio
 
 from natsmesh.client import _discovery
 from natsmesh.client._call import Caller
-from natsmesh.client._replies import decode_reply, encode_payload
+from natsmesh.client._replies import call_headers, decode_reply, encode_payload
 from natsmesh.client._resolve import Resolver
 from natsmesh.client._running import Call
-from natsmesh.client._tables import Snapshot, TableCache
+from natsmesh.client._tables import TableCache
 from natsmesh.client._upstream import Upstream
 from natsmesh.observe._hooks import CallObserver, NoObserver
 from natsmesh.traffic._backoff import budget
@@ -36,7 +36,7 @@ from natsmesh.transport._tasks import Nesting
 from natsmesh.transport._transport import NATS, Requester, connect, server_cluster
 from natsmesh.wire import _codec, _headers, _micro
 from natsmesh.wire._codec import Limits
-from natsmesh.wire._control import HTTP_TABLE
+from natsmesh.wire._control import HTTP_TABLE, RegistryTable
 from natsmesh.wire._subjects import Subjects, validate_name
 
 log = logging.getLogger("natsmesh.client")
@@ -48,9 +48,6 @@ DEFAULT_TIMEOUT: Final = 5.0
 FIRST_LOAD_WAIT: Final = 0.25
 ONE_SHOT_LOAD_WAIT: Final = 2.0  # the same, for a client that does not watch them
 _CLOSE_WITHIN: Final = 10.0  # a drain of a connection the Mesh opened, then it is closed
-
-
-_NO_TABLES = Snapshot()
 
 
 class Mesh:
@@ -272,46 +269,55 @@ class Mesh:
         context = context or self._context
         route = resolver.routes.get(target) or resolver.route(target)
         started = time.monotonic()
-        # The budget as known before the tables are read (raises ValueError for a bad one).
-        left = budget(
-            self.timeout if timeout is None else timeout,
-            None if context is None else context.remaining,
-        )
-        tables = self._tables
-        snapshot = _NO_TABLES
-        if tables is not None:
-            if route.service not in tables:
-                # Only the first calls of a service wait, and never past their budget.
-                await tables.ensure(route.service, wait=self._first_load_wait(left))
-            snapshot = tables.snapshot(route.service)
-        policy = snapshot.policy or self.policy
-        if timeout is None and context is None and snapshot.policy is not None:
-            left = snapshot.policy.timeout  # the route's timeout, from the call's start
-        extra = _call_headers(headers, caller)
+        policy, registry, left = await self._applied(route.service, timeout, context)
         # A call outside any trace sends no traceparent: the callee starts the trace
         # (see _headers), and a sampled traceparent costs nats-server a header parse.
         traceparent = context.trace.child().header() if context is not None else None
         span, traceparent = self._observer.begin(  # observe hook: the call's span, if tracing
             route.service, route.endpoint, context.trace if context else None, traceparent
         )
-        call = Call(
-            target,
-            route,
-            payload,
-            encode_payload(payload, route.codec),
-            started + left,
-            extra,
-            traceparent,
-            context is not None and context.headers.get(_headers.RETRYING) == "1",
-        )
+        subset = None
         try:
-            route, msg = await runner.run(call, policy, snapshot.registry)
+            call = Call(
+                target,
+                route,
+                payload,
+                encode_payload(payload, route.codec),
+                started + left,
+                call_headers(headers, caller),
+                traceparent,
+                context is not None and context.headers.get(_headers.RETRYING) == "1",
+            )
+            route, msg, subset = await runner.run(call, policy, registry)
             result = decode_reply(route, msg, response, self._limits)
         except BaseException as exc:
-            self._observer.done(route.service, route.endpoint, None, exc, started, span)  # observe
+            self._observer.done(route.service, route.endpoint, subset, exc, started, span)
             raise
-        self._observer.done(route.service, route.endpoint, None, None, started, span)  # observe
+        self._observer.done(route.service, route.endpoint, subset, None, started, span)
         return result
+
+    async def _applied(
+        self, service: str, timeout: float | None, context: Upstream | None
+    ) -> tuple[ServicePolicy, RegistryTable | None, float]:
+        """The service's policy and registry from the tables, and the call's budget: the
+        route's timeout when neither the call nor its context sets one."""
+        # The budget as known before the tables are read (raises ValueError for a bad one).
+        left = budget(
+            self.timeout if timeout is None else timeout,
+            None if context is None else context.remaining,
+        )
+        tables = self._tables
+        if tables is None:
+            return self.policy, None, left
+        if service not in tables:
+            # Only the first calls of a service wait, and never past their budget.
+            await tables.ensure(service, wait=self._first_load_wait(left))
+        snapshot = tables.snapshot(service)
+        if snapshot.policy is None:
+            return self.policy, snapshot.registry, left
+        if timeout is None and context is None:
+            left = snapshot.policy.timeout  # the route's timeout, from the call's start
+        return snapshot.policy, snapshot.registry, left
 
     def _first_load_wait(self, left: float) -> float:
         # A watching client goes on by convention after a moment: its tables follow.
@@ -369,37 +375,6 @@ class Mesh:
         if nc is None or not nc.is_connected:
             return False
         return self._tables is None or self._tables.loaded
-
-
-def _call_headers(headers: Mapping[str, str] | None, caller: str | None) -> dict[str, str]:
-    """A call's own headers, checked; raises ValueError for a bad one."""
-    extra = _headers.check_user_headers(headers) if headers else {}
-    if caller is not None:
-        # After the check, which refuses Mesh-Caller among the user's headers, so only
-        # this keyword can name the caller; the call's headers are laid over the
-        # defaults (the client's name) when the request is sent.
-        extra[_headers.CALLER] = _check_caller(caller)
-    return extra
-
-
-MAX_CALLER: Final = 256
-
-
-def _check_caller(caller: str) -> str:
-    # Printable ASCII: nats-py writes header values as UTF-8 but may read them back
-    # through an email parser; CR/LF would end the header, spaces at the ends are
-    # stripped. The value itself is not shown: it may come from a token.
-    if (
-        not isinstance(caller, str)
-        or not 0 < len(caller) <= MAX_CALLER
-        or not (caller.isascii() and caller.isprintable())
-        or caller != caller.strip()
-    ):
-        raise ValueError(
-            f"caller must be printable ASCII, 1 to {MAX_CALLER} characters,"
-            " without spaces at either end"
-        )
-    return caller
 
 
 async def _drain(nc: NATS) -> None:

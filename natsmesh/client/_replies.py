@@ -137,3 +137,34 @@ def _reason(exc: Exception) -> str:
         first = exc.errors(include_input=False, include_url=False)[0]
         return f"{'.'.join(str(p) for p in first['loc']) or 'value'}: {first['msg']}"
     return str(exc)
+
+
+def call_headers(headers: Mapping[str, str] | None, caller: str | None) -> dict[str, str]:
+    """A call's own headers, checked; raises ValueError for a bad one."""
+    extra = _headers.check_user_headers(headers) if headers else {}
+    if caller is not None:
+        # After the check, which refuses Mesh-Caller among the user's headers, so only
+        # this keyword can name the caller; the call's headers are laid over the
+        # defaults (the client's name) when the request is sent.
+        extra[_headers.CALLER] = check_caller(caller)
+    return extra
+
+
+MAX_CALLER: Final = 256
+
+
+def check_caller(caller: str) -> str:
+    # Printable ASCII: nats-py writes header values as UTF-8 but may read them back
+    # through an email parser; CR/LF would end the header, spaces at the ends are
+    # stripped. The value itself is not shown: it may come from a token.
+    if (
+        not isinstance(caller, str)
+        or not 0 < len(caller) <= MAX_CALLER
+        or not (caller.isascii() and caller.isprintable())
+        or caller != caller.strip()
+    ):
+        raise ValueError(
+            f"caller must be printable ASCII, 1 to {MAX_CALLER} characters,"
+            " without spaces at either end"
+        )
+    return caller

@@ -98,3 +98,8 @@ class Running:
     @property
     def position(self) -> int:
         return 0 if self.state is None else self.state.position
+
+    @property
+    def subset(self) -> str | None:
+        """The subset of the latest try (None: the service's queue group, no subsets)."""
+        return self.begin.chain[0] if self.state is None else self.state.subset
