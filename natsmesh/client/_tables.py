@@ -28,7 +28,6 @@ subscription, no reconcile, no status reports.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from dataclasses import dataclass, field, replace
 from types import TracebackType
@@ -36,10 +35,10 @@ from typing import Literal, Self
 
 import anyio
 import pydantic
+from anyio.abc import TaskGroup
 
 from natsmesh.traffic._routes import HttpRoute, RouteConfig, ServicePolicy
 from natsmesh.transport._kv import Entry, Unavailable, entry_of, read_direct
-from natsmesh.transport._tasks import stop
 from natsmesh.transport._transport import NATS, Msg, Subscription
 from natsmesh.wire._control import (
     HTTP_KEY,
@@ -109,34 +108,40 @@ class TableCache:
         self._snapshots: dict[str, Snapshot] = {}
         self._seen: dict[str, int] = {}  # key -> newest revision handled (applied or rejected)
         self._rejected: dict[str, str] = {}  # key -> why its newest value was refused
-        self._loading: dict[str, asyncio.Task[None]] = {}
+        # service -> set when its first load is over; the load runs in the cache's task
+        # group, so a caller that stops waiting (or is cancelled) leaves it to the others.
+        self._loading: dict[str, anyio.Event] = {}
         self._subs: dict[str, list[Subscription]] = {}
-        self._tasks: list[asyncio.Task[None]] = []
+        self._tg: TaskGroup | None = None
         self._unavailable_logged = False
         # Python 3.11's asyncio.wait_for (inside nats-py's requests) can swallow a
-        # cancellation: every loop also checks this flag, or a stop could wait forever.
+        # cancellation: every loop also checks this flag (anyio cancels again anyway).
         self._closed = False
 
     async def __aenter__(self) -> Self:
-        if not self.follow:
-            return self
-        # Plain tasks rather than a task group: a Mesh is entered and exited by its
-        # users from any task, which cancel scopes forbid (see _deadlines.running).
-        loop = asyncio.get_running_loop()
-        self._tasks = [
-            loop.create_task(self._reconcile_loop()),
-            loop.create_task(self._report_loop()),
-        ]
+        if self._tg is not None or self._closed:
+            raise RuntimeError("a TableCache is entered once")
+        # Held from here to __aexit__, so entered and left in one task, in order (a
+        # Mesh checks that: see _tasks.Nesting). Nothing after this line can fail.
+        tg = anyio.create_task_group()
+        await tg.__aenter__()
+        self._tg = tg
+        if self.follow:
+            tg.start_soon(self._reconcile_loop)
+            tg.start_soon(self._report_loop)
         return self
 
     async def __aexit__(
         self, et: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self._closed = True
-        tasks = [*self._tasks, *self._loading.values()]
+        tg, self._tg = self._tg, None
+        if tg is not None:
+            # Its tasks never raise (each logs), so the group ends by this cancel alone.
+            tg.cancel_scope.cancel()
+            await tg.__aexit__(None, None, None)
         subs = [sub for subs in self._subs.values() for sub in subs]
-        self._tasks, self._loading, self._subs = [], {}, {}
-        await stop(tasks)
+        self._loading, self._subs = {}, {}
         for sub in subs:
             try:
                 await sub.unsubscribe()
@@ -177,21 +182,24 @@ class TableCache:
     async def ensure(self, service: str, *, wait: float = 0.25) -> None:
         """Load ``service``'s tables and watch them (if following), once; wait at most ``wait`` s.
 
-        Concurrent first callers share one load. A call that gives up waiting goes
-        on without tables; the load finishes in the background. Never raises.
+        Concurrent first callers share one load, run in the cache's task group: a
+        caller that gives up waiting, or is cancelled, goes on without tables and the
+        load finishes for the others. Raises only if the cache was never entered.
         """
         if service in self._snapshots or self._closed:
             return
-        load = self._loading.get(service)
-        if load is None:
-            load = asyncio.get_running_loop().create_task(self._first_load(service))
-            self._loading[service] = load
-        # asyncio.wait leaves the shared load running when this caller stops waiting.
-        await asyncio.wait((load,), timeout=wait)
+        done = self._loading.get(service)
+        if done is None:
+            if self._tg is None:
+                raise RuntimeError("enter the TableCache (async with) before asking it")
+            done = self._loading[service] = anyio.Event()
+            self._tg.start_soon(self._first_load, service, done)
+        with anyio.move_on_after(wait):
+            await done.wait()
 
     # -- I/O -----------------------------------------------------------------------------
 
-    async def _first_load(self, service: str) -> None:
+    async def _first_load(self, service: str, done: anyio.Event) -> None:
         changed = False
         try:
             # Follow first, then read: a change between the two is caught either way
@@ -200,9 +208,12 @@ class TableCache:
             changed = await self._read(service)
         except Unavailable as exc:
             self._log_unavailable(service, exc)
+        except Exception:  # a closed connection, say: the reconcile reads again
+            log.warning("first load of the tables of %s failed", service, exc_info=True)
         finally:
             self._snapshots.setdefault(service, _EMPTY)
             self._loading.pop(service, None)
+            done.set()
         if changed and self.follow:
             await self._report()
 
@@ -258,13 +269,20 @@ class TableCache:
     async def _reconcile_loop(self) -> None:
         while not self._closed:
             await anyio.sleep(self.reconcile_interval)
-            await self.reconcile()
+            try:
+                await self.reconcile()
+            except Exception:  # the group must not fail: that would cancel its owner
+                log.warning(
+                    "reconciling the tables failed (next in %ss)",
+                    self.reconcile_interval,
+                    exc_info=True,
+                )
 
     async def _report_loop(self) -> None:
         while not self._closed:
             await anyio.sleep(self.report_interval)
             if self._snapshots:
-                await self._report()
+                await self._report()  # never raises
 
     async def _report(self, *, left: bool = False) -> None:
         report = StatusReport(
