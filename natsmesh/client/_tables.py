@@ -200,22 +200,28 @@ class TableCache:
     # -- I/O -----------------------------------------------------------------------------
 
     async def _first_load(self, service: str, done: anyio.Event) -> None:
-        changed = False
         try:
-            # Follow first, then read: a change between the two is caught either way
-            # (the revision check drops whichever copy comes second).
-            await self._follow(service)
-            changed = await self._read(service)
-        except Unavailable as exc:
-            self._log_unavailable(service, exc)
-        except Exception:  # a closed connection, say: the reconcile reads again
-            log.warning("first load of the tables of %s failed", service, exc_info=True)
-        finally:
+            changed = await self._load(service)
+            # Not when cancelled: a cache closed mid-load has not loaded the service.
             self._snapshots.setdefault(service, _EMPTY)
+        finally:
             self._loading.pop(service, None)
             done.set()
         if changed and self.follow:
             await self._report()
+
+    async def _load(self, service: str) -> bool:
+        """Follow, then read ``service``'s keys; whether anything changed. Logs, never raises."""
+        try:
+            # Follow first, then read: a change between the two is caught either way
+            # (the revision check drops whichever copy comes second).
+            await self._follow(service)
+            return await self._read(service)
+        except Unavailable as exc:
+            self._log_unavailable(service, exc)
+        except Exception:  # a closed connection, say: the reconcile reads again
+            log.warning("first load of the tables of %s failed", service, exc_info=True)
+        return False
 
     def _log_unavailable(self, service: str, exc: Unavailable) -> None:
         if not self._unavailable_logged:
