@@ -22,11 +22,11 @@ without a lifespan at all (as under httpx's ASGI transport).
 
 from __future__ import annotations
 
-import asyncio
 import gc
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
+from contextlib import AsyncExitStack
 from typing import Final
 
 import pydantic_core
@@ -96,7 +96,7 @@ class Gateway:
         self._default_route = default_route
         self._body_limit: int | None = None
         self._routes_due = 0.0  # time.perf_counter() when to look at the HTTP routes again
-        self._warmup: asyncio.Task[None] | None = None
+        self._stack: AsyncExitStack | None = None  # what start() entered, stop() leaves
         self._pages: dict[str, Callable[[], Awaitable[tuple[int, bytes, bytes]]]] = {
             "/healthz": self._healthz,
             "/readyz": self._readyz,
@@ -135,29 +135,31 @@ class Gateway:
                 return
 
     async def start(self) -> None:
-        """Connect (when the gateway owns the Mesh), load the HTTP routes, scan the services."""
-        if self.owns_mesh:
-            await self.mesh.__aenter__()
-        await self._routes(wait=5.0)
+        """Connect (when the gateway owns the Mesh), load the HTTP routes, scan the services.
+
+        Left half-way (an error, a cancel), what was entered is left again.
+        """
+        if self._stack is not None:
+            raise RuntimeError("the gateway is started already")
+        stack = self._stack = AsyncExitStack()
+        try:
+            if self.owns_mesh:
+                await stack.enter_async_context(self.mesh)
+            await stack.enter_async_context(self.directory)
+            await self._routes(wait=5.0)
+        except BaseException:
+            await self.stop()
+            raise
         self._limit()
-        # The first scan fills the directory; requests do not wait for it.
-        self._warmup = asyncio.get_running_loop().create_task(self._scan())
+        self.directory.warm()  # the first scan fills the directory; requests do not wait
         if self.freeze_gc:
             freeze_gc()
 
     async def stop(self) -> None:
-        if self._warmup is not None:
-            self._warmup.cancel()
-            await asyncio.gather(self._warmup, return_exceptions=True)
-        await self.directory.aclose()
-        if self.owns_mesh:
-            await self.mesh.__aexit__(None, None, None)
-
-    async def _scan(self) -> None:
-        try:
-            await self.directory.scan()
-        except Exception as exc:
-            log.info("first service scan failed: %s", exc)
+        """Leave what start() entered: the directory (its lookups stop), then the Mesh."""
+        stack, self._stack = self._stack, None
+        if stack is not None:
+            await stack.aclose()
 
     # -- one request ------------------------------------------------------------------
 

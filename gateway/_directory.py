@@ -11,16 +11,24 @@ Lookups on the request path are dictionary reads. A miss asks ``$SRV.INFO.<name>
 (one request per name at a time; a known service is asked again at most once
 per ``miss_interval``). The endpoint schemas kept here feed the OpenAPI document
 and the typing of path and query parameters.
+
+Requests asking for the same name, or scanning at the same time, share one
+lookup and wait for it on an event: a request that gives up leaves the lookup
+to the others. Entered (``async with``, as the gateway's lifespan does), the
+directory runs lookups in its own task group; without that owner (an app run
+without a lifespan) the first asker runs it, shielded and bounded by ``timeout``.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final, Protocol
+from typing import Any, Final, Protocol, Self
+
+import anyio
+from anyio.abc import TaskGroup
 
 from gateway import _schemas
 from gateway._paths import is_token
@@ -122,12 +130,35 @@ class Directory:
         self._mesh = mesh
         self._services: dict[str, ServiceDoc] = {}
         self._asked: dict[str, float] = {}  # service -> when it was last asked for
-        self._pending: dict[str, asyncio.Task[ServiceDoc | None]] = {}
-        self._scan: asyncio.Task[dict[str, ServiceDoc]] | None = None
+        self._pending: dict[str, anyio.Event] = {}  # service -> set when its lookup is over
+        self._scanning: anyio.Event | None = None  # set when the scan in flight is over
         self._scanned_at = -1e9
+        self._tg: TaskGroup | None = None
         self.miss_interval = miss_interval
         self.scan_ttl = scan_ttl
         self.timeout = timeout
+
+    async def __aenter__(self) -> Self:
+        if self._tg is not None:
+            raise RuntimeError("this Directory is entered already")
+        tg = anyio.create_task_group()
+        await tg.__aenter__()
+        self._tg = tg
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        tg, self._tg = self._tg, None
+        if tg is not None:
+            # Lookups never raise (each logs), so the group ends by this cancel alone;
+            # each one's event is set on the way out, so no request is left waiting.
+            tg.cancel_scope.cancel()
+            await tg.__aexit__(None, None, None)
+
+    def warm(self) -> None:
+        """Start a scan in the background, if entered (requests do not wait for it)."""
+        if self._tg is not None and self._scanning is None:
+            self._scanning = anyio.Event()
+            self._tg.start_soon(self._scan_all, self._scanning)
 
     @property
     def scanned(self) -> bool:
@@ -151,25 +182,39 @@ class Directory:
         return None if doc is None else doc.endpoints.get(endpoint)
 
     async def _ask(self, service: str) -> ServiceDoc | None:
-        task = self._pending.get(service)
-        if task is None:
-            task = asyncio.get_running_loop().create_task(self._lookup(service))
-            self._pending[service] = task
-            task.add_done_callback(lambda _: self._pending.pop(service, None))
-        # Shielded: one caller giving up must not cancel the lookup the others share.
-        return await asyncio.shield(task)
+        done = self._pending.get(service)
+        if done is None:
+            done = self._pending[service] = anyio.Event()
+            await self._run(self._lookup, service, done)
+        await done.wait()
+        return self._services.get(service)
 
-    async def _lookup(self, service: str) -> ServiceDoc | None:
+    async def _run(self, lookup: Callable[..., Coroutine[Any, Any, None]], *args: object) -> None:
+        """Run ``lookup`` in the directory's group; without one, here, shielded.
+
+        Shielded so that this request being cancelled does not fail the others
+        waiting for the same lookup; ``timeout`` bounds it.
+        """
+        if self._tg is not None:
+            self._tg.start_soon(lookup, *args)
+        else:
+            with anyio.CancelScope(shield=True):
+                await lookup(*args)
+
+    async def _lookup(self, service: str, done: anyio.Event) -> None:
         self._asked[service] = time.monotonic()
         try:
             infos = await self._mesh.services(service, timeout=self.timeout)
         except Exception as exc:  # a reconnecting connection: the next miss asks again
             log.info("INFO of %s: %s", service, exc)
-            return self._services.get(service)
-        doc = service_doc(infos)
-        if doc is not None:
-            self._remember(doc)
-        return self._services.get(service)
+            return
+        else:
+            doc = service_doc(infos)
+            if doc is not None:
+                self._remember(doc)
+        finally:
+            self._pending.pop(service, None)
+            done.set()
 
     def _remember(self, doc: ServiceDoc) -> None:
         if doc.name not in self._services and len(self._services) >= MAX_SERVICES:
@@ -182,20 +227,28 @@ class Directory:
 
     async def scan(self) -> dict[str, ServiceDoc]:
         """Every running service (one ``$SRV.INFO`` scatter-gather per ``scan_ttl``)."""
-        if time.monotonic() - self._scanned_at < self.scan_ttl and self._scan is None:
+        if time.monotonic() - self._scanned_at < self.scan_ttl and self._scanning is None:
             return dict(self._services)
-        if self._scan is None:
-            self._scan = asyncio.get_running_loop().create_task(self._scan_all())
-        return dict(await asyncio.shield(self._scan))
+        done = self._scanning
+        if done is None:
+            done = self._scanning = anyio.Event()
+            await self._run(self._scan_all, done)
+        await done.wait()
+        return dict(self._services)
 
-    async def _scan_all(self) -> dict[str, ServiceDoc]:
+    async def _scan_all(self, done: anyio.Event) -> None:
         try:
             infos = await self._mesh.services(timeout=self.timeout)
         except Exception as exc:
             log.info("INFO scan: %s", exc)
-            return self._services
+            return
+        else:
+            self._learn(infos)
         finally:
-            self._scan = None
+            self._scanning = None
+            done.set()
+
+    def _learn(self, infos: Sequence[Any]) -> None:
         by_name: dict[str, list[Any]] = {}
         for info in infos:
             if is_token(info.name):
@@ -207,10 +260,3 @@ class Directory:
                 self._remember(doc)
                 self._asked[doc.name] = now
         self._scanned_at = now
-        return self._services
-
-    async def aclose(self) -> None:
-        tasks = [*self._pending.values(), *([self._scan] if self._scan else [])]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
