@@ -23,12 +23,13 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Coroutine, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol, Self
 
 import anyio
-from anyio.abc import TaskGroup
+from anyio.abc import TaskGroup, TaskStatus
 
 from gateway import _schemas
 from gateway._paths import is_token
@@ -134,6 +135,7 @@ class Directory:
         self._scanning: anyio.Event | None = None  # set when the scan in flight is over
         self._scanned_at = -1e9
         self._tg: TaskGroup | None = None
+        self._stack = AsyncExitStack()
         self.miss_interval = miss_interval
         self.scan_ttl = scan_ttl
         self.timeout = timeout
@@ -141,18 +143,15 @@ class Directory:
     async def __aenter__(self) -> Self:
         if self._tg is not None:
             raise RuntimeError("this Directory is entered already")
-        tg = anyio.create_task_group()
-        await tg.__aenter__()
-        self._tg = tg
+        self._stack = AsyncExitStack()
+        self._tg = await self._stack.enter_async_context(_background())
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
-        tg, self._tg = self._tg, None
-        if tg is not None:
-            # Lookups never raise (each logs), so the group ends by this cancel alone;
-            # each one's event is set on the way out, so no request is left waiting.
-            tg.cancel_scope.cancel()
-            await tg.__aexit__(None, None, None)
+        # Stops the lookups in flight; each sets its event on the way out, so no
+        # request is left waiting.
+        self._tg = None
+        await self._stack.aclose()
 
     def warm(self) -> None:
         """Start a scan in the background, if entered (requests do not wait for it)."""
@@ -260,3 +259,26 @@ class Directory:
                 self._remember(doc)
                 self._asked[doc.name] = now
         self._scanned_at = now
+
+
+@asynccontextmanager
+async def _background() -> AsyncIterator[TaskGroup]:
+    """A task group whose tasks stop, on the way out, through a scope of their own.
+
+    They run under a helper task, never under the task that enters: stopping them
+    cannot cancel that task's code. (natsmesh's ``_tasks.background``, which the
+    gateway may not import.) Its tasks must not raise: each logs instead.
+    """
+    async with anyio.create_task_group() as outer:
+        inner, scope = await outer.start(_host)
+        try:
+            yield inner
+        finally:
+            scope.cancel()
+
+
+async def _host(*, task_status: TaskStatus[tuple[TaskGroup, anyio.CancelScope]]) -> None:
+    with anyio.CancelScope() as scope:
+        async with anyio.create_task_group() as tasks:
+            task_status.started((tasks, scope))
+            await anyio.sleep_forever()

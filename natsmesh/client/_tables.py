@@ -29,6 +29,7 @@ subscription, no reconcile, no status reports.
 from __future__ import annotations
 
 import logging
+from contextlib import AsyncExitStack
 from dataclasses import dataclass, field, replace
 from types import TracebackType
 from typing import Literal, Self
@@ -39,6 +40,7 @@ from anyio.abc import TaskGroup
 
 from natsmesh.traffic._routes import HttpRoute, RouteConfig, ServicePolicy
 from natsmesh.transport._kv import Entry, Unavailable, entry_of, read_direct
+from natsmesh.transport._tasks import background
 from natsmesh.transport._transport import NATS, Msg, Subscription
 from natsmesh.wire._control import (
     HTTP_KEY,
@@ -113,6 +115,7 @@ class TableCache:
         self._loading: dict[str, anyio.Event] = {}
         self._subs: dict[str, list[Subscription]] = {}
         self._tg: TaskGroup | None = None
+        self._stack = AsyncExitStack()
         self._unavailable_logged = False
         # Python 3.11's asyncio.wait_for (inside nats-py's requests) can swallow a
         # cancellation: every loop also checks this flag (anyio cancels again anyway).
@@ -123,9 +126,8 @@ class TableCache:
             raise RuntimeError("a TableCache is entered once")
         # Held from here to __aexit__, so entered and left in one task, in order (a
         # Mesh checks that: see _tasks.Nesting). Nothing after this line can fail.
-        tg = anyio.create_task_group()
-        await tg.__aenter__()
-        self._tg = tg
+        self._stack = AsyncExitStack()
+        self._tg = tg = await self._stack.enter_async_context(background())
         if self.follow:
             tg.start_soon(self._reconcile_loop)
             tg.start_soon(self._report_loop)
@@ -135,11 +137,9 @@ class TableCache:
         self, et: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self._closed = True
-        tg, self._tg = self._tg, None
-        if tg is not None:
-            # Its tasks never raise (each logs), so the group ends by this cancel alone.
-            tg.cancel_scope.cancel()
-            await tg.__aexit__(None, None, None)
+        self._tg = None
+        # Stops the loops and the loads in flight (each sets its event on the way out).
+        await self._stack.aclose()
         subs = [sub for subs in self._subs.values() for sub in subs]
         self._loading, self._subs = {}, {}
         for sub in subs:

@@ -21,13 +21,14 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Final
 
+import anyio
+import anyio.abc
 import nats.errors
 import nats.js.errors
 from nats.aio.msg import Msg
 from nats.js.api import KeyValueConfig, RePublish
 from nats.js.kv import KeyValue
 
-from natsmesh.transport._tasks import stop
 from natsmesh.transport._transport import NATS
 from natsmesh.wire._control import BUCKET, KV_STREAM, direct_get_subject, table_subject
 
@@ -158,24 +159,30 @@ class Tables:
             # APIError: e.g. the stream's consumer limit reached (a watch takes one).
             raise Unavailable(repr(exc)) from None
 
-        async def pump() -> None:
-            async for update in watcher:
-                if update is None:
-                    continue  # the "caught up" marker
-                deleted = update.operation in ("DEL", "PURGE")
-                queue.put_nowait(
-                    Entry(update.key, None if deleted else update.value, update.revision or 0)
-                )
+        async def pump(*, task_status: anyio.abc.TaskStatus[anyio.CancelScope]) -> None:
+            with anyio.CancelScope() as scope:
+                task_status.started(scope)
+                try:
+                    async for update in watcher:
+                        if update is None:
+                            continue  # the "caught up" marker
+                        deleted = update.operation in ("DEL", "PURGE")
+                        value = None if deleted else update.value
+                        queue.put_nowait(Entry(update.key, value, update.revision or 0))
+                except Exception:  # logged, not raised: that would cancel the watch's user
+                    log.warning("the watch of %s stopped", pattern, exc_info=True)
 
-        task = asyncio.get_running_loop().create_task(pump())
-        try:
-            yield queue
-        finally:
-            await stop([task])
+        async with anyio.create_task_group() as tg:
+            # Stopped through its own scope, not the group's (see _tasks.Nesting).
+            pumping: anyio.CancelScope = await tg.start(pump)
             try:
-                await watcher.stop()  # type: ignore[no-untyped-call]
-            except Exception as exc:  # its consumer may be gone with the connection
-                log.debug("stopping a watch: %r", exc)
+                yield queue
+            finally:
+                pumping.cancel()
+        try:
+            await watcher.stop()  # type: ignore[no-untyped-call]
+        except Exception as exc:  # its consumer may be gone with the connection
+            log.debug("stopping a watch: %r", exc)
 
 
 _OPERATION: Final = "KV-Operation"

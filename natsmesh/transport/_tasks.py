@@ -5,35 +5,43 @@ A Mesh and a ServiceRunner hold anyio task groups from ``__aenter__`` to
 of the ``async with`` blocks, as any cancel scope. :class:`Nesting` checks that
 on the way out, before anything is undone, and says so in plain words. Their
 background tasks stop through cancel scopes of their own, never by cancelling
-the group: that would cancel the user's task too.
-
-:func:`stop` is for the objects that still own plain asyncio tasks (the
-controller, the KV watch, the table cache).
+the group: that would cancel the user's task too. :func:`background` is such
+a group, for objects that start tasks on demand (the table cache's loads).
 """
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Iterable
-from typing import Any
+import contextlib
+from collections.abc import AsyncIterator
 
 import anyio
+import anyio.abc
 
 
-async def stop(tasks: Iterable[asyncio.Task[Any]]) -> None:
-    """Cancel ``tasks`` (again and again, if need be) and wait until they are done.
+@contextlib.asynccontextmanager
+async def background() -> AsyncIterator[anyio.abc.TaskGroup]:
+    """A task group whose tasks all stop, on the way out, through a scope of their own.
 
-    ``asyncio.wait`` rather than awaiting each task under a suppressed
-    CancelledError: that would also swallow a cancellation of the *caller*
-    arriving meanwhile, and a loop around it would then never end.
+    They run under a helper task, not under the task that enters: stopping them
+    never cancels that task's code, even if it leaves out of order (anyio then
+    raises, having changed nothing). Its tasks must not raise (log instead): a
+    failure would cancel the group around the entering task's code.
     """
-    pending = {task for task in tasks if not task.done()}
-    while pending:
-        # Cancelled again until done: on Python 3.11 asyncio.wait_for (inside nats-py)
-        # can swallow a cancellation that lands just as its inner future completes.
-        for task in pending:
-            task.cancel()
-        _, pending = await asyncio.wait(pending, timeout=0.1)
+    async with anyio.create_task_group() as outer:
+        inner, scope = await outer.start(_host)
+        try:
+            yield inner
+        finally:
+            scope.cancel()
+
+
+async def _host(
+    *, task_status: anyio.abc.TaskStatus[tuple[anyio.abc.TaskGroup, anyio.CancelScope]]
+) -> None:
+    with anyio.CancelScope() as scope:
+        async with anyio.create_task_group() as tasks:
+            task_status.started((tasks, scope))
+            await anyio.sleep_forever()
 
 
 class Nesting:
