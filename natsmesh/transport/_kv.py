@@ -172,17 +172,19 @@ class Tables:
                 except Exception:  # logged, not raised: that would cancel the watch's user
                     log.warning("the watch of %s stopped", pattern, exc_info=True)
 
-        async with anyio.create_task_group() as tg:
-            # Stopped through its own scope, not the group's (see _tasks.Nesting).
-            pumping: anyio.CancelScope = await tg.start(pump)
-            try:
-                yield queue
-            finally:
-                pumping.cancel()
         try:
-            await watcher.stop()  # type: ignore[no-untyped-call]
-        except Exception as exc:  # its consumer may be gone with the connection
-            log.debug("stopping a watch: %r", exc)
+            async with anyio.create_task_group() as tg:
+                # Stopped through its own scope, not the group's (see _tasks.Nesting).
+                pumping: anyio.CancelScope = await tg.start(pump)
+                try:
+                    yield queue
+                finally:
+                    pumping.cancel()
+        finally:
+            try:
+                await watcher.stop()  # type: ignore[no-untyped-call]
+            except Exception as exc:  # its consumer may be gone with the connection
+                log.debug("stopping a watch: %r", exc)
 
 
 _OPERATION: Final = "KV-Operation"
