@@ -10,7 +10,6 @@ header parse, refusal events), where that module's version guard allows.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import time
@@ -96,8 +95,11 @@ async def connect(
         # Cancelled while trying (a signal stopping a process that waits for its server):
         # nats-py's reconnecting state is left behind otherwise. (A client that failed
         # before it had set itself up cannot even be closed: nothing to clean up then.)
-        with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
-            await nc.close()
+        with anyio.CancelScope(shield=True):
+            try:
+                await nc.close()
+            except Exception as exc:
+                log.debug("closing a connection that never connected failed: %r", exc)
         raise
     events.on_refused = None
     if scope.cancelled_caught:
