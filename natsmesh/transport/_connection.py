@@ -15,7 +15,7 @@ import os
 import time
 import urllib.parse
 from collections.abc import Callable
-from typing import Final
+from typing import Any, Final
 
 import anyio
 from nats.aio.client import Client as NATS
@@ -73,19 +73,7 @@ async def connect(
     nc = NATS()
     fast_header_parse(nc)
     events = _ConnectionLog(nc, name, servers, quiet=give_up_after is not None)
-    options = {
-        "servers": servers,
-        "name": name,
-        "max_reconnect_attempts": -1,
-        "reconnect_time_wait": 0.25,
-        "connect_timeout": 5,
-        "ping_interval": 10,
-        "max_outstanding_pings": 3,
-        "error_cb": refusal_error_cb(nc, events.on_error),
-        "disconnected_cb": events.on_disconnect,
-        "reconnected_cb": events.on_reconnect,
-        **secrets,
-    }
+    options = _options(nc, name, servers, events) | secrets
     try:
         with anyio.move_on_after(give_up_after) as scope:  # None: no deadline
             if give_up_after is not None:
@@ -107,6 +95,21 @@ async def connect(
         raise events.unreachable(give_up_after or 0.0)
     events.connected()
     return nc
+
+
+def _options(nc: NATS, name: str, servers: list[str], events: _ConnectionLog) -> dict[str, Any]:
+    return {
+        "servers": servers,
+        "name": name,
+        "max_reconnect_attempts": -1,
+        "reconnect_time_wait": 0.25,
+        "connect_timeout": 5,
+        "ping_interval": 10,
+        "max_outstanding_pings": 3,
+        "error_cb": refusal_error_cb(nc, events.on_error),
+        "disconnected_cb": events.on_disconnect,
+        "reconnected_cb": events.on_reconnect,
+    }
 
 
 _SCHEMES: Final = ("nats", "tls", "ws", "wss")
