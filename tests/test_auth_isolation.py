@@ -6,7 +6,8 @@ nats-server reports a denial asynchronously (on the error callback) and silently
 drops the message, so each test shows both: the violation was reported, and the
 victim received nothing. "Nothing" is proved without waiting for time to pass: a
 permitted marker is sent after the denied message was processed (the attacker's
-flush returned), and it must be the first thing the victim receives.
+flush returned), and it must be the first thing the victim receives. (natsmesh's
+``flush``: nats-py's own may return before the server has seen a subscription.)
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from natsmesh.control._controller import Controller
 from natsmesh.security._auth_files import AUTH_CONF, compile_policy
 from natsmesh.testing import EmbeddedNats
 from natsmesh.transport._credentials import Credentials
+from natsmesh.transport._flush import flush
 from natsmesh.transport._kv import Entry, Tables, entry_of, read_direct
 from natsmesh.transport._transport import Requester, connect
 
@@ -170,7 +172,7 @@ async def test_a_service_cannot_subscribe_to_another_services_subjects(secured: 
             await pricing.nc.subscribe(">"),
         ]
         owners = [await catalog.nc.subscribe(s, queue=q) for s, q in targets]
-        await catalog.nc.flush()
+        await flush(catalog.nc)
         for subject, _ in targets:
             await pricing.denied("subscription", subject)
         await pricing.denied("subscription", "mesh.>")
@@ -179,7 +181,7 @@ async def test_a_service_cannot_subscribe_to_another_services_subjects(secured: 
         for owner in owners:
             assert await first(owner) == b"secret"
         # Anything delivered to pricing would be queued before the answer to its ping.
-        await pricing.nc.flush()
+        await flush(pricing.nc)
         assert [s.pending_msgs for s in spies] == [0] * len(spies)
 
 
@@ -198,7 +200,7 @@ async def test_a_service_takes_its_queue_subjects_only_inside_its_queue_groups(
         await gateway.nc.publish("mesh.catalog.v2.get", b"2")
         assert await first(member) == b"1"
         assert await first(subset_member) == b"2"
-        await catalog.nc.flush()
+        await flush(catalog.nc)
         assert [plain.pending_msgs, other.pending_msgs, subset_group.pending_msgs] == [0, 0, 0]
 
 
@@ -214,13 +216,13 @@ async def test_nobody_reads_another_identitys_replies(secured: Secured) -> None:
             await msg.respond(b"42")
 
         await pricing.nc.subscribe("mesh.pricing.quote", queue="pricing", cb=quote)
-        await pricing.nc.flush()
+        await flush(pricing.nc)
         await pricing.denied("subscription", "_INBOX_orders.>")
         await gateway.denied("subscription", "_INBOX_orders.*")
         reply = await orders.nc.request("mesh.pricing.quote", b"", timeout=5)
         assert reply.data == b"42"
-        await pricing.nc.flush()
-        await gateway.nc.flush()
+        await flush(pricing.nc)
+        await flush(gateway.nc)
         assert [s.pending_msgs for s in spies] == [0, 0, 0]
 
 
@@ -235,13 +237,13 @@ async def test_a_service_publishes_only_to_what_it_calls(secured: Secured) -> No
             "mesh._i.orders.o1.place": await orders.nc.subscribe("mesh._i.orders.o1.place"),
             "mesh.catalog.list": await catalog.nc.subscribe("mesh.catalog.list", queue="catalog"),
         }
-        await orders.nc.flush()
-        await catalog.nc.flush()
+        await flush(orders.nc)
+        await flush(catalog.nc)
         for subject in victims:
             await catalog.nc.publish(subject, b"forged")
             await pricing.nc.publish(subject, b"forged")
-        await catalog.nc.flush()
-        await pricing.nc.flush()
+        await flush(catalog.nc)
+        await flush(pricing.nc)
         for subject, victim in victims.items():
             await catalog.denied("publish", subject)
             await pricing.denied("publish", subject)
@@ -253,13 +255,13 @@ async def test_one_request_gets_one_reply(secured: Secured) -> None:
     async with connected(secured, "orders", "pricing") as (orders, pricing):
         requests = await pricing.nc.subscribe("mesh.pricing.quote", queue="pricing")
         inbox = await orders.nc.subscribe("_INBOX_orders.one")
-        await pricing.nc.flush()
-        await orders.nc.flush()
+        await flush(pricing.nc)
+        await flush(orders.nc)
         await orders.nc.publish("mesh.pricing.quote", b"", reply="_INBOX_orders.one")
         request = await requests.next_msg(timeout=5)
         await pricing.nc.publish(request.reply, b"first")
         await pricing.nc.publish(request.reply, b"second")
-        await pricing.nc.flush()
+        await flush(pricing.nc)
         await pricing.denied("publish", "_INBOX_orders.one")
         assert await first(inbox) == b"first"
         await orders.nc.publish("mesh.pricing.quote", b"", reply="_INBOX_orders.one")
@@ -275,10 +277,10 @@ async def test_a_service_speaks_for_itself_only(secured: Secured) -> None:
             kind: await controller.nc.subscribe(f"mesh._ctl.{kind}.*")
             for kind in ("announce", "heartbeat", "leave")
         }
-        await controller.nc.flush()
+        await flush(controller.nc)
         for kind in heard:
             await pricing.nc.publish(f"mesh._ctl.{kind}.catalog", b'{"service":"catalog"}')
-        await pricing.nc.flush()
+        await flush(pricing.nc)
         for kind, sub in heard.items():
             await pricing.denied("publish", f"mesh._ctl.{kind}.catalog")
             await catalog.nc.publish(f"mesh._ctl.{kind}.catalog", MARKER)
@@ -300,8 +302,8 @@ async def test_the_gateway_sends_requests_and_writes_nothing(secured: Secured) -
             await msg.respond(b"product")
 
         await catalog.nc.subscribe("mesh.catalog.get", queue="catalog", cb=get)
-        await catalog.nc.flush()
-        await controller.nc.flush()
+        await flush(catalog.nc)
+        await flush(controller.nc)
         assert (await gateway.nc.request("mesh.catalog.get", b"", timeout=5)).data == b"product"
 
         forged = {
@@ -318,7 +320,7 @@ async def test_the_gateway_sends_requests_and_writes_nothing(secured: Secured) -
         spies = [
             await gateway.nc.subscribe(s) for s in ("mesh.catalog.get", "$SRV.INFO", "mesh._ctl.>")
         ]
-        await gateway.nc.flush()
+        await flush(gateway.nc)
         for subject in forged:
             await gateway.denied("publish", subject)
         await gateway.denied("subscription", "mesh._ctl.>")
@@ -332,12 +334,12 @@ async def test_the_gateway_sends_requests_and_writes_nothing(secured: Secured) -
         # ...and it still reads the tables: a direct get, and the republished changes.
         assert (await read_direct(gateway.nc, "routes.catalog")) == entry
         changes = await gateway.nc.subscribe("mesh._ctl.table.routes.catalog")
-        await gateway.nc.flush()
+        await flush(gateway.nc)
         newer = await tables.put("routes.catalog", b"newer")
         assert entry_of(await changes.next_msg(timeout=5)) == Entry(
             "routes.catalog", b"newer", newer
         )
-        await gateway.nc.flush()
+        await flush(gateway.nc)
         assert [s.pending_msgs for s in spies] == [0, 0, 0]
 
 
@@ -345,10 +347,10 @@ async def test_operators_show_and_only_admins_apply(secured: Secured) -> None:
     async with connected(secured, "ops", "admin", "controller") as (ops, admin, controller):
         apply = await controller.nc.subscribe("mesh._ctl.routes.apply")
         show = await controller.nc.subscribe("mesh._ctl.status.show")
-        await controller.nc.flush()
+        await flush(controller.nc)
         await ops.nc.publish("mesh._ctl.routes.apply", b"forged")
         await ops.nc.publish("mesh._ctl.status.show", b"ops")
-        await ops.nc.flush()
+        await flush(ops.nc)
         await ops.denied("publish", "mesh._ctl.routes.apply")
         await admin.nc.publish("mesh._ctl.routes.apply", MARKER)
         assert await first(apply) == MARKER
@@ -364,9 +366,9 @@ async def test_a_request_to_an_unknown_service_fails_fast(secured: Secured) -> N
             await conn.nc.subscribe(f"mesh.{service}.*", queue=service)
             await conn.nc.subscribe(f"mesh.{service}.*.*", queue=f"{service}.v1")
             await conn.nc.subscribe(f"mesh._i.{service}.*.*")
-            await conn.nc.flush()
+            await flush(conn.nc)
         await controller.nc.subscribe("mesh._ctl.announce.*")
-        await controller.nc.flush()
+        await flush(controller.nc)
         for subject in ("mesh.nosuch.get", "mesh.nosuch.v1.get", "mesh._i.nosuch.x1.get"):
             with pytest.raises(NoRespondersError):
                 await gateway.nc.request(subject, b"", timeout=30)
@@ -410,8 +412,8 @@ async def test_a_caller_cannot_aim_forged_replies_at_another_callers_requests(
 
         await catalog.nc.subscribe("mesh.catalog.get", queue="catalog", cb=answer)
         quotes = await pricing.nc.subscribe("mesh.pricing.quote", queue="pricing")
-        await catalog.nc.flush()
-        await pricing.nc.flush()
+        await flush(catalog.nc)
+        await flush(pricing.nc)
         outcome: list[object] = []
 
         async def quote(requester: Requester) -> None:
@@ -428,10 +430,10 @@ async def test_a_caller_cannot_aim_forged_replies_at_another_callers_requests(
             guesses |= {format(int(token, 16) + d, "x") for d in (-2, -1, 1, 2)}
             for guess in guesses:
                 await pricing.nc.publish("mesh.catalog.get", b"", reply=f"{prefix}.{guess}")
-            await pricing.nc.flush()
+            await flush(pricing.nc)
             await eventually(lambda: len(answered) == len(guesses))
-            await catalog.nc.flush()
-            await orders.nc.flush()  # the forged answers have reached orders by now
+            await flush(catalog.nc)
+            await flush(orders.nc)  # the forged answers have reached orders by now
             assert outcome == []  # none was taken for pricing's answer
             await pricing.nc.publish(seen, b"the real quote")
             await eventually(lambda: outcome)

@@ -37,6 +37,7 @@ from natsmesh.control._status import Clients
 from natsmesh.control._store import Store
 from natsmesh.traffic._route_warnings import Live, empty_targets
 from natsmesh.traffic._routes import RouteConfig
+from natsmesh.transport._flush import flush
 from natsmesh.transport._kv import Tables, Unavailable
 from natsmesh.transport._transport import NATS, Msg, Subscription, connect, new_id
 from natsmesh.wire import _control
@@ -140,7 +141,7 @@ class Controller:
             await nc.subscribe(subject, cb=handler)
         for loop in (self._lease.run, self._write_loop, self._expire_loop, self._scan_loop):
             self._tg.start_soon(loop)
-        await nc.flush()
+        await flush(nc)
 
     async def __aexit__(
         self, et: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None

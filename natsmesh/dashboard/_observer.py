@@ -28,6 +28,7 @@ from anyio.streams.memory import MemoryObjectSendStream
 from natsmesh.client import _discovery
 from natsmesh.client._client import Mesh
 from natsmesh.traffic._aggregate import Aggregate
+from natsmesh.transport._flush import flush
 from natsmesh.transport._transport import NATS, Msg, NoReply, NoResponse, request
 from natsmesh.wire import _micro
 from natsmesh.wire import _observe as _wire
@@ -101,7 +102,7 @@ class Observer:
         taps = await nc.subscribe(_wire.tap_wildcard(self.prefix), cb=self._on_samples)
         failed = await nc.subscribe(_wire.errors_wildcard(self.prefix), cb=self._on_failures)
         try:
-            await nc.flush()
+            await flush(nc)
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._tap_interest)
                 await self._beat()

@@ -26,6 +26,7 @@ import anyio
 import anyio.abc
 import pydantic
 
+from natsmesh.transport._flush import flush
 from natsmesh.transport._transport import NATS, Msg, Subscription, subscribe_direct
 from natsmesh.wire._control import MAX_CONTROL_MESSAGE, EjectCommand, eject_subject
 
@@ -158,7 +159,7 @@ class QueueMembership:
             try:
                 for subject, queue, deliver in self._wanted[len(self.subscriptions) :]:
                     self.subscriptions.append(await self._subscribe(subject, queue, deliver))
-                await self._nc.flush()
+                await flush(self._nc)
             except Exception as exc:  # a connection that is away: tried again below
                 log.warning("%s/%s: rejoining the queue groups failed: %s", *self._me, exc)
             else:

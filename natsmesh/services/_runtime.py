@@ -30,6 +30,7 @@ from natsmesh.services._error_replies import ErrorReplies
 from natsmesh.services._membership import QueueMembership
 from natsmesh.services._presence import Presence
 from natsmesh.services._spec import ServiceSpec, spec_of
+from natsmesh.transport._flush import flush
 from natsmesh.transport._tasks import Nesting
 from natsmesh.transport._transport import (
     NATS,
@@ -164,7 +165,7 @@ class ServiceRunner:
         await self._subscribe_endpoints(nc, queues, dispatch)
         await tasks.start(queues.run)
         # The subscriptions are only live once the server has processed them.
-        await nc.flush()
+        await flush(nc)
         await presence.announce()
         await tasks.start(presence.heartbeats)
 
@@ -281,7 +282,7 @@ async def _close(nc: NATS) -> None:
         # close() alone can drop what is still buffered: the last replies of a drain.
         with anyio.move_on_after(5):
             if nc.is_connected:
-                await nc.flush()
+                await flush(nc)
         await nc.close()
 
 

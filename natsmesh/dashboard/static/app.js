@@ -85,6 +85,7 @@ async function followEvents() {
           state.services = data.services;
           setLive("live", "live · " + new Date().toLocaleTimeString());
           render();
+          refreshService();
         }, eventsAbort);
       } catch (err) {
         if (err.message === "unauthorized") return;
@@ -241,12 +242,25 @@ function schema(text) {
   return el("details", {}, el("summary", {}, "schema"), el("pre", {}, pretty));
 }
 
+let serviceLoading = false;
+
+// A service's page follows the beats too (its errors, instances and tables change), one
+// fetch at a time: a slow answer must not pile fetches up behind it.
+async function refreshService() {
+  if (serviceLoading || state.view !== "service" || !state.service) return;
+  serviceLoading = true;
+  try { await renderService(state.service); } finally { serviceLoading = false; }
+}
+
 async function renderService(name) {
   const section = document.getElementById("service");
   const response = await fetch("/api/v1/services/" + encodeURIComponent(name), { headers: authHeaders(), cache: "no-store" });
+  if (state.view !== "service" || state.service !== name) return;  // the user moved on
   if (response.status === 401 || response.status === 403) { showLogin(); section.replaceChildren(el("p", {}, "sign in to see " + name)); return; }
   if (!response.ok) { section.replaceChildren(el("p", {}, `no service ${name} (${response.status})`)); return; }
   const s = await response.json();
+  // A schema someone opened stays open across the refresh that follows each beat.
+  const opened = [...section.querySelectorAll("details")].map((d) => d.open);
   section.replaceChildren(
     el("h2", {}, s.name + " "),
     el("p", {}, `${s.count} instances · ${fmt.rps(s.rps)} req/s · success ${fmt.pct(s.success)} · p50 ${fmt.ms(s.p50)} · p99 ${fmt.ms(s.p99)}`),
@@ -265,6 +279,7 @@ async function renderService(name) {
     el("h2", {}, "Recent errors"),
     recentErrors(s),
   );
+  section.querySelectorAll("details").forEach((d, i) => { d.open = opened[i] || false; });
 }
 
 function causeChain(causes) {
