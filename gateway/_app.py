@@ -119,20 +119,26 @@ class Gateway:
             await send({"type": "websocket.close", "code": 1003})
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                try:
-                    await self.start()
-                except Exception as exc:
-                    log.exception("gateway startup failed")
-                    await send({"type": "lifespan.startup.failed", "message": str(exc)[:500]})
+        try:
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    try:
+                        await self.start()
+                    except Exception as exc:
+                        log.exception("gateway startup failed")
+                        await send({"type": "lifespan.startup.failed", "message": str(exc)[:500]})
+                        return
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    await self.stop()
+                    await send({"type": "lifespan.shutdown.complete"})
                     return
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                await self.stop()
-                await send({"type": "lifespan.shutdown.complete"})
-                return
+        finally:
+            # A server that cancels its lifespan task instead of sending shutdown (a
+            # second Ctrl-C) still gets the Mesh closed and the directory stopped. (Not
+            # under a shield: the Mesh's task group was entered outside it.)
+            await self.stop()
 
     async def start(self) -> None:
         """Connect (when the gateway owns the Mesh), load the HTTP routes, scan the services.

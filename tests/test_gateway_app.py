@@ -489,6 +489,23 @@ async def test_lifespan_connects_and_closes_an_owned_mesh(nats_url: str) -> None
     assert not mesh.ready
 
 
+async def test_a_cancelled_lifespan_still_closes_an_owned_mesh(nats_url: str) -> None:
+    """A server that cancels the lifespan task (no shutdown message) leaves nothing open."""
+    mesh = Mesh(nats_url, name="owned", kind="gateway")
+    app = create_app(mesh, owns_mesh=True)
+    to_app, from_test = anyio.create_memory_object_stream[dict[str, str]](4)
+    to_test, from_app = anyio.create_memory_object_stream[dict[str, str]](4)
+    async with anyio.create_task_group() as tg, to_app, from_test, to_test, from_app:
+        tg.start_soon(app, {"type": "lifespan"}, from_test.receive, to_test.send)
+        await to_app.send({"type": "lifespan.startup"})
+        assert (await from_app.receive())["type"] == "lifespan.startup.complete"
+        assert mesh.ready
+        nc = mesh.nats
+        tg.cancel_scope.cancel()
+    assert not mesh.ready
+    assert nc.is_closed
+
+
 async def test_websockets_are_closed(shop: Shop) -> None:
     sent: list[dict[str, object]] = []
 
