@@ -531,3 +531,15 @@ async def test_the_controller_refuses_a_policy_it_cannot_read(
     done = await run("controller", "--policy", str(policy), "--nats", nats_url)
     assert done.returncode == 2, done.stderr
     assert reason in done.stderr
+
+
+def test_a_long_list_of_unchanged_keys_is_summed_up() -> None:
+    from natsmesh.cli._control import some_of
+
+    assert some_of([]) == ""
+    assert some_of(["routes.a", "routes.b"]) == "routes.a, routes.b"
+    many = [f"routes.s{i}" for i in range(1000)]
+    line = some_of(many)
+    assert line.startswith("routes.s0, routes.s1, ")
+    assert line.endswith(" and 990 more")
+    assert "routes.s10," not in line

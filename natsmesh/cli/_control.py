@@ -169,8 +169,19 @@ async def _apply(args: argparse.Namespace, path: Path) -> int:
         for key, revision in sorted(reply.revisions.items()):
             print(f"{key}: revision {revision}")
         if reply.unchanged:
-            print(f"unchanged: {', '.join(reply.unchanged)}")
+            print(f"unchanged: {some_of(reply.unchanged)}")
     return 0
+
+
+#: Names a one-line summary lists before it counts the rest (a file may hold 1,000).
+NAMES_SHOWN = 10
+
+
+def some_of(names: Sequence[str], shown: int = NAMES_SHOWN) -> str:
+    """``a, b, c`` or, for more than ``shown``, the first ones and how many more."""
+    if len(names) <= shown:
+        return ", ".join(names)
+    return f"{', '.join(names[:shown])} and {len(names) - shown} more"
 
 
 async def _show(args: argparse.Namespace, service: str | None) -> int:
