@@ -35,6 +35,7 @@ from gateway import _docs, _errors, _openapi
 from gateway._auth import Denied, GatewayAuth, Policy, collect
 from gateway._directory import Directory, EndpointDoc
 from gateway._errors import GatewayError
+from gateway._lifespan import lifespan
 from gateway._limits import GatewayLimits
 from gateway._metrics import CONTENT_TYPE as METRICS_TYPE
 from gateway._metrics import Metrics
@@ -114,31 +115,9 @@ class Gateway:
         if kind == "http":
             await self._http(scope, receive, send)
         elif kind == "lifespan":
-            await self._lifespan(receive, send)
+            await lifespan(self.start, self.stop, receive, send)
         else:  # websocket: not served
             await send({"type": "websocket.close", "code": 1003})
-
-    async def _lifespan(self, receive: Receive, send: Send) -> None:
-        try:
-            while True:
-                message = await receive()
-                if message["type"] == "lifespan.startup":
-                    try:
-                        await self.start()
-                    except Exception as exc:
-                        log.exception("gateway startup failed")
-                        await send({"type": "lifespan.startup.failed", "message": str(exc)[:500]})
-                        return
-                    await send({"type": "lifespan.startup.complete"})
-                elif message["type"] == "lifespan.shutdown":
-                    await self.stop()
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
-        finally:
-            # A server that cancels its lifespan task instead of sending shutdown (a
-            # second Ctrl-C) still gets the Mesh closed and the directory stopped. (Not
-            # under a shield: the Mesh's task group was entered outside it.)
-            await self.stop()
 
     async def start(self) -> None:
         """Connect (when the gateway owns the Mesh), load the HTTP routes, scan the services.
