@@ -331,7 +331,7 @@ class Gateway:
         limit = self._body_limit
         if limit is None:
             try:
-                max_payload = self.mesh.nats.max_payload
+                max_payload = self.mesh.max_payload
             except RuntimeError:  # not connected yet: the configured limit, for now
                 return self.limits.max_body
             limit = self._body_limit = self.limits.body_limit(max_payload)
@@ -353,7 +353,7 @@ class Gateway:
 
     async def _nats_answers(self) -> bool:
         try:
-            await self.mesh.nats.flush(timeout=READY_PING)
+            await self.mesh.ping(timeout=READY_PING)
         except Exception as exc:  # nats-py's timeout, or a connection closed or reconnecting
             log.info("readiness: NATS did not answer a ping: %r", exc)
             return False

@@ -24,6 +24,7 @@ from test_controller import eventually
 from natsmesh import Context, Mesh, ServiceRunner, endpoint, service
 from natsmesh.control._controller import Controller
 from natsmesh.transport._kv import read_direct
+from natsmesh.transport._link import Link
 from natsmesh.wire import _micro
 from natsmesh.wire._control import Announcement, EjectCommand, OutlierReport, RouteTable
 
@@ -106,7 +107,7 @@ async def test_a_caller_follows_its_tables_without_a_consumer(
         reply = await ctl.apply(ROUTES + b"[services.pricing]\ntimeout = 1\n", allow_empty=True)
         assert reply.ok, reply
         # A direct get per key it may read; another service's key is refused.
-        entry = await read_direct(orders.nc, "routes.catalog")
+        entry = await read_direct(Link(orders.nc), "routes.catalog")
         assert entry is not None
         assert RouteTable.model_validate_json(entry.value or b"").policy["timeout"] == 2
         await orders.nc.publish("$JS.API.DIRECT.GET.KV_natsmesh.$KV.natsmesh.routes.orders", b"")

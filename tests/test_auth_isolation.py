@@ -40,6 +40,7 @@ from natsmesh.testing import EmbeddedNats
 from natsmesh.transport._credentials import Credentials
 from natsmesh.transport._flush import flush
 from natsmesh.transport._kv import Entry, Tables, entry_of, read_direct
+from natsmesh.transport._link import Link
 from natsmesh.transport._transport import Requester, connect
 
 pytestmark = pytest.mark.anyio
@@ -293,7 +294,7 @@ async def test_a_service_speaks_for_itself_only(secured: Secured) -> None:
 async def test_the_gateway_sends_requests_and_writes_nothing(secured: Secured) -> None:
     async with connected(secured, "gateway", "controller", "catalog", "admin") as conns:
         gateway, controller, catalog, admin = conns
-        tables = await Tables.open(controller.nc, create=True)
+        tables = await Tables.open(Link(controller.nc), create=True)
         revision = await tables.put("routes.catalog", b"good")
         apply = await controller.nc.subscribe("mesh._ctl.routes.apply")
         announce = await controller.nc.subscribe("mesh._ctl.announce.*")
@@ -332,7 +333,7 @@ async def test_the_gateway_sends_requests_and_writes_nothing(secured: Secured) -
         assert entry is not None
         assert (entry.value, entry.revision) == (b"good", revision)
         # ...and it still reads the tables: a direct get, and the republished changes.
-        assert (await read_direct(gateway.nc, "routes.catalog")) == entry
+        assert (await read_direct(Link(gateway.nc), "routes.catalog")) == entry
         changes = await gateway.nc.subscribe("mesh._ctl.table.routes.catalog")
         await flush(gateway.nc)
         newer = await tables.put("routes.catalog", b"newer")

@@ -17,6 +17,7 @@ from services import Echo, Frontdesk
 from test_controller import eventually
 
 from natsmesh import DeadlineExceeded, Mesh, NoResponders, ServiceRunner
+from natsmesh.client._client import link_of
 from natsmesh.client._discovery import gather
 from natsmesh.control._controller import Controller
 from natsmesh.wire._micro import Stats
@@ -56,7 +57,7 @@ async def _endpoint_stats(mesh: Mesh, service: str, endpoint: str) -> tuple[int,
     """(requests, errors, last error) of ``service.endpoint`` over all its instances."""
     requests = errors = 0
     last = ""
-    for stats in await gather(mesh.nats, "STATS", Stats, name=service, timeout=1.0):
+    for stats in await gather(link_of(mesh), "STATS", Stats, name=service, timeout=1.0):
         for e in stats.endpoints:
             if e.name == endpoint:
                 requests += e.num_requests

@@ -34,6 +34,7 @@ from natsmesh.client._running import Call
 from natsmesh.client._targets import Route
 from natsmesh.control._controller import Controller
 from natsmesh.traffic._routes import ServicePolicy
+from natsmesh.transport._link import Link
 from natsmesh.transport._transport import Requester
 from natsmesh.wire import _headers
 from natsmesh.wire._codec import Codec
@@ -120,12 +121,12 @@ async def caller(url: str, seed: int = 1) -> AsyncIterator[Caller]:
     try:
         async with Requester(nc) as requester:
             yield Caller(
-                nc,
+                Link(nc),
                 requester,
                 SUBJECTS,
                 name="tester",
                 rng=random.Random(seed),
-                resolver=Resolver(nc, SUBJECTS),
+                resolver=Resolver(Link(nc), SUBJECTS),
             )
     finally:
         await nc.close()

@@ -22,6 +22,7 @@ from services import Echo
 from natsmesh import ServiceRunner
 from natsmesh.control._controller import Controller
 from natsmesh.transport._kv import Tables
+from natsmesh.transport._link import Link
 from natsmesh.wire._control import LEADER_KEY, RegistryTable, control_subject
 
 pytestmark = pytest.mark.anyio
@@ -46,7 +47,7 @@ async def eventually(check: Callable[[], Any], *, within: float = 10.0) -> Any:
 async def registry(url: str, service: str) -> RegistryTable | None:
     nc = await nats.connect(url)
     try:
-        entry = await (await Tables.open(nc)).get(f"registry.{service}")
+        entry = await (await Tables.open(Link(nc))).get(f"registry.{service}")
     finally:
         await nc.close()
     if entry is None or entry.value is None:
@@ -162,7 +163,7 @@ async def _renewals(nats_url: str, holder: str, count: int) -> None:
     """Wait until ``holder`` has renewed the leader lease ``count`` times (a KV watch)."""
     nc = await nats.connect(nats_url)
     try:
-        async with (await Tables.open(nc)).watch(LEADER_KEY) as updates:
+        async with (await Tables.open(Link(nc))).watch(LEADER_KEY) as updates:
             with anyio.fail_after(10):
                 while count > 0:
                     entry = await updates.get()
@@ -315,7 +316,7 @@ async def test_lease_is_released_on_a_clean_stop(nats_url: str) -> None:
         await eventually(lambda: controller.is_leader)
     nc = await nats.connect(nats_url)
     try:
-        entry = await (await Tables.open(nc)).get(LEADER_KEY)
+        entry = await (await Tables.open(Link(nc))).get(LEADER_KEY)
     finally:
         await nc.close()
     assert entry is not None
@@ -390,7 +391,7 @@ async def test_a_controller_starts_and_leads_with_the_streams_consumers_exhauste
     plane down; a controller must still start, lead, and apply."""
     nc = await nats.connect(nats_url)
     try:
-        tables = await Tables.open(nc, create=True)
+        tables = await Tables.open(Link(nc), create=True)
         await tables.put("registry.echo", b"{not a table")
         js = nc.jetstream()
         info = await js.stream_info("KV_natsmesh")

@@ -49,7 +49,7 @@ VANISHING = textwrap.dedent(
 
     async def main():
         nc = await nats.connect(sys.argv[1])
-        async with TableCache(nc, client_name="vanishing", report_interval=0.3) as tables:
+        async with TableCache(Link(nc), client_name="vanishing", report_interval=0.3) as tables:
             await tables.ensure("echo", wait=5)
             await tables._report()
             print("ready", flush=True)

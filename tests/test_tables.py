@@ -22,6 +22,7 @@ from natsmesh.client._tables import TableCache
 from natsmesh.control._controller import Controller
 from natsmesh.testing import EmbeddedNats
 from natsmesh.transport._kv import Tables
+from natsmesh.transport._link import Link
 from natsmesh.wire._control import (
     HTTP_KEY,
     HTTP_TABLE,
@@ -80,7 +81,7 @@ async def nc(nats_url: str) -> AsyncIterator[NATS]:
 
 @pytest.fixture
 async def bucket(nc: NATS) -> Tables:
-    return await Tables.open(nc, create=True)
+    return await Tables.open(Link(nc), create=True)
 
 
 @pytest.fixture
@@ -140,7 +141,7 @@ async def test_concurrent_first_callers_share_one_load(nc: NATS, bucket: Tables)
             gets.append(msg.subject)
 
     await nc.subscribe("$JS.API.>", cb=on_api)
-    async with TableCache(nc, client_name="t", reconcile_interval=60) as cache:
+    async with TableCache(Link(nc), client_name="t", reconcile_interval=60) as cache:
         async with anyio.create_task_group() as tg:
             for _ in range(20):
                 tg.start_soon(cache.ensure, "echo")
@@ -154,7 +155,7 @@ async def test_the_watch_applies_a_change_within_a_second(
 ) -> None:
     await bucket.put(routes_key("echo"), _route())
     # A long reconcile interval: only the watch can bring the change.
-    async with TableCache(nc, client_name="t", reconcile_interval=60) as cache:
+    async with TableCache(Link(nc), client_name="t", reconcile_interval=60) as cache:
         await cache.ensure("echo")
         rev = await bucket.put(registry_key("echo"), _registry("echo", "a1", "b2"))
         await reports.wait_for(_applied("echo", registry=rev), timeout=1.0)
@@ -176,7 +177,7 @@ async def test_a_bad_table_is_rejected_and_the_last_good_one_kept(
     nc: NATS, bucket: Tables, reports: Reports, value: bytes, reason: str
 ) -> None:
     good = await bucket.put(routes_key("echo"), _route(timeout=1.5))
-    async with TableCache(nc, client_name="t", reconcile_interval=60) as cache:
+    async with TableCache(Link(nc), client_name="t", reconcile_interval=60) as cache:
         await cache.ensure("echo")
         bad = await bucket.put(routes_key("echo"), value)
 
@@ -197,7 +198,7 @@ async def test_status_reports_follow_each_change_and_keep_alive(
     nc: NATS, bucket: Tables, reports: Reports
 ) -> None:
     async with TableCache(
-        nc, client_name="reporter", kind="gateway", reconcile_interval=60, report_interval=0.2
+        Link(nc), client_name="reporter", kind="gateway", reconcile_interval=60, report_interval=0.2
     ) as cache:
         await cache.ensure("echo")
         first = await bucket.put(routes_key("echo"), _route())
@@ -218,7 +219,7 @@ async def test_the_reconcile_rescues_missed_changes(
 ) -> None:
     interval = 0.3
     await bucket.put(routes_key("echo"), _route())
-    async with TableCache(nc, client_name="t", reconcile_interval=interval) as cache:
+    async with TableCache(Link(nc), client_name="t", reconcile_interval=interval) as cache:
         await cache.ensure("echo")
         # Missed republished changes (a reconnect, a stalled stream leader): the
         # subscriptions go quiet, and only the reconcile's direct gets remain.
@@ -255,13 +256,13 @@ async def test_without_a_controller_calls_work(jetstream: bool) -> None:
 
 
 async def test_a_bucket_created_later_is_found_by_the_reconcile(nc: NATS, reports: Reports) -> None:
-    async with TableCache(nc, client_name="t", reconcile_interval=0.3) as cache:
+    async with TableCache(Link(nc), client_name="t", reconcile_interval=0.3) as cache:
         started = time.monotonic()
         await cache.ensure("echo")
         assert time.monotonic() - started < 0.25  # no bucket: the caller does not wait
         assert cache.route("echo") is None
 
-        bucket = await Tables.open(nc, create=True)
+        bucket = await Tables.open(Link(nc), create=True)
         rev = await bucket.put(routes_key("echo"), _route())
         await reports.wait_for(_applied("echo", routes=rev), timeout=2.0)
         assert cache.route("echo") is not None

@@ -17,6 +17,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
 from natsmesh.client._tables import TableCache
+from natsmesh.transport._link import Link
 
 pytestmark = pytest.mark.anyio
 
@@ -68,7 +69,7 @@ async def test_a_cancelled_waiter_leaves_the_first_load_to_the_others(
     nc: NATS, gets: HeldGets, caplog: pytest.LogCaptureFixture
 ) -> None:
     before = _running()
-    async with TableCache(nc, client_name="t", reconcile_interval=60) as cache:
+    async with TableCache(Link(nc), client_name="t", reconcile_interval=60) as cache:
         first = anyio.CancelScope()
         first_gone = anyio.Event()
         got: list[bool] = []
@@ -106,7 +107,7 @@ async def test_a_cache_left_with_loads_in_flight_stops_them_and_wakes_their_wait
 ) -> None:
     before = _running()
     woken: list[bool] = []
-    cache = TableCache(nc, client_name="t", reconcile_interval=60)
+    cache = TableCache(Link(nc), client_name="t", reconcile_interval=60)
 
     async def waiter() -> None:
         await cache.ensure("echo", wait=60)
@@ -126,7 +127,7 @@ async def test_a_cache_left_with_loads_in_flight_stops_them_and_wakes_their_wait
 
 
 async def test_a_cache_never_entered_refuses_to_load(nc: NATS) -> None:
-    cache = TableCache(nc, client_name="t")
+    cache = TableCache(Link(nc), client_name="t")
     with pytest.raises(RuntimeError, match="enter the TableCache"):
         await cache.ensure("echo")
 
@@ -135,7 +136,7 @@ async def test_a_first_load_on_a_closed_connection_is_logged_not_raised(
     nats_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     conn = await nats.connect(nats_url)
-    async with TableCache(conn, client_name="t", reconcile_interval=60) as cache:
+    async with TableCache(Link(conn), client_name="t", reconcile_interval=60) as cache:
         await conn.close()
         await cache.ensure("echo", wait=5)
         assert "echo" in cache  # over, without tables

@@ -20,6 +20,7 @@ from procs import Proc
 from test_controller import eventually
 
 from natsmesh import Mesh, Retries, ServicePolicy
+from natsmesh.client._client import link_of
 from natsmesh.client._discovery import gather
 from natsmesh.wire import _micro
 
@@ -60,7 +61,7 @@ async def instances(url: str, service: str) -> int:
 
 async def in_flight(url: str, service: str) -> int:
     async with Mesh(url, tables=False) as mesh:
-        stats = await gather(mesh.nats, "STATS", _micro.Stats, name=service, timeout=0.5)
+        stats = await gather(link_of(mesh), "STATS", _micro.Stats, name=service, timeout=0.5)
     # Each instance reports its requests in flight with every endpoint.
     return sum(
         max((int((e.data or {}).get("in_flight", 0)) for e in s.endpoints), default=0)

@@ -230,9 +230,10 @@ async def scale(
 
 async def _registered(nc: NATS, services: int) -> int:
     from natsmesh.transport._kv import Tables
+    from natsmesh.transport._link import Link
     from natsmesh.wire._control import RegistryTable
 
-    tables = await Tables.open(nc)
+    tables = await Tables.open(Link(nc))
     count = 0
     for i in range(services):
         entry = await tables.get(f"registry.svc{i}")

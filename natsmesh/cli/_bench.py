@@ -17,7 +17,7 @@ from typing import Any
 from natsmesh.bench._env import BenchError, environment, header
 from natsmesh.cli._nats import maybe_embedded, positive, seconds, server_of
 from natsmesh.ops._loop import resolve
-from natsmesh.transport._transport import connect
+from natsmesh.transport._link import Link
 
 Command = Callable[[argparse.Namespace], Awaitable[int]]
 
@@ -68,7 +68,7 @@ async def _bench(args: argparse.Namespace) -> int:
     if server_of(args):
         # The benchmarks make many connections of their own: check the server once, here.
         await (
-            await connect(
+            await Link.open(
                 server_of(args), name="natsmesh-bench", give_up_after=args.connect_timeout
             )
         ).close()

@@ -18,7 +18,8 @@ from natsmesh.control._controller import Controller
 from natsmesh.control._route_apply import MAX_ROUTE_FILE
 from natsmesh.security._policy import PolicyError, load_policy
 from natsmesh.services._serve import wait_for_signal
-from natsmesh.transport._transport import NoReply, NoResponse, connect, request
+from natsmesh.transport._link import Link
+from natsmesh.transport._transport import NoReply, NoResponse
 from natsmesh.wire._control import (
     ALLOW_EMPTY,
     HTTP_KEY,
@@ -120,10 +121,10 @@ async def _ask(
     *,
     timeout: float = 5.0,
 ) -> bytes:
-    nc = await connect(server_of(args), name="natsmesh-cli", give_up_after=args.connect_timeout)
+    link = await Link.open(server_of(args), name="natsmesh-cli", give_up_after=args.connect_timeout)
     try:
-        msg = await request(
-            nc, control_subject("mesh", name), payload, timeout=timeout, headers=headers or {}
+        msg = await link.request(
+            control_subject("mesh", name), payload, timeout=timeout, headers=headers or {}
         )
     except NoReply:
         # A controller took the request (else the server says no responders) but has
@@ -140,7 +141,7 @@ async def _ask(
             subject=control_subject("mesh", name),
         ) from None
     finally:
-        await nc.close()
+        await link.close()
     return msg.data
 
 

@@ -24,7 +24,7 @@ from natsmesh.client._client import Mesh
 from natsmesh.client._discovery import gather
 from natsmesh.control._controller import from_info
 from natsmesh.control._registry import schema_conflicts
-from natsmesh.transport._transport import connect
+from natsmesh.transport._link import Link
 from natsmesh.wire import _micro
 from natsmesh.wire._control import Announcement
 from natsmesh.wire._errors import NoResponders
@@ -110,12 +110,12 @@ async def _call(args: argparse.Namespace) -> int:
 
 async def _discover(args: argparse.Namespace, verb: str, model: Any) -> list[Any]:
     """Every answer to ``$SRV.<verb>``; raises NoResponders when a named service has none."""
-    nc = await connect(server_of(args), name="natsmesh-cli", give_up_after=args.connect_timeout)
+    link = await Link.open(server_of(args), name="natsmesh-cli", give_up_after=args.connect_timeout)
     name = getattr(args, "service", None)
     try:
-        answers = await gather(nc, verb, model, name=name, timeout=args.timeout)
+        answers = await gather(link, verb, model, name=name, timeout=args.timeout)
     finally:
-        await nc.close()
+        await link.close()
     if name is not None and not answers:
         raise NoResponders(
             f"no instance of {name!r} answered", service=name, endpoint="", subject=verb

@@ -34,7 +34,8 @@ from natsmesh.traffic._planner import (
 )
 from natsmesh.traffic._routes import ServicePolicy
 from natsmesh.traffic._traffic import ServiceTraffic
-from natsmesh.transport._transport import NATS, Msg, Requester
+from natsmesh.transport._link import Link
+from natsmesh.transport._transport import Msg, Requester
 from natsmesh.wire import _headers
 from natsmesh.wire._codec import Codec
 from natsmesh.wire._control import RegistryTable
@@ -52,7 +53,7 @@ class Caller:
 
     def __init__(
         self,
-        nc: NATS,
+        link: Link,
         requester: Requester,
         subjects: Subjects,
         *,
@@ -66,8 +67,8 @@ class Caller:
         self._rng = rng
         self._resolver = resolver
         self.traffic: dict[str, ServiceTraffic] = {}
-        self.targets = Targets(subjects, rng, Silence(nc))
-        self._exchange = Exchange(nc, requester, subjects, self.targets, name=name)
+        self.targets = Targets(subjects, rng, Silence(link))
+        self._exchange = Exchange(link, requester, subjects, self.targets, name=name)
 
     @property
     def zone(self) -> str:

@@ -17,9 +17,7 @@ import time
 from collections.abc import Mapping
 from contextlib import AsyncExitStack
 from types import TracebackType
-from typing import Any, Final, Literal, Self, TypeVar, overload
-
-import anyio
+from typing import TYPE_CHECKING, Any, Final, Literal, Self, TypeVar, overload
 
 from natsmesh.client import _discovery
 from natsmesh.client._call import Caller
@@ -32,12 +30,16 @@ from natsmesh.observe._hooks import CallObserver, NoObserver
 from natsmesh.traffic._backoff import budget
 from natsmesh.traffic._routes import HttpRoute, ServicePolicy
 from natsmesh.traffic._traffic import DEFAULT_POLICY
+from natsmesh.transport._link import Link
 from natsmesh.transport._tasks import Nesting
-from natsmesh.transport._transport import NATS, Requester, connect, server_cluster
+from natsmesh.transport._transport import Requester
 from natsmesh.wire import _codec, _headers, _micro
 from natsmesh.wire._codec import Limits
 from natsmesh.wire._control import HTTP_TABLE, RegistryTable
 from natsmesh.wire._subjects import Subjects, validate_name
+
+if TYPE_CHECKING:  # the escape hatch's type only: everything else goes through a Link
+    from natsmesh.transport._transport import NATS
 
 log = logging.getLogger("natsmesh.client")
 T = TypeVar("T")
@@ -97,14 +99,13 @@ class Mesh:
             raise ValueError("timeout must be positive")
         if connect_timeout is not None and connect_timeout <= 0:
             raise ValueError("connect_timeout must be positive")
-        self._nats = nats
+        self._nats: str | NATS | Link | None = nats
         self.name = name
         self._subjects = Subjects(prefix)
         self.timeout = timeout
         self.policy = policy or DEFAULT_POLICY
         self._limits = limits
-        self._nc: NATS | None = None
-        self._owns_connection = False
+        self._link: Link | None = None
         self._resolver: Resolver | None = None
         self._rng = random.Random()
         self._requester: Requester | None = None
@@ -137,34 +138,31 @@ class Mesh:
 
     async def _open(self, stack: AsyncExitStack) -> None:
         """Everything __aenter__ does, each step undone by ``stack`` (in reverse)."""
-        if isinstance(self._nats, NATS):
-            nc = self._nats
-        else:
-            nc = await connect(self._nats, name=self.name, give_up_after=self._connect_timeout)
-            stack.push_async_callback(_drain, nc)
-            self._owns_connection = True
-        self._nc = nc
+        link = self._link = await Link.open(
+            self._nats, name=self.name, give_up_after=self._connect_timeout
+        )
+        stack.push_async_callback(link.release, within=_CLOSE_WITHIN)
         stack.callback(self._forget)
-        requester = await stack.enter_async_context(Requester(nc))
+        requester = await stack.enter_async_context(link.requester())
         self._requester = requester
-        self._resolver = Resolver(nc, self._subjects)
+        self._resolver = Resolver(link, self._subjects)
         self._caller = Caller(
-            nc,
+            link,
             requester,
             self._subjects,
             name=self.name,
             rng=self._rng,
             resolver=self._resolver,
         )
-        self._caller.zone = self.zone if self.zone is not None else server_cluster(nc)
+        self._caller.zone = self.zone if self.zone is not None else link.zone
         caller = self._caller
         await self._observer.start(
-            nc, prefix=self._subjects.prefix, name=self.name, zone=lambda: caller.zone
+            link, prefix=self._subjects.prefix, name=self.name, zone=lambda: caller.zone
         )
         stack.push_async_callback(self._observer.stop)
         if self._use_tables:
             cache = TableCache(
-                nc,
+                link,
                 client_name=self.name,
                 kind=self._kind,
                 prefix=self._subjects.prefix,
@@ -188,8 +186,7 @@ class Mesh:
         self._requester = None
         self._caller = None
         self._resolver = None
-        self._nc = None
-        self._owns_connection = False
+        self._link = None
 
     def bound(self, context: Upstream) -> Mesh:
         """This client, making every call as a nested call of ``context``'s request."""
@@ -205,9 +202,18 @@ class Mesh:
         ``max_payload``). Shared with the mesh: do not close or drain it. Raises
         RuntimeError before ``async with``.
         """
-        if self._nc is None:
-            raise RuntimeError("use 'async with Mesh(...)' before calling")
-        return self._nc
+        return link_of(self).nats
+
+    @property
+    def max_payload(self) -> int:
+        """The largest message the server takes (bytes); RuntimeError before ``async with``."""
+        return link_of(self).max_payload
+
+    async def ping(self, *, timeout: float = 1.0) -> None:
+        """Return once the server has answered a ping: raises when it does not within
+        ``timeout`` seconds, or the connection is closed or reconnecting.
+        """
+        await link_of(self).ping(timeout)
 
     @overload
     async def call(
@@ -335,7 +341,9 @@ class Mesh:
 
     async def services(self, name: str | None = None, *, timeout: float = 1.0) -> list[_micro.Info]:
         """INFO of every running service instance (natsmesh or not), optionally of one name."""
-        return await _discovery.gather(self.nats, "INFO", _micro.Info, name=name, timeout=timeout)
+        return await _discovery.gather(
+            link_of(self), "INFO", _micro.Info, name=name, timeout=timeout
+        )
 
     # -- for front doors (the HTTP gateway) ---------------------------------------------
 
@@ -371,19 +379,22 @@ class Mesh:
     @property
     def ready(self) -> bool:
         """Connected to NATS, and the first load of every table asked for is over."""
-        nc = self._nc
-        if nc is None or not nc.is_connected:
+        link = self._link
+        if link is None or not link.is_connected:
             return False
         return self._tables is None or self._tables.loaded
 
 
-async def _drain(nc: NATS) -> None:
-    """Close a connection the Mesh opened (shielded: also when its task is cancelled)."""
-    with anyio.CancelScope(shield=True):
-        with anyio.move_on_after(_CLOSE_WITHIN):
-            try:
-                await nc.drain()
-            except Exception as exc:  # it was lost meanwhile: close what is left
-                log.debug("draining the connection failed: %s", exc)
-        if not nc.is_closed:
-            await nc.close()
+def on_link(mesh: Mesh, link: Link) -> Mesh:
+    """``mesh``, made to use ``link`` (a connection natsmesh holds already) when entered."""
+    mesh._nats = link
+    return mesh
+
+
+def link_of(mesh: Mesh) -> Link:
+    """The connection ``mesh`` uses, for natsmesh's own layers above the client (a
+    service's runtime, the dashboard's observer); RuntimeError before ``async with``.
+    """
+    if mesh._link is None:
+        raise RuntimeError("use 'async with Mesh(...)' before calling")
+    return mesh._link

@@ -14,7 +14,8 @@ from typing import TypeVar
 import anyio
 import pydantic
 
-from natsmesh.transport._transport import NATS, NO_RESPONDERS, STATUS, NoReply, NoResponse, request
+from natsmesh.transport._link import Link
+from natsmesh.transport._transport import NO_RESPONDERS, STATUS, NoReply, NoResponse
 from natsmesh.wire import _micro
 from natsmesh.wire._subjects import srv_request_subject
 
@@ -31,7 +32,7 @@ _MAX_ANSWER = 4 * 1024 * 1024
 
 
 async def gather(
-    nc: NATS,
+    link: Link,
     verb: str,
     model: type[M],
     *,
@@ -42,11 +43,11 @@ async def gather(
 ) -> list[M]:
     """Every valid answer to a ``$SRV`` request, sorted by service name and id."""
     subject = srv_request_subject(verb, name, instance_id)
-    inbox = nc.new_inbox()
-    sub = await nc.subscribe(inbox, max_msgs=0)
+    inbox = link.new_inbox()
+    sub = await link.subscribe(inbox, max_msgs=0)
     answers: list[M] = []
     try:
-        await nc.publish(subject, b"", reply=inbox)
+        await link.publish(subject, b"", reply=inbox)
         with anyio.move_on_after(timeout):
             wait = timeout
             while True:
@@ -71,11 +72,11 @@ async def gather(
     return answers
 
 
-async def first_info(nc: NATS, name: str, *, timeout: float = 0.5) -> _micro.Info | None:
+async def first_info(link: Link, name: str, *, timeout: float = 0.5) -> _micro.Info | None:
     """The INFO of one instance of ``name``, or None when none answers."""
     subject = srv_request_subject("INFO", name)
     try:
-        msg = await request(nc, subject, b"", timeout=timeout, headers={})
+        msg = await link.request(subject, b"", timeout=timeout)
     except (NoReply, NoResponse):
         return None
     return _parse(_micro.Info, msg.data)

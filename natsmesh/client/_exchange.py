@@ -23,7 +23,8 @@ from natsmesh.client._running import Running
 from natsmesh.client._targets import Route, Target, Targets
 from natsmesh.traffic._planner import Kind, Outcome, Why, hedge_after
 from natsmesh.traffic._traffic import Counters
-from natsmesh.transport._transport import NATS, Lost, Msg, NoReply, NoResponse, Requester
+from natsmesh.transport._link import Link
+from natsmesh.transport._transport import Lost, Msg, NoReply, NoResponse, Requester
 from natsmesh.wire import _headers
 from natsmesh.wire._control import RegistryTable
 from natsmesh.wire._errors import (
@@ -67,12 +68,12 @@ class Exchange:
     """Sends the tries of one Mesh client's calls."""
 
     def __init__(
-        self, nc: NATS, requester: Requester, subjects: Subjects, targets: Targets, *, name: str
+        self, link: Link, requester: Requester, subjects: Subjects, targets: Targets, *, name: str
     ) -> None:
         self._requester = requester
         self._subjects = subjects
         self._targets = targets
-        self._reporter = QueueReporter(nc, prefix=subjects.prefix, caller=name)
+        self._reporter = QueueReporter(link, prefix=subjects.prefix, caller=name)
         # Requests name their caller in the subject (ctx.caller) when the registry says
         # the service runs natsmesh; others (foreign micro services, plain subscribers,
         # anything while no controller runs) know nothing of it: the plain subject.

@@ -25,7 +25,7 @@ from collections.abc import Mapping
 
 from natsmesh.traffic._resilience import QueueOutliers
 from natsmesh.traffic._traffic import ServiceTraffic
-from natsmesh.transport._transport import NATS
+from natsmesh.transport._link import Link
 from natsmesh.wire import _headers
 from natsmesh.wire._control import OutlierReport, RegistryTable, identity_of, outlier_subject
 from natsmesh.wire._errors import InvalidName
@@ -48,11 +48,11 @@ def instance_of(headers: Mapping[str, str] | None) -> str | None:
 class QueueReporter:
     """Counts queue-mode failures per service and instance, and reports outliers."""
 
-    def __init__(self, nc: NATS, *, prefix: str, caller: str) -> None:
-        self._nc = nc
+    def __init__(self, link: Link, *, prefix: str, caller: str) -> None:
+        self._link = link
         self._prefix = prefix
         self._caller = caller[:256] or "client"
-        self.identity = identity_of(nc.new_inbox(), self._caller)
+        self.identity = identity_of(link.new_inbox(), self._caller)
         self._detectors: dict[str, QueueOutliers] = {}
 
     async def failed(
@@ -87,6 +87,6 @@ class QueueReporter:
         )
         subject = outlier_subject(self._prefix, service, self.identity)
         try:
-            await self._nc.publish(subject, report.model_dump_json().encode())
+            await self._link.publish(subject, report.model_dump_json().encode())
         except Exception as exc:  # a closed or reconnecting connection: the next failure retries
             log.debug("outlier report for %s/%s not sent: %s", service, instance, exc)

@@ -12,7 +12,7 @@ from typing import Final
 
 from natsmesh.client import _discovery
 from natsmesh.client._targets import Route
-from natsmesh.transport._transport import NATS
+from natsmesh.transport._link import Link
 from natsmesh.wire._codec import Codec
 from natsmesh.wire._errors import ErrorKind, UnknownEndpoint
 from natsmesh.wire._subjects import Subjects, parse_target, validate_name, validate_token
@@ -24,8 +24,8 @@ _MAX_ROUTES: Final = 10_000
 class Resolver:
     """Routes of one Mesh client, by target (``"service.endpoint"``)."""
 
-    def __init__(self, nc: NATS, subjects: Subjects) -> None:
-        self._nc = nc
+    def __init__(self, link: Link, subjects: Subjects) -> None:
+        self._link = link
         self._subjects = subjects
         self.routes: dict[str, Route] = {}  # by target, bounded
 
@@ -62,7 +62,7 @@ class Resolver:
         wait = min(_DISCOVERY_WAIT, deadline - now)
         if wait <= 0.001:
             return None
-        info = await _discovery.first_info(self._nc, route.service, timeout=wait)
+        info = await _discovery.first_info(self._link, route.service, timeout=wait)
         if info is None:
             return None
         for ep in info.endpoints:

@@ -40,8 +40,9 @@ from anyio.abc import TaskGroup
 
 from natsmesh.traffic._routes import HttpRoute, RouteConfig, ServicePolicy
 from natsmesh.transport._kv import Entry, Unavailable, entry_of, read_direct
+from natsmesh.transport._link import Link
 from natsmesh.transport._tasks import background
-from natsmesh.transport._transport import NATS, Msg, Subscription
+from natsmesh.transport._transport import Msg, Subscription
 from natsmesh.wire._control import (
     HTTP_KEY,
     HTTP_TABLE,
@@ -86,7 +87,7 @@ class TableCache:
 
     def __init__(
         self,
-        nc: NATS,
+        link: Link,
         *,
         client_name: str,
         kind: Literal["client", "gateway", "service"] = "client",
@@ -97,7 +98,7 @@ class TableCache:
     ) -> None:
         if reconcile_interval <= 0 or report_interval <= 0:
             raise ValueError("intervals must be positive")
-        self._nc = nc
+        self._link = link
         self.client_name = client_name[:256]
         self.kind = kind
         self.reconcile_interval = reconcile_interval
@@ -105,7 +106,7 @@ class TableCache:
         self.follow = follow
         self._prefix = prefix
         # The subject names the sender; under a policy only that identity may publish it.
-        self.identity = identity_of(nc.new_inbox(), self.client_name)
+        self.identity = identity_of(link.new_inbox(), self.client_name)
         self._status_subject = status_subject(prefix, self.identity)
         self._snapshots: dict[str, Snapshot] = {}
         self._seen: dict[str, int] = {}  # key -> newest revision handled (applied or rejected)
@@ -235,7 +236,7 @@ class TableCache:
         keys = _keys(service)
         before = [self._seen.get(key, 0) for key in keys]
         # Both gets first, then both applies: no reader sees half of a load.
-        entries = [await read_direct(self._nc, key) for key in keys]
+        entries = [await read_direct(self._link, key) for key in keys]
         changed = False
         for key, seen, entry in zip(keys, before, entries, strict=True):
             if entry is not None:
@@ -258,7 +259,7 @@ class TableCache:
                 await self._report()
 
         for key in _keys(service):
-            sub = await self._nc.subscribe(table_subject(self._prefix, key), cb=on_change)
+            sub = await self._link.subscribe(table_subject(self._prefix, key), cb=on_change)
             self._subs[service].append(sub)
 
     async def reconcile(self) -> None:
@@ -299,7 +300,7 @@ class TableCache:
             left=left,
         )
         try:
-            await self._nc.publish(self._status_subject, report.model_dump_json().encode())
+            await self._link.publish(self._status_subject, report.model_dump_json().encode())
         except Exception as exc:  # a closed or reconnecting connection: the next report retries
             log.debug("status report not sent: %s", exc)
 

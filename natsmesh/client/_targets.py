@@ -22,7 +22,7 @@ from natsmesh.client import _discovery
 from natsmesh.traffic._routes import ServicePolicy
 from natsmesh.traffic._traffic import ServiceTraffic
 from natsmesh.traffic._zones import TierCache, pick
-from natsmesh.transport._transport import NATS
+from natsmesh.transport._link import Link
 from natsmesh.wire import _micro
 from natsmesh.wire._codec import Codec
 from natsmesh.wire._control import RegistryTable
@@ -157,8 +157,8 @@ class Silence:
     back within that), instead of sending into the queue group to find out.
     """
 
-    def __init__(self, nc: NATS) -> None:
-        self._nc = nc
+    def __init__(self, link: Link) -> None:
+        self._link = link
         self._heard: dict[str, _Heard] = {}
 
     def known(self, service: str) -> frozenset[str]:
@@ -192,7 +192,7 @@ class Silence:
         self._heard[service] = entry
         try:
             answers = await _discovery.gather(
-                self._nc, "PING", _micro.Ping, name=service, timeout=wait, stall=_PROBE_STALL
+                self._link, "PING", _micro.Ping, name=service, timeout=wait, stall=_PROBE_STALL
             )
             heard_ids = {a.id for a in answers}
             entry.silent = frozenset(

@@ -21,7 +21,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Collection
 from types import TracebackType
-from typing import Self
+from typing import TYPE_CHECKING, Self
 
 import anyio
 import pydantic
@@ -37,9 +37,9 @@ from natsmesh.control._status import Clients
 from natsmesh.control._store import Store
 from natsmesh.traffic._route_warnings import Live, empty_targets
 from natsmesh.traffic._routes import RouteConfig
-from natsmesh.transport._flush import flush
 from natsmesh.transport._kv import Tables, Unavailable
-from natsmesh.transport._transport import NATS, Msg, Subscription, connect, new_id
+from natsmesh.transport._link import Link
+from natsmesh.transport._transport import Msg, Subscription, new_id
 from natsmesh.wire import _control
 from natsmesh.wire._control import (
     ApplyReply,
@@ -56,6 +56,9 @@ from natsmesh.wire._control import (
 __all__ = ["Controller", "from_info"]
 
 log = logging.getLogger("natsmesh.controller")
+
+if TYPE_CHECKING:  # a connection the caller owns, wrapped in a Link
+    from natsmesh.transport._transport import NATS
 
 Handler = Callable[[Msg], Awaitable[None]]
 
@@ -90,8 +93,7 @@ class Controller:
         self.registry = Registry(expiry=expiry, foreign_expiry=2.5 * scan_interval)
         self._clients = Clients(ttl=status_ttl)
         self._conflicts: dict[str, list[SchemaConflict]] = {}
-        self._nc: NATS | None = None
-        self._owns_nc = False
+        self._link: Link | None = None
         self._tg: TaskGroup | None = None
         self._leader_subs: list[Subscription] = []
         self.leader_changed = anyio.Event()
@@ -105,23 +107,19 @@ class Controller:
     # -- lifecycle ------------------------------------------------------------------
 
     async def __aenter__(self) -> Self:
-        if isinstance(self._nats, NATS):
-            self._nc = self._nats
-        else:
-            self._nc = await connect(self._nats, name=f"natsmesh-controller/{self.id}")
-            self._owns_nc = True
+        self._link = await Link.open(self._nats, name=f"natsmesh-controller/{self.id}")
         try:
-            await self._start(self._nc)
+            await self._start(self._link)
         except BaseException:
             await self._close(None, None, None)
             raise
         return self
 
-    async def _start(self, nc: NATS) -> None:
-        tables = await Tables.open(nc, create=True, replicas=self._replicas, prefix=self._prefix)
+    async def _start(self, link: Link) -> None:
+        tables = await Tables.open(link, create=True, replicas=self._replicas, prefix=self._prefix)
         self._store = Store(tables)
-        self._members = Members(nc, self.registry, admitted=self._admitted)
-        self._ejection = Ejection(nc, self._members, self._store, prefix=self._prefix)
+        self._members = Members(link, self.registry, admitted=self._admitted)
+        self._ejection = Ejection(link, self._members, self._store, prefix=self._prefix)
         self._routes = RouteApply(self._store, self._empty_targets)
         self._lease = LeaseKeeper(
             tables, self.id, period=self._lease_period, on_change=self._set_leader
@@ -138,10 +136,10 @@ class Controller:
             (status_subject(self._prefix, "*"), self._on_status),
         ]
         for subject, handler in handlers:
-            await nc.subscribe(subject, cb=handler)
+            await link.subscribe(subject, cb=handler)
         for loop in (self._lease.run, self._write_loop, self._expire_loop, self._scan_loop):
             self._tg.start_soon(loop)
-        await flush(nc)
+        await link.flush()
 
     async def __aexit__(
         self, et: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
@@ -160,8 +158,8 @@ class Controller:
             if hasattr(self, "_lease"):
                 with anyio.CancelScope(shield=True):
                     await self._lease.hand_over()
-            if self._owns_nc and self._nc is not None:
-                await self._nc.close()
+            if self._link is not None and self._link.owned:
+                await self._link.close()
 
     async def _seed(self) -> None:
         """Start from the stored registry tables (a new leader keeps what the last knew)."""
@@ -210,7 +208,7 @@ class Controller:
     # -- leadership --------------------------------------------------------------------
 
     async def _set_leader(self, leader: bool) -> None:
-        assert self._nc is not None
+        assert self._link is not None
         if leader:
             handlers: dict[str, Handler] = {
                 "routes.apply": self._on_apply,
@@ -219,7 +217,7 @@ class Controller:
             }
             for name, handler in handlers.items():
                 subject = control_subject(self._prefix, name)
-                self._leader_subs.append(await self._nc.subscribe(subject, cb=handler))
+                self._leader_subs.append(await self._link.subscribe(subject, cb=handler))
             self._members.dirty |= set(self.registry.services())
         else:
             subs, self._leader_subs = self._leader_subs, []
@@ -279,7 +277,7 @@ class Controller:
         allow_empty = (msg.headers or {}).get(_control.ALLOW_EMPTY) == "1"
         reply = await self.apply(msg.data, allow_empty=allow_empty)
         if msg.reply:
-            await msg.respond(reply.model_dump_json().encode())
+            await self._answer(msg, reply.model_dump_json().encode())
 
     async def apply(self, data: bytes, *, allow_empty: bool = False) -> ApplyReply:
         """Validate a route file and write the tables that changed; never raises
@@ -303,11 +301,15 @@ class Controller:
 
     async def _on_routes_show(self, msg: Msg) -> None:
         if msg.reply:
-            await msg.respond(self._routes.show(msg.data))
+            await self._answer(msg, self._routes.show(msg.data))
 
     async def _on_status_show(self, msg: Msg) -> None:
         if msg.reply:
-            await msg.respond(self.status().model_dump_json().encode())
+            await self._answer(msg, self.status().model_dump_json().encode())
+
+    async def _answer(self, msg: Msg, data: bytes) -> None:
+        assert self._link is not None  # requests come once it is connected
+        await self._link.publish(msg.reply, data)
 
     def status(self) -> StatusView:
         """Every reporting client's applied revisions against the latest, per service,

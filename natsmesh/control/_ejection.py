@@ -13,7 +13,8 @@ from natsmesh.control._ejector import Ejector
 from natsmesh.control._members import Members, parse
 from natsmesh.control._store import Store
 from natsmesh.traffic._routes import Outlier, ServicePolicy
-from natsmesh.transport._transport import NATS, Msg
+from natsmesh.transport._link import Link
+from natsmesh.transport._transport import Msg
 from natsmesh.wire._control import OutlierReport, RouteTable, eject_subject, routes_key
 
 log = logging.getLogger("natsmesh.controller")
@@ -22,8 +23,8 @@ log = logging.getLogger("natsmesh.controller")
 class Ejection:
     """Outlier reports in, eject commands out (the leader alone acts on them)."""
 
-    def __init__(self, nc: NATS, members: Members, store: Store, *, prefix: str) -> None:
-        self._nc = nc
+    def __init__(self, link: Link, members: Members, store: Store, *, prefix: str) -> None:
+        self._link = link
         self._members = members
         self._store = store
         self._prefix = prefix
@@ -54,7 +55,7 @@ class Ejection:
         )
         self._members.dirty |= registry.mark_unhealthy(command.service, command.id)
         subject = eject_subject(self._prefix, command.service, command.id)
-        await self._nc.publish(subject, command.model_dump_json().encode())
+        await self._link.publish(subject, command.model_dump_json().encode())
 
     def _policy(self, service: str) -> Outlier:
         value = self._store.value(routes_key(service))

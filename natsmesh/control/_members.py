@@ -26,7 +26,8 @@ import pydantic
 
 from natsmesh.client import _discovery
 from natsmesh.control._registry import Registry
-from natsmesh.transport._transport import NATS, Msg
+from natsmesh.transport._link import Link
+from natsmesh.transport._transport import Msg
 from natsmesh.wire import _control, _micro
 from natsmesh.wire._control import (
     Announcement,
@@ -87,9 +88,9 @@ class Members:
     """The registry's inputs; every change marks the service ``dirty`` for a rewrite."""
 
     def __init__(
-        self, nc: NATS, registry: Registry, *, admitted: Collection[str] | None = None
+        self, link: Link, registry: Registry, *, admitted: Collection[str] | None = None
     ) -> None:
-        self._nc = nc
+        self._link = link
         self.registry = registry
         # None: no policy known (dev mode), every foreign service found is admitted.
         self.admitted = None if admitted is None else frozenset(admitted)
@@ -123,7 +124,7 @@ class Members:
         """Ask an instance that announced before we started, on its own ``$SRV`` subject."""
         try:
             infos = await _discovery.gather(
-                self._nc, "INFO", _micro.Info, name=service, instance_id=instance_id, timeout=1.0
+                self._link, "INFO", _micro.Info, name=service, instance_id=instance_id, timeout=1.0
             )
             for info in infos:
                 if info.name == service and info.id == instance_id and info.is_mesh:
@@ -145,7 +146,7 @@ class Members:
             # Only the named identity may answer on $SRV.INFO.<name>: ask each by name.
             await self.lookup(sorted(self.admitted), timeout=timeout)
             return
-        infos = await _discovery.gather(self._nc, "INFO", _micro.Info, timeout=timeout)
+        infos = await _discovery.gather(self._link, "INFO", _micro.Info, timeout=timeout)
         self._take(infos, mesh=False)
 
     async def lookup(self, names: Collection[str], *, timeout: float) -> None:
@@ -154,7 +155,7 @@ class Members:
         services the policy admits."""
         for name in list(names)[:64]:
             found = await _discovery.gather(
-                self._nc, "INFO", _micro.Info, name=name, timeout=timeout / 4
+                self._link, "INFO", _micro.Info, name=name, timeout=timeout / 4
             )
             self._take([i for i in found if i.name == name], mesh=True)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import socket
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 import anyio
 from anyio.abc import TaskStatus
@@ -18,7 +19,9 @@ from natsmesh.client._client import Mesh
 from natsmesh.dashboard._app import Authorize, Dashboard
 from natsmesh.dashboard._observer import Observer
 from natsmesh.dashboard._serve import bind, serve, url_of
-from natsmesh.transport._transport import NATS
+
+if TYPE_CHECKING:  # a connection the caller owns, handed to the Mesh
+    from natsmesh.transport._transport import NATS
 
 __all__ = ["Dashboard", "Observer", "bind", "run", "url_of"]
 

@@ -26,10 +26,10 @@ from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectSendStream
 
 from natsmesh.client import _discovery
-from natsmesh.client._client import Mesh
+from natsmesh.client._client import Mesh, link_of
 from natsmesh.traffic._aggregate import Aggregate
-from natsmesh.transport._flush import flush
-from natsmesh.transport._transport import NATS, Msg, NoReply, NoResponse, request
+from natsmesh.transport._link import Link
+from natsmesh.transport._transport import Msg, NoReply, NoResponse
 from natsmesh.wire import _micro
 from natsmesh.wire import _observe as _wire
 from natsmesh.wire._control import StatusView, control_subject
@@ -93,16 +93,16 @@ class Observer:
         self.updated = anyio.Event()  # set after each beat: live views wait for it
 
     @property
-    def nc(self) -> NATS:
-        return self.mesh.nats
+    def link(self) -> Link:
+        return link_of(self.mesh)
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        nc = self.nc
-        metrics = await nc.subscribe(_wire.metrics_wildcard(self.prefix), cb=self._on_summary)
-        taps = await nc.subscribe(_wire.tap_wildcard(self.prefix), cb=self._on_samples)
-        failed = await nc.subscribe(_wire.errors_wildcard(self.prefix), cb=self._on_failures)
+        link = self.link
+        metrics = await link.subscribe(_wire.metrics_wildcard(self.prefix), cb=self._on_summary)
+        taps = await link.subscribe(_wire.tap_wildcard(self.prefix), cb=self._on_samples)
+        failed = await link.subscribe(_wire.errors_wildcard(self.prefix), cb=self._on_failures)
         try:
-            await flush(nc)
+            await link.flush()
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._tap_interest)
                 await self._beat()
@@ -120,7 +120,7 @@ class Observer:
 
     async def _beat(self) -> None:
         try:
-            await self.nc.publish(_wire.metrics_interest(self.prefix), b"")
+            await self.link.publish(_wire.metrics_interest(self.prefix), b"")
         except Exception as exc:  # a lost connection reconnects; the next beat asks again
             log.warning("observer: cannot ask for summaries: %s", exc)
         await self._discover()
@@ -130,8 +130,8 @@ class Observer:
 
     async def _discover(self) -> None:
         try:
-            infos = await _discovery.gather(self.nc, "INFO", _micro.Info, timeout=0.5)
-            stats = await _discovery.gather(self.nc, "STATS", _micro.Stats, timeout=0.5)
+            infos = await _discovery.gather(self.link, "INFO", _micro.Info, timeout=0.5)
+            stats = await _discovery.gather(self.link, "STATS", _micro.Stats, timeout=0.5)
         except Exception as exc:  # a lost connection: keep the last view, try again
             log.warning("observer: $SRV discovery failed: %s", exc)
             return
@@ -187,7 +187,7 @@ class Observer:
 
     async def _ask_tap(self, service: str) -> None:
         try:
-            await self.nc.publish(_wire.tap_interest(self.prefix, service), b"")
+            await self.link.publish(_wire.tap_interest(self.prefix, service), b"")
         except Exception as exc:
             log.warning("observer: cannot ask %s for its tap: %s", service, exc)
 
@@ -224,8 +224,8 @@ class Observer:
     async def status(self) -> StatusView | None:
         """Each client's sync state from the controller; None without one."""
         try:
-            msg = await request(
-                self.nc, control_subject(self.prefix, "status.show"), b"", timeout=1.0, headers={}
+            msg = await self.link.request(
+                control_subject(self.prefix, "status.show"), b"", timeout=1.0
             )
             return StatusView.model_validate_json(msg.data)
         except (NoResponse, NoReply):

@@ -18,7 +18,7 @@ from typing import Any, Self
 from natsmesh.observe import _otel
 from natsmesh.observe._report import FailureLog, MetricsReporter, Tap
 from natsmesh.traffic._meter import Meter, outcome_of
-from natsmesh.transport._transport import NATS
+from natsmesh.transport._link import Link
 from natsmesh.wire._errors import Cause
 from natsmesh.wire._headers import TRACEPARENT, Trace, parse_traceparent
 
@@ -60,8 +60,8 @@ class CallObserver:
         if span is not None:
             _otel.end(span, error)
 
-    async def start(self, nc: NATS, *, prefix: str, name: str, zone: Callable[[], str]) -> Self:
-        reporter = MetricsReporter(nc, self.meter, prefix=prefix, name=name, zone=zone)
+    async def start(self, link: Link, *, prefix: str, name: str, zone: Callable[[], str]) -> Self:
+        reporter = MetricsReporter(link, self.meter, prefix=prefix, name=name, zone=zone)
         self.reporter = await self._stack.enter_async_context(reporter)
         self.tracer = _otel.tracer(name.partition("/")[0])
         return self
@@ -87,7 +87,7 @@ class NoObserver(CallObserver):
     ) -> None:
         pass
 
-    async def start(self, nc: NATS, *, prefix: str, name: str, zone: Callable[[], str]) -> Self:
+    async def start(self, link: Link, *, prefix: str, name: str, zone: Callable[[], str]) -> Self:
         return self
 
 
@@ -152,10 +152,10 @@ class ServeObserver:
             trace = parse_traceparent(headers.get(TRACEPARENT))
         failures.record(endpoint, code, kind, message, causes, trace.trace_id if trace else "")
 
-    async def start(self, nc: NATS, *, prefix: str, service: str, instance: str) -> Self:
-        tap = Tap(nc, prefix=prefix, service=service, instance=instance)
+    async def start(self, link: Link, *, prefix: str, service: str, instance: str) -> Self:
+        tap = Tap(link, prefix=prefix, service=service, instance=instance)
         self.tap = await self._stack.enter_async_context(tap)
-        failures = FailureLog(nc, prefix=prefix, service=service, instance=instance)
+        failures = FailureLog(link, prefix=prefix, service=service, instance=instance)
         self.failures = await self._stack.enter_async_context(failures)
         self.tracer = _otel.tracer(service)
         return self

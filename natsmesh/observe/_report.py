@@ -17,7 +17,8 @@ from collections.abc import Callable
 from typing import Self
 
 from natsmesh.traffic._meter import Meter
-from natsmesh.transport._transport import NATS, Msg
+from natsmesh.transport._link import Link
+from natsmesh.transport._transport import Msg
 from natsmesh.wire import _headers
 from natsmesh.wire import _observe as _wire
 from natsmesh.wire._control import identity_of
@@ -36,8 +37,8 @@ class _WhileInterested:
     messages from turning into a flood of summaries.
     """
 
-    def __init__(self, nc: NATS, interest: str, every: float) -> None:
-        self._nc = nc
+    def __init__(self, link: Link, interest: str, every: float) -> None:
+        self._link = link
         self._interest = interest
         self._every = every
         self._until = 0.0
@@ -49,7 +50,7 @@ class _WhileInterested:
         return self._until > time.monotonic()
 
     async def __aenter__(self) -> Self:
-        self._sub = await self._nc.subscribe(self._interest, cb=self._on_interest)
+        self._sub = await self._link.subscribe(self._interest, cb=self._on_interest)
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -77,14 +78,14 @@ class MetricsReporter(_WhileInterested):
     """Publishes a Mesh client's :class:`Meter` summary while an observer asks."""
 
     def __init__(
-        self, nc: NATS, meter: Meter, *, prefix: str, name: str, zone: Callable[[], str]
+        self, link: Link, meter: Meter, *, prefix: str, name: str, zone: Callable[[], str]
     ) -> None:
-        super().__init__(nc, _wire.metrics_interest(prefix), _wire.REPORT_EVERY)
+        super().__init__(link, _wire.metrics_interest(prefix), _wire.REPORT_EVERY)
         self._meter = meter
         # Under a policy the subject must name the connection's identity (its grants
         # allow only that), whatever the client calls itself; in dev mode, its name.
         base, slash, instance = name.partition("/")
-        sender = identity_of(nc.new_inbox(), base) + slash + instance
+        sender = identity_of(link.new_inbox(), base) + slash + instance
         self._subject = _wire.reporter_subject(prefix, sender, meter.epoch)
         self._zone = zone
 
@@ -95,14 +96,14 @@ class MetricsReporter(_WhileInterested):
             body = _wire.summary(
                 self._meter.epoch, _wire.identity_token(zone) if zone else "", rows
             )
-            await self._nc.publish(self._subject, body)
+            await self._link.publish(self._subject, body)
 
 
 class Tap(_WhileInterested):
     """Keeps a sample of one instance's requests while somebody watches its service."""
 
-    def __init__(self, nc: NATS, *, prefix: str, service: str, instance: str) -> None:
-        super().__init__(nc, _wire.tap_interest(prefix, service), _wire.TAP_FLUSH_EVERY)
+    def __init__(self, link: Link, *, prefix: str, service: str, instance: str) -> None:
+        super().__init__(link, _wire.tap_interest(prefix, service), _wire.TAP_FLUSH_EVERY)
         self._subject = _wire.tap_subject(prefix, service, instance)
         self._held: list[tuple[str, str, int, float, str, float]] = []
 
@@ -136,7 +137,7 @@ class Tap(_WhileInterested):
     async def _publish(self) -> None:
         if self._held:
             batch, self._held = self._held, []
-            await self._nc.publish(self._subject, _wire.samples(batch))
+            await self._link.publish(self._subject, _wire.samples(batch))
 
 
 class FailureLog(_WhileInterested):
@@ -148,8 +149,8 @@ class FailureLog(_WhileInterested):
     so a mesh without an observer pays nothing per request for it.
     """
 
-    def __init__(self, nc: NATS, *, prefix: str, service: str, instance: str) -> None:
-        super().__init__(nc, _wire.metrics_interest(prefix), _wire.REPORT_EVERY)
+    def __init__(self, link: Link, *, prefix: str, service: str, instance: str) -> None:
+        super().__init__(link, _wire.metrics_interest(prefix), _wire.REPORT_EVERY)
         self._subject = _wire.errors_subject(prefix, service, instance)
         self._recent: dict[str, deque[_wire.Failure]] = {}
         self._seq = 0
@@ -185,7 +186,7 @@ class FailureLog(_WhileInterested):
         )
         if new:
             self._sent = new[-1].seq
-            await self._nc.publish(self._subject, _wire.failures(new))
+            await self._link.publish(self._subject, _wire.failures(new))
 
 
 FAILURES_PER_ENDPOINT = 8

@@ -26,8 +26,8 @@ import anyio
 import anyio.abc
 import pydantic
 
-from natsmesh.transport._flush import flush
-from natsmesh.transport._transport import NATS, Msg, Subscription, subscribe_direct
+from natsmesh.transport._link import Link
+from natsmesh.transport._transport import Msg, Subscription
 from natsmesh.wire._control import MAX_CONTROL_MESSAGE, EjectCommand, eject_subject
 
 log = logging.getLogger("natsmesh.service")
@@ -44,14 +44,14 @@ class QueueMembership:
 
     def __init__(
         self,
-        nc: NATS,
+        link: Link,
         *,
         prefix: str,
         service: str,
         instance_id: str,
         on_change: Callable[[], Awaitable[None]],
     ) -> None:
-        self._nc = nc
+        self._link = link
         self._service = service
         self._id = instance_id
         self._subject = eject_subject(prefix, service, instance_id)
@@ -73,7 +73,7 @@ class QueueMembership:
         self.subscriptions.append(await self._subscribe(subject, queue, deliver))
 
     async def _subscribe(self, subject: str, queue: str, deliver: Deliver) -> Subscription:
-        return await subscribe_direct(self._nc, subject, deliver, queue=queue)
+        return await self._link.subscribe_direct(subject, deliver, queue=queue)
 
     def stats(self) -> dict[str, int]:
         return {
@@ -90,7 +90,7 @@ class QueueMembership:
         """
         try:
             with anyio.CancelScope() as self._scope:
-                commands = await self._nc.subscribe(self._subject, cb=self._on_eject)
+                commands = await self._link.subscribe(self._subject, cb=self._on_eject)
                 try:
                     task_status.started()
                     await self._follow()
@@ -159,7 +159,7 @@ class QueueMembership:
             try:
                 for subject, queue, deliver in self._wanted[len(self.subscriptions) :]:
                     self.subscriptions.append(await self._subscribe(subject, queue, deliver))
-                await flush(self._nc)
+                await self._link.flush()
             except Exception as exc:  # a connection that is away: tried again below
                 log.warning("%s/%s: rejoining the queue groups failed: %s", *self._me, exc)
             else:

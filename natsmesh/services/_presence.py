@@ -21,7 +21,8 @@ import pydantic
 from natsmesh.services._describe import EndpointState, Instance, announcement, info, ping, stats
 from natsmesh.services._membership import QueueMembership
 from natsmesh.services._spec import ServiceSpec
-from natsmesh.transport._transport import NATS, Msg
+from natsmesh.transport._link import Link
+from natsmesh.transport._transport import Msg
 from natsmesh.wire import _micro
 from natsmesh.wire._control import Announcement, Heartbeat, Leave, instance_subject
 from natsmesh.wire._subjects import srv_subjects
@@ -41,7 +42,7 @@ class Presence:
 
     def __init__(
         self,
-        nc: NATS,
+        link: Link,
         instance: Instance,
         *,
         endpoints: Sequence[EndpointState],
@@ -49,7 +50,7 @@ class Presence:
         in_flight: Callable[[], int],
         interval: float,
     ) -> None:
-        self._nc = nc
+        self._link = link
         self.instance = instance
         self._endpoints = endpoints
         self._queues = queues
@@ -119,7 +120,7 @@ class Presence:
 
     async def _publish(self, name: str, message: pydantic.BaseModel) -> None:
         subject = instance_subject(self.instance.subjects.prefix, name, self._spec.name)
-        await self._nc.publish(subject, message.model_dump_json().encode())
+        await self._link.publish(subject, message.model_dump_json().encode())
 
     # -- the NATS Services API -------------------------------------------------------------
 
@@ -132,8 +133,8 @@ class Presence:
         }
         for verb, answer in answers.items():
             for subject in srv_subjects(verb, self._spec.name, self.instance.id):
-                callback = functools.partial(_on_srv, answer)
-                self._srv.append(await self._nc.subscribe(subject, cb=callback))
+                callback = functools.partial(_on_srv, self._link, answer)
+                self._srv.append(await self._link.subscribe(subject, cb=callback))
 
     async def close(self) -> None:
         """Stop answering ``$SRV`` (on a connection that outlives the instance)."""
@@ -145,6 +146,6 @@ class Presence:
                 log.debug("%s/%s: unsubscribing %s: %s", *self._me, sub.subject, exc)
 
 
-async def _on_srv(answer: Callable[[], bytes], msg: Msg) -> None:
+async def _on_srv(link: Link, answer: Callable[[], bytes], msg: Msg) -> None:
     if msg.reply:
-        await msg.respond(answer())
+        await link.publish(msg.reply, answer())

@@ -17,11 +17,11 @@ import os
 from contextlib import AsyncExitStack
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import Self
+from typing import TYPE_CHECKING, Self
 
 import anyio
 
-from natsmesh.client._client import Mesh
+from natsmesh.client._client import Mesh, on_link
 from natsmesh.observe._hooks import ServeObserver
 from natsmesh.services import _describe
 from natsmesh.services._describe import EndpointState, Instance
@@ -30,21 +30,16 @@ from natsmesh.services._error_replies import ErrorReplies
 from natsmesh.services._membership import QueueMembership
 from natsmesh.services._presence import Presence
 from natsmesh.services._spec import ServiceSpec, spec_of
-from natsmesh.transport._flush import flush
+from natsmesh.transport._link import Link
 from natsmesh.transport._tasks import Nesting
-from natsmesh.transport._transport import (
-    NATS,
-    Requester,
-    Subscription,
-    connect,
-    new_id,
-    server_cluster,
-    subscribe_direct,
-)
+from natsmesh.transport._transport import Subscription, new_id
 from natsmesh.wire import _codec, _micro
 from natsmesh.wire._codec import Limits
 from natsmesh.wire._control import IDENTITY_INBOX, Announcement
 from natsmesh.wire._subjects import Subjects
+
+if TYPE_CHECKING:  # a connection the caller owns, wrapped in a Link
+    from natsmesh.transport._transport import NATS
 
 __all__ = ["DEFAULT_BUDGET", "ServiceRunner"]
 
@@ -91,7 +86,7 @@ class ServiceRunner:
         self._drain_timeout = drain_timeout
         self._heartbeat = heartbeat
         self._zone = zone if zone is not None else os.environ.get("NATSMESH_ZONE")
-        self._nc: NATS | None = None
+        self._link: Link | None = None
         self._stack = AsyncExitStack()
         self._nesting = Nesting(f"ServiceRunner {self.spec.name}/{self.id}")
         self._entered = False
@@ -122,20 +117,21 @@ class ServiceRunner:
 
     async def _start(self, stack: AsyncExitStack) -> None:
         """Everything __aenter__ does, each step undone by ``stack`` (in reverse)."""
-        nc = self._nc = await self._connect(stack)
+        link = self._link = await self._connect(stack)
         name = f"{self.spec.name}/{self.id}"
-        mesh = Mesh(nc, name=name, prefix=self._subjects.prefix, kind="service", zone=self._zone)
+        mesh = Mesh(name=name, prefix=self._subjects.prefix, kind="service", zone=self._zone)
+        on_link(mesh, link)
         await stack.enter_async_context(mesh)
         if hasattr(self._target, "__aenter__"):
             await stack.enter_async_context(self._target)  # type: ignore[arg-type]
         if self._zone is None:
-            self._zone = server_cluster(nc)
+            self._zone = link.zone
         observer = ServeObserver()
         await observer.start(
-            nc, prefix=self._subjects.prefix, service=self.spec.name, instance=self.id
+            link, prefix=self._subjects.prefix, service=self.spec.name, instance=self.id
         )
         stack.push_async_callback(observer.stop)
-        replies = Requester(nc)
+        replies = link.requester()
         errors = ErrorReplies(
             replies, service=self.spec.name, instance_id=self.id, record=observer.failed
         )
@@ -149,11 +145,11 @@ class ServiceRunner:
             observer=observer,
         )
         queues = self._queues = QueueMembership(
-            nc, prefix=self._subjects.prefix, service=self.spec.name, instance_id=self.id,
+            link, prefix=self._subjects.prefix, service=self.spec.name, instance_id=self.id,
             on_change=self._beat,
         )  # fmt: skip
         presence = self._presence = Presence(
-            nc, self._instance(), endpoints=self._endpoints, queues=queues,
+            link, self._instance(), endpoints=self._endpoints, queues=queues,
             in_flight=lambda: dispatch.in_flight, interval=self._heartbeat,
         )  # fmt: skip
         tasks = await stack.enter_async_context(anyio.create_task_group())
@@ -162,19 +158,18 @@ class ServiceRunner:
         stack.push_async_callback(presence.close)
         await presence.answer_srv()
         stack.push_async_callback(self._forget_subscriptions)
-        await self._subscribe_endpoints(nc, queues, dispatch)
+        await self._subscribe_endpoints(link, queues, dispatch)
         await tasks.start(queues.run)
         # The subscriptions are only live once the server has processed them.
-        await flush(nc)
+        await link.flush()
         await presence.announce()
         await tasks.start(presence.heartbeats)
 
-    async def _connect(self, stack: AsyncExitStack) -> NATS:
-        if isinstance(self._nats, NATS):
-            return self._nats
-        nc = await connect(self._nats, name=f"{self.spec.name}/{self.id}")
-        stack.push_async_callback(_close, nc)
-        return nc
+    async def _connect(self, stack: AsyncExitStack) -> Link:
+        link = await Link.open(self._nats, name=f"{self.spec.name}/{self.id}")
+        # Flushed, not drained: the subscriptions are drained already, by drain().
+        stack.push_async_callback(functools.partial(link.release, drain=False))
+        return link
 
     async def __aexit__(
         self, et: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
@@ -193,14 +188,14 @@ class ServiceRunner:
         log.info("%s/%s: draining", self.spec.name, self.id)
         # No ejection ends, and none starts, once draining: the queue groups are left for good.
         queued = await self._queues.close() if self._queues is not None else []
-        nc = self._nc
-        if nc is not None and nc.is_connected and self._presence is not None:
+        link = self._link
+        if link is not None and link.is_connected and self._presence is not None:
             # Leave the registry first: callers that pick instances stop picking this one.
             try:
                 await self._presence.leave()
             except Exception as exc:  # the connection went meanwhile: its heartbeats stop too
                 log.warning("%s/%s: leave not sent: %s", self.spec.name, self.id, exc)
-        if nc is not None and nc.is_connected:
+        if link is not None and link.is_connected:
             # drain() unsubscribes, then waits until the messages already delivered
             # to this client have been dispatched, so none is lost in the switch.
             with anyio.move_on_after(self._drain_timeout):
@@ -217,7 +212,7 @@ class ServiceRunner:
             self._presence.stop()
 
     async def _forget_subscriptions(self) -> None:
-        if self._nc is None or self._nc.is_closed:
+        if self._link is None or self._link.is_closed:
             return
         queued = self._queues.subscriptions if self._queues is not None else []
         await _unsubscribe([*queued, *self._request_subs])
@@ -238,11 +233,11 @@ class ServiceRunner:
             await self._presence.beat()
 
     async def _subscribe_endpoints(
-        self, nc: NATS, queues: QueueMembership, dispatch: Dispatcher
+        self, link: Link, queues: QueueMembership, dispatch: Dispatcher
     ) -> None:
         name, subset, s = self.spec.name, self.spec.subset, self._subjects
         named = Subjects.caller_suffix("*")
-        dispatch.secured = nc.new_inbox().startswith(IDENTITY_INBOX)
+        dispatch.secured = link.new_inbox().startswith(IDENTITY_INBOX)
         for spec in self.spec.endpoints:
             handler = getattr(self._target, spec.attribute)
             ep = EndpointState(spec, handler, s.endpoint(name, spec.name))
@@ -252,12 +247,12 @@ class ServiceRunner:
             subset_subject = s.subset(name, subset, spec.name)
             await queues.join(subset_subject, s.queue_group(name, subset), deliver)
             own = s.instance(name, self.id, spec.name)
-            self._request_subs.append(await subscribe_direct(nc, own, deliver))
+            self._request_subs.append(await link.subscribe_direct(own, deliver))
             # The same subjects with the caller named in them (Context.caller); under a
             # policy only that identity may publish such a subject, so the name is vouched.
             await queues.join(ep.subject + named, s.queue_group(name), deliver)
             await queues.join(subset_subject + named, s.queue_group(name, subset), deliver)
-            self._request_subs.append(await subscribe_direct(nc, own + named, deliver))
+            self._request_subs.append(await link.subscribe_direct(own + named, deliver))
 
     # -- what it says about itself ---------------------------------------------------
 
@@ -274,16 +269,6 @@ class ServiceRunner:
         if self._presence is not None:
             return self._presence.stats()
         return _describe.stats(self._instance(), self._endpoints, in_flight=0, queue=None)
-
-
-async def _close(nc: NATS) -> None:
-    # Shielded: a runner left because its task was cancelled still closes what it opened.
-    with anyio.CancelScope(shield=True):
-        # close() alone can drop what is still buffered: the last replies of a drain.
-        with anyio.move_on_after(5):
-            if nc.is_connected:
-                await flush(nc)
-        await nc.close()
 
 
 async def _unsubscribe(subs: list[Subscription]) -> None:

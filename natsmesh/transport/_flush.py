@@ -23,13 +23,13 @@ from natsmesh.transport._nats_internals import internals_allowed
 __all__ = ["flush"]
 
 #: nats-py's own default.
-FLUSH_TIMEOUT = 10
+FLUSH_TIMEOUT = 10.0
 
 
-async def flush(nc: NATS, timeout: int = FLUSH_TIMEOUT) -> None:
+async def flush(nc: NATS, timeout: float = FLUSH_TIMEOUT) -> None:
     """Return once the server has processed every command ``nc`` sent before the call."""
     if internals_allowed() and hasattr(nc, "_flush_pending"):
         await nc._flush_pending(force_flush=True)  # see the module docstring
     else:
-        await nc.flush(timeout)
-    await nc.flush(timeout)
+        await nc.flush(timeout)  # type: ignore[arg-type]  # a float works: wait_for's
+    await nc.flush(timeout)  # type: ignore[arg-type]

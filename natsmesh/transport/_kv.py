@@ -29,7 +29,7 @@ from nats.aio.msg import Msg
 from nats.js.api import KeyValueConfig, RePublish
 from nats.js.kv import KeyValue
 
-from natsmesh.transport._transport import NATS
+from natsmesh.transport._link import Link
 from natsmesh.wire._control import BUCKET, KV_STREAM, direct_get_subject, table_subject
 
 log = logging.getLogger("natsmesh.kv")
@@ -69,7 +69,7 @@ class Tables:
 
     @classmethod
     async def open(
-        cls, nc: NATS, *, create: bool = False, replicas: int = 1, prefix: str = "mesh"
+        cls, link: Link, *, create: bool = False, replicas: int = 1, prefix: str = "mesh"
     ) -> Tables:
         """Open the bucket; raises Unavailable.
 
@@ -77,7 +77,7 @@ class Tables:
         date (direct gets allowed, writes republished under ``prefix``): a bucket
         made by an older controller gets the subjects callers now follow.
         """
-        js = nc.jetstream(timeout=2.0)
+        js = link.nats.jetstream(timeout=2.0)
         republish = RePublish(src=f"$KV.{BUCKET}.>", dest=table_subject(prefix, ">"))
         try:
             if not create:
@@ -207,14 +207,14 @@ def entry_of(msg: Msg) -> Entry | None:
     return Entry(subject[len(_KEY_PREFIX) :], None if deleted else msg.data, int(sequence))
 
 
-async def read_direct(nc: NATS, key: str, *, timeout: float = 2.0) -> Entry | None:
+async def read_direct(link: Link, key: str, *, timeout: float = 2.0) -> Entry | None:
     """``key``'s current entry by one direct get (no consumer); None if it never existed.
 
     Raises Unavailable: no bucket (no responders), no answer, or an unexpected status.
     A deleted key comes back as an entry without a value (its revision still counts).
     """
     try:
-        msg = await nc.request(direct_get_subject(key), b"", timeout=timeout)
+        msg = await link.nats.request(direct_get_subject(key), b"", timeout=timeout)
     except (nats.errors.TimeoutError, nats.errors.NoRespondersError) as exc:
         raise Unavailable(f"direct get of {key}: {exc!r}") from None
     status = (msg.headers or {}).get("Status")

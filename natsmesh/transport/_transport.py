@@ -97,11 +97,17 @@ class Lost(Exception):
 
 
 async def request(
-    nc: NATS, subject: str, payload: bytes, *, timeout: float, headers: Mapping[str, str]
+    nc: NATS,
+    subject: str,
+    payload: bytes,
+    *,
+    timeout: float,
+    headers: Mapping[str, str] | None = None,
 ) -> Msg:
     """Send one request with nats-py's own request(); raises NoResponse or NoReply."""
     try:
-        return await nc.request(subject, payload, timeout=timeout, headers=dict(headers))
+        hdrs = None if headers is None else dict(headers)
+        return await nc.request(subject, payload, timeout=timeout, headers=hdrs)
     except NoRespondersError:
         raise NoResponse from None
     except NatsTimeoutError:
