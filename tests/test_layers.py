@@ -1,7 +1,9 @@
 """One public surface, and the examples and the gateway use it.
 
 The layering itself (pure layers import no I/O, only the transport imports nats, nothing
-imports the CLI) is import-linter's contracts in pyproject.toml, run by .ci/run.
+imports the CLI) is import-linter's contracts in pyproject.toml, run by .ci/run; that
+only the transport holds nats-py's client (a name-level rule import-linter cannot state)
+is checked here.
 """
 
 from __future__ import annotations
@@ -84,3 +86,106 @@ def test_modules_and_functions_stay_small() -> None:
                     where = f"{path.relative_to(ROOT)}:{node.lineno} {node.name}"
                     too_big.append(f"{where}: {length} lines")
     assert not too_big, "\n".join(too_big)
+
+
+# -- the seam to NATS ----------------------------------------------------------------------
+#
+# Above natsmesh/transport/ everything talks to NATS through a Link (transport/_link.py),
+# never through nats-py's client. import-linter keeps `nats` itself out; these checks keep
+# the client out, by the only two ways it could come in: its type, imported to be used at
+# run time (constructed, isinstance'd), or the seam's functions that take or return one;
+# and the escape hatch `.nats` (Mesh.nats, Link.nats), read anywhere but in the hatch itself.
+# natsmesh/bench/ is exempt: its baselines are hand-written nats-py by design.
+
+#: Names of the seam that take or return the raw client: only a Link uses them.
+RAW_CLIENT_NAMES = {
+    "NATS",
+    "connect",
+    "request",
+    "publish",
+    "subscribe_direct",
+    "flush",
+    "listen_refusals",
+    "server_zone",
+    "server_cluster",
+}
+#: Where `.nats` may be read: the public escape hatch's own body, and argparse's `args`.
+NATS_HATCH = ("nats", "args")
+
+
+def _under_type_checking(tree: ast.Module) -> set[int]:
+    """ids of the nodes inside an ``if TYPE_CHECKING:`` block."""
+    inside: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and ast.unparse(node.test).endswith("TYPE_CHECKING"):
+            for stmt in node.body:
+                inside.update(id(n) for n in ast.walk(stmt))
+    return inside
+
+
+def raw_client_uses(source: str) -> list[str]:
+    """Where ``source`` (a module above the seam) could reach nats-py's client."""
+    tree = ast.parse(source)
+    typing_only = _under_type_checking(tree)
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith(
+            "natsmesh.transport."
+        ):
+            for alias in node.names:
+                if alias.name in RAW_CLIENT_NAMES and not (
+                    alias.name == "NATS" and id(node) in typing_only
+                ):
+                    found.append(f"line {node.lineno}: imports {alias.name} from {node.module}")
+    hatch_bodies = {
+        id(n)
+        for f in ast.walk(tree)
+        if isinstance(f, ast.FunctionDef) and f.name == NATS_HATCH[0]
+        for n in ast.walk(f)
+    }
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Attribute) or node.attr != "nats" or id(node) in hatch_bodies:
+            continue
+        if not (isinstance(node.value, ast.Name) and node.value.id == NATS_HATCH[1]):
+            found.append(f"line {node.lineno}: reads {ast.unparse(node)}")
+    return found
+
+
+def _above_the_seam() -> list[Path]:
+    seam = {ROOT / "natsmesh" / "transport", ROOT / "natsmesh" / "bench"}
+    return [p for p in _sources() if not seam & set(p.parents)]
+
+
+def test_only_the_seam_holds_the_nats_client() -> None:
+    paths = _above_the_seam()
+    assert len(paths) > 50
+    found = [
+        f"{p.relative_to(ROOT)} {use}" for p in paths for use in raw_client_uses(p.read_text())
+    ]
+    assert not found, "\n".join(found)
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "from natsmesh.transport._transport import NATS\n",
+        "from natsmesh.transport._transport import connect\n",
+        "from natsmesh.transport._flush import flush\n",
+        "from natsmesh.transport._link import Link\nasync def f(m):\n    await m.nats.flush()\n",
+        "def f(link):\n    return link.nats\n",
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    pass\n"
+        "from natsmesh.transport._transport import NATS\n",
+    ],
+)
+def test_the_seam_check_sees_the_raw_client(source: str) -> None:
+    assert raw_client_uses(source)
+
+
+def test_the_seam_check_lets_the_hatch_and_annotations_be() -> None:
+    source = (
+        "from typing import TYPE_CHECKING\n"
+        "if TYPE_CHECKING:\n    from natsmesh.transport._transport import NATS\n"
+        "class Mesh:\n    @property\n    def nats(self) -> NATS:\n        return self._link.nats\n"
+        "def server_of(args):\n    return args.nats\n"
+    )
+    assert raw_client_uses(source) == []

@@ -46,6 +46,7 @@ VANISHING = textwrap.dedent(
     """
     import sys, anyio, nats
     from natsmesh.client._tables import TableCache
+    from natsmesh.transport._link import Link
 
     async def main():
         nc = await nats.connect(sys.argv[1])
