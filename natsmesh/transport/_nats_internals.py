@@ -22,8 +22,8 @@ the fallback (the README's table "Private internals we rely on" lists them):
 - :func:`server_zone` reads the server's cluster name from ``_server_info``;
   fallback "" (no zone: every instance counts as local).
 
-This module, :mod:`natsmesh.transport._connection`, :mod:`natsmesh.transport._flush` and
-:mod:`natsmesh.transport._transport` are the only ones that import ``nats``.
+Only the modules of :mod:`natsmesh.transport` import ``nats`` (an import-linter
+contract); above them natsmesh holds a :class:`~natsmesh.transport._link.Link`.
 """
 
 from __future__ import annotations

@@ -1,13 +1,12 @@
 """The seam to nats-py: connecting, requests, subscriptions, and nats-py's outcomes as natsmesh's.
 
-Everything else speaks in subjects, bytes and headers through this module (with
-:mod:`natsmesh.transport._connection`, whose names it re-exports); it alone, with
-:mod:`natsmesh.transport._nats_internals`, imports ``nats``. The other modules hold
-the connection as an opaque :data:`NATS` and call its public methods (``publish``,
-``subscribe``, ``flush``, ``drain``, ``close``) or the functions here. Where the hot
-path reaches past nats-py's public API (the frames the :class:`Requester` writes, the
-hand-over of replies, refusal events, the server's zone) lives in ``_nats_internals``,
-behind its version guard.
+The functions and the :class:`Requester` here take nats-py's client; above the
+transport nothing does: the rest of natsmesh holds a
+:class:`~natsmesh.transport._link.Link`, which forwards to them (``tests/test_layers.py``
+keeps it so). Connecting is :mod:`natsmesh.transport._connection`, whose names this
+module re-exports. Where the hot path reaches past nats-py's public API (the frames
+the :class:`Requester` writes, the hand-over of replies, refusal events, the server's
+zone) lives in ``_nats_internals``, behind its version guard.
 """
 
 from __future__ import annotations
