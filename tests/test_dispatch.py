@@ -197,7 +197,7 @@ async def test_requests_reach_the_runtime_as_read_and_garbage_costs_one_error_re
         assert runner._queues is not None
         subs = [*runner._request_subs, *runner._queues.subscriptions]
         assert subs
-        assert all(isinstance(s._pending_queue, _HandOver) for s in subs)
+        assert all(isinstance(s._sub._pending_queue, _HandOver) for s in subs)
         nc = mesh.nats
         subjects = ("mesh.echo.echo", "mesh.echo.v1.echo", f"mesh._i.echo.{runner.id}.echo")
         garbage = (b"\xc1", b"\x80" * 10_000, b"\x91" * 500, msgpack.packb({"id": "x"}))

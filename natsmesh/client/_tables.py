@@ -40,9 +40,9 @@ from anyio.abc import TaskGroup
 
 from natsmesh.traffic._routes import HttpRoute, RouteConfig, ServicePolicy
 from natsmesh.transport._kv import Entry, Unavailable, entry_of, read_direct
-from natsmesh.transport._link import Link
+from natsmesh.transport._link import Link, Subscription
 from natsmesh.transport._tasks import background
-from natsmesh.transport._transport import Msg, Subscription
+from natsmesh.transport._transport import Msg
 from natsmesh.wire._control import (
     HTTP_KEY,
     HTTP_TABLE,

@@ -38,8 +38,8 @@ from natsmesh.control._store import Store
 from natsmesh.traffic._route_warnings import Live, empty_targets
 from natsmesh.traffic._routes import RouteConfig
 from natsmesh.transport._kv import Tables, Unavailable
-from natsmesh.transport._link import Link
-from natsmesh.transport._transport import Msg, Subscription, new_id
+from natsmesh.transport._link import Link, Subscription
+from natsmesh.transport._transport import Msg, new_id
 from natsmesh.wire import _control
 from natsmesh.wire._control import (
     ApplyReply,

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import Self
 
 from natsmesh.traffic._meter import Meter
-from natsmesh.transport._link import Link
+from natsmesh.transport._link import Link, Subscription
 from natsmesh.transport._transport import Msg
 from natsmesh.wire import _headers
 from natsmesh.wire import _observe as _wire
@@ -43,7 +43,7 @@ class _WhileInterested:
         self._every = every
         self._until = 0.0
         self._last = -every
-        self._sub: object = None
+        self._sub: Subscription | None = None
 
     @property
     def on(self) -> bool:
@@ -192,8 +192,8 @@ class FailureLog(_WhileInterested):
 FAILURES_PER_ENDPOINT = 8
 
 
-async def _unsubscribe(sub: object) -> None:
+async def _unsubscribe(sub: Subscription) -> None:
     try:
-        await sub.unsubscribe()  # type: ignore[attr-defined]
+        await sub.unsubscribe()
     except Exception as exc:  # a closed connection has no subscriptions left to end
         log.debug("observe: unsubscribe: %s", exc)

@@ -26,8 +26,8 @@ import anyio
 import anyio.abc
 import pydantic
 
-from natsmesh.transport._link import Link
-from natsmesh.transport._transport import Msg, Subscription
+from natsmesh.transport._link import Link, Subscription
+from natsmesh.transport._transport import Msg
 from natsmesh.wire._control import MAX_CONTROL_MESSAGE, EjectCommand, eject_subject
 
 log = logging.getLogger("natsmesh.service")
@@ -146,7 +146,7 @@ class QueueMembership:
         with anyio.CancelScope(shield=True), anyio.move_on_after(_CHANGE_WITHIN):
             while self.subscriptions:
                 try:
-                    await self.subscriptions[-1].drain()  # type: ignore[no-untyped-call]
+                    await self.subscriptions[-1].drain()
                 except Exception as exc:  # a closing connection: the subscription goes with it
                     log.warning("%s/%s: a queue subscription did not drain: %s", *self._me, exc)
                 self.subscriptions.pop()

@@ -30,9 +30,9 @@ from natsmesh.services._error_replies import ErrorReplies
 from natsmesh.services._membership import QueueMembership
 from natsmesh.services._presence import Presence
 from natsmesh.services._spec import ServiceSpec, spec_of
-from natsmesh.transport._link import Link
+from natsmesh.transport._link import Link, Subscription
 from natsmesh.transport._tasks import Nesting
-from natsmesh.transport._transport import Subscription, new_id
+from natsmesh.transport._transport import new_id
 from natsmesh.wire import _codec, _micro
 from natsmesh.wire._codec import Limits
 from natsmesh.wire._control import IDENTITY_INBOX, Announcement
@@ -200,7 +200,7 @@ class ServiceRunner:
             # to this client have been dispatched, so none is lost in the switch.
             with anyio.move_on_after(self._drain_timeout):
                 for sub in [*queued, *self._request_subs]:
-                    await sub.drain()  # type: ignore[no-untyped-call]
+                    await sub.drain()
         if self._dispatch is not None:
             await self._dispatch.finish(self._drain_timeout)
 

@@ -33,11 +33,11 @@ from natsmesh.transport._transport import (
     NATS,
     Msg,
     Requester,
-    Subscription,
     connect,
     request,
     subscribe_direct,
 )
+from natsmesh.transport._transport import Subscription as NatsSubscription
 from natsmesh.wire._errors import MessageTooLarge
 
 __all__ = ["Link", "Msg", "Subscription"]
@@ -149,7 +149,7 @@ class Link:
         Without ``cb`` the messages wait for ``Subscription.next_msg()``. Live once
         the server has processed it: :meth:`flush` before counting on it.
         """
-        return await self._nc.subscribe(subject, queue, cb=cb, max_msgs=max_msgs)
+        return Subscription(await self._nc.subscribe(subject, queue, cb=cb, max_msgs=max_msgs))
 
     async def subscribe_direct(
         self, subject: str, deliver: Callable[[Msg], None], *, queue: str = ""
@@ -157,7 +157,7 @@ class Link:
         """Subscribe with ``deliver`` called as each message is read (plain code that
         must not block; see :func:`~natsmesh.transport._transport.subscribe_direct`).
         """
-        return await subscribe_direct(self._nc, subject, deliver, queue=queue)
+        return Subscription(await subscribe_direct(self._nc, subject, deliver, queue=queue))
 
     def requester(self) -> Requester:
         """A :class:`Requester` on this connection (enter it before requesting)."""
@@ -210,3 +210,28 @@ class Link:
                     log.debug("draining the connection failed: %s", exc)
             if not nc.is_closed:
                 await nc.close()
+
+
+class Subscription:
+    """One subscription made through a :class:`Link`: its subject, and how it ends."""
+
+    __slots__ = ("_sub",)
+
+    def __init__(self, sub: NatsSubscription) -> None:
+        self._sub = sub
+
+    @property
+    def subject(self) -> str:
+        return self._sub.subject
+
+    async def next_msg(self, timeout: float) -> Msg:
+        """The next message of a subscription made without ``cb``; raises TimeoutError."""
+        return await self._sub.next_msg(timeout=timeout)
+
+    async def unsubscribe(self) -> None:
+        """Stop at once; messages not yet handled are dropped."""
+        await self._sub.unsubscribe()
+
+    async def drain(self) -> None:
+        """Stop taking messages, and return once those already received are handled."""
+        await self._sub.drain()  # type: ignore[no-untyped-call]  # nats-py leaves it untyped
