@@ -92,9 +92,10 @@ def test_modules_and_functions_stay_small() -> None:
 #
 # Above natsmesh/transport/ everything talks to NATS through a Link (transport/_link.py),
 # never through nats-py's client. import-linter keeps `nats` itself out; these checks keep
-# the client out, by the only two ways it could come in: its type, imported to be used at
-# run time (constructed, isinstance'd), or the seam's functions that take or return one;
-# and the escape hatch `.nats` (Mesh.nats, Link.nats), read anywhere but in the hatch itself.
+# the client out, by the ways it could come in: its type (or its Subscription's), imported
+# to be used at run time (constructed, isinstance'd), or the seam's functions that take or
+# return one; the escape hatch `.nats` (Mesh.nats, Link.nats), read anywhere but in the
+# hatch itself; and nats-py's Msg.respond(), a publish on the client behind the message.
 # natsmesh/bench/ is exempt: its baselines are hand-written nats-py by design.
 
 #: Names of the seam that take or return the raw client: only a Link uses them.
@@ -150,6 +151,10 @@ def raw_client_uses(source: str) -> list[str]:
             continue
         if not (isinstance(node.value, ast.Name) and node.value.id == NATS_HATCH[1]):
             found.append(f"line {node.lineno}: reads {ast.unparse(node)}")
+    for node in ast.walk(tree):
+        # nats-py's Msg.respond() publishes on the client the message came through.
+        if isinstance(node, ast.Attribute) and node.attr == "respond":
+            found.append(f"line {node.lineno}: {ast.unparse(node)} (publish through a Link)")
     return found
 
 
@@ -176,6 +181,7 @@ def test_only_the_seam_holds_the_nats_client() -> None:
         "from natsmesh.transport._transport import Msg, Subscription\n",
         "from natsmesh.transport._link import Link\nasync def f(m):\n    await m.nats.flush()\n",
         "def f(link):\n    return link.nats\n",
+        "async def on(msg):\n    await msg.respond(b'')\n",
         "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    pass\n"
         "from natsmesh.transport._transport import NATS\n",
     ],
