@@ -137,8 +137,8 @@ async def run_bench(
     url: str,
     *,
     concurrencies: tuple[int, ...] = (1, 128),
-    seconds: float = 2.0,
-    rounds: int = 7,
+    seconds: float = 6.0,
+    rounds: int = 15,
     loop: str = "auto",
 ) -> dict[str, Any]:
     """Run the benchmark against the server at ``url``; returns the figures as a dict.

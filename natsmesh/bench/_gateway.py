@@ -13,7 +13,8 @@ Child processes, so that the load generator's CPU is not the servers':
 Every process runs on the bench's event loop (``--loop``), and uvicorn picks the
 same HTTP parser for the bridge and the gateway. The load (:mod:`natsmesh.bench._load`)
 is ``wrk`` when it is on PATH, else a keep-alive generator built in. Two phases,
-each in alternating rounds so that drift on a shared machine hits all alike:
+each in rounds that alternate their order (forwards, then backwards) so that
+drift on a shared machine hits all alike:
 ``concurrency`` connections (throughput, p99), then one keep-alive connection
 (mean latency: a request at a time, what a lone client waits).
 
@@ -174,8 +175,10 @@ async def _rounds(
     load: Load, kinds: Sequence[str], *, concurrency: int, seconds: float, rounds: int
 ) -> dict[str, list[Figures]]:
     runs: dict[str, list[Figures]] = {kind: [] for kind in kinds}
-    for _ in range(rounds):
-        for kind in kinds:
+    for i in range(rounds):
+        # Forwards, then backwards: each kind runs as often early in a round as late,
+        # and the gateway always next to the bridge it is compared with.
+        for kind in kinds if i % 2 == 0 else kinds[::-1]:
             runs[kind].append(await load(kind, concurrency, seconds / rounds))
     return runs
 
@@ -191,7 +194,7 @@ async def run(
     *,
     concurrency: int = 64,
     seconds: float = 10.0,
-    rounds: int = 5,
+    rounds: int = 10,
     load: Literal["auto", "wrk", "builtin"] = "auto",
     warmup: float = 1.0,
     loop: str = "auto",

@@ -33,8 +33,8 @@ async def run(
     url: str,
     *,
     concurrencies: tuple[int, ...] = (1, 64),
-    seconds: float = 3.0,
-    rounds: int = 9,
+    seconds: float = 5.0,
+    rounds: int = 15,
     loop: str = "auto",
 ) -> dict[str, Any]:
     """Both modes against one service process; returns the figures as a dict."""

@@ -43,8 +43,8 @@ def add_bench(
     p.add_argument(
         "--seconds",
         type=seconds,
-        help="data, observe: measuring time per level (3); control: heartbeat window (10);"
-        " traffic: per mode (4); gateway: per target (10)",
+        help="data: measuring time per level (6); observe: per level (5);"
+        " control: heartbeat window (10); traffic: per mode (4); gateway: per target (10)",
     )
     p.add_argument("--clients", type=positive, default=50, help="control: mesh clients")
     p.add_argument("--applies", type=positive, default=20, help="control: route changes")
@@ -103,7 +103,7 @@ async def _run(args: argparse.Namespace, url: str, loop: str) -> tuple[dict[str,
     if args.which == "observe":
         from natsmesh.bench import _observe as _bench_observe
 
-        result = await _bench_observe.run(url, seconds=args.seconds or 3.0, loop=loop)
+        result = await _bench_observe.run(url, seconds=args.seconds or 5.0, loop=loop)
         return result, _bench_observe.format_table(result)
     if args.which == "traffic":
         result = await _bench_traffic.run(url, seconds=args.seconds or 4.0, loop=loop)
@@ -118,5 +118,5 @@ async def _run(args: argparse.Namespace, url: str, loop: str) -> tuple[dict[str,
             loop=loop,
         )
         return result, _bench_control.format_result(result)
-    result = await _bench.run_bench(url, seconds=args.seconds or 3.0, loop=loop)
+    result = await _bench.run_bench(url, seconds=args.seconds or 6.0, loop=loop)
     return result, _bench.format_table(result)
