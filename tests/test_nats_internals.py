@@ -16,6 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from natsmesh.transport import _nats_internals, _transport
+from natsmesh.transport._delivery import DirectDelivery
 from natsmesh.transport._nats_internals import (
     CachedHeaders,
     FrameWriter,
@@ -103,6 +104,7 @@ async def test_an_untested_nats_py_keeps_nats_pys_own_delivery(
         async with Requester(nc) as requester:
             await _echo(nc, requester)
             assert isinstance(requester._sub._pending_queue, asyncio.Queue)  # type: ignore[union-attr]
+            assert not isinstance(nc._process_msg, DirectDelivery)
             reply = await requester.request("svc.echo", b"x", timeout=5, headers=None)
             assert reply.data == b"x"
     finally:
@@ -155,6 +157,92 @@ async def test_a_failing_delivery_costs_one_message_not_the_connection(nats_url:
             await last.wait()
         assert seen == [b"one", b"two"]
         assert nc.is_connected
+    finally:
+        await nc.close()
+
+
+# -- DirectDelivery: handed-over messages past nats-py's _process_msg ------------------------
+
+SENT: list[tuple[bytes, dict[str, str] | None]] = [
+    (b"plain", None),
+    (b"", {"Mesh-Budget-Ms": "4999", "Mesh-Caller": "bench"}),
+    (b"unicode", {"X-Unicode": "caf\u00e9 \u2615", "X-Pad": "p"}),
+    (b"empty block", {}),
+    (b"\x00\xff" * 100, {"Nats-Service-Error-Code": "500"}),
+]
+
+
+async def test_a_direct_subscription_sees_what_nats_pys_delivery_sees(nats_url: str) -> None:
+    nc = await _transport.connect(nats_url, name="direct")
+    try:
+        direct: list[Any] = []
+        sub = await subscribe_direct(nc, "both", direct.append)
+        plain = await nc.subscribe("both")  # nats-py's own path, on the same connection
+        assert isinstance(nc._process_msg, DirectDelivery)
+        before = nc.stats["in_msgs"]
+        for data, headers in SENT + SENT:  # twice: blocks parsed, then remembered
+            await nc.publish("both", data, reply="answer.here", headers=headers)
+        seen = [await plain.next_msg(timeout=5) for _ in SENT + SENT]
+        with anyio.fail_after(5):
+            while len(direct) < 2 * len(SENT):  # noqa: ASYNC110  (no event to wait on)
+                await anyio.sleep(0.01)
+        shape = [(m.subject, m.reply, m.data, m.headers, m._client) for m in seen]
+        assert [(m.subject, m.reply, m.data, m.headers, m._client) for m in direct] == shape
+        assert [m._sid for m in direct] == [sub._id] * 2 * len(SENT)
+        assert sub._received == 2 * len(SENT)
+        assert nc.stats["in_msgs"] == before + 4 * len(SENT)
+        # Each message its own headers: a receiver's change shows in no other message.
+        direct[1].headers["Mesh-Caller"] = "changed by the receiver"
+        assert direct[len(SENT) + 1].headers == seen[1].headers == SENT[1][1]
+    finally:
+        await nc.close()
+
+
+async def test_a_direct_subscriber_answers_with_respond(nats_url: str) -> None:
+    nc = await _transport.connect(nats_url, name="direct")
+    try:
+        tasks: list[Any] = []
+
+        def answer(msg: Any) -> None:
+            tasks.append(asyncio.ensure_future(msg.respond(msg.data.upper())))
+
+        await subscribe_direct(nc, "shout", answer)
+        reply = await nc.request("shout", b"hi", timeout=5)
+        assert reply.data == b"HI"
+    finally:
+        await nc.close()
+
+
+async def test_a_late_message_for_a_gone_subscription_is_dropped(nats_url: str) -> None:
+    nc = await _transport.connect(nats_url, name="direct")
+    try:
+        seen: list[bytes] = []
+        sub = await subscribe_direct(nc, "gone", lambda msg: seen.append(msg.data))
+        delivery = nc._process_msg
+        assert isinstance(delivery, DirectDelivery)
+        assert sub._id in delivery.receivers
+        await sub.unsubscribe()
+        # What the reader would hand over had the message crossed the UNSUB on the wire.
+        await delivery(sub._id, b"gone", b"", b"late", None)
+        assert seen == []
+        assert sub._id not in delivery.receivers  # forgotten: ids are never reused
+    finally:
+        await nc.close()
+
+
+async def test_a_limit_on_a_direct_subscription_is_kept(nats_url: str) -> None:
+    nc = await _transport.connect(nats_url, name="direct")
+    try:
+        seen: list[bytes] = []
+        sub = await subscribe_direct(nc, "limited", lambda msg: seen.append(msg.data))
+        await sub.unsubscribe(limit=2)  # nats-py's own path counts it down, and unsubscribes
+        after = await nc.subscribe("after")
+        for i in range(4):
+            await nc.publish("limited", b"%d" % i)
+        await nc.publish("after", b"")  # from one publisher, delivered in order
+        await after.next_msg(timeout=5)
+        assert seen == [b"0", b"1"]
+        assert sub._id not in nc._subs
     finally:
         await nc.close()
 

@@ -35,6 +35,7 @@ from natsmesh.transport._connection import (
     server_urls,
 )
 from natsmesh.transport._deadlines import Deadlines
+from natsmesh.transport._delivery import deliver_directly
 from natsmesh.transport._nats_internals import FrameWriter, hand_over, listen_refusals, server_zone
 from natsmesh.wire._errors import MessageTooLarge, PermissionDenied
 
@@ -129,7 +130,8 @@ async def subscribe_direct(
         deliver(msg)
 
     sub = await nc.subscribe(subject, queue, cb=callback)
-    hand_over(sub, deliver)
+    if hand_over(sub, deliver):
+        deliver_directly(sub, deliver)
     return sub
 
 
@@ -175,7 +177,8 @@ class Requester:
         if not FrameWriter.safe_reply_prefix(self._prefix):
             self._writer = None  # reply subjects are written unchecked
         self._sub = await self._nc.subscribe(f"{self._prefix}*", cb=self._on_reply)
-        hand_over(self._sub, self._reply)
+        if hand_over(self._sub, self._reply):
+            deliver_directly(self._sub, self._reply)
         await self._stack.enter_async_context(self._deadlines.running())
         stop_listening = listen_refusals(self._nc, self._refused)
         if stop_listening is not None:
