@@ -138,7 +138,7 @@ async def run_bench(
     *,
     concurrencies: tuple[int, ...] = (1, 128),
     seconds: float = 6.0,
-    rounds: int = 15,
+    rounds: int = 40,
     loop: str = "auto",
 ) -> dict[str, Any]:
     """Run the benchmark against the server at ``url``; returns the figures as a dict.

@@ -34,7 +34,7 @@ async def run(
     *,
     concurrencies: tuple[int, ...] = (1, 64),
     seconds: float = 5.0,
-    rounds: int = 15,
+    rounds: int = 40,
     loop: str = "auto",
 ) -> dict[str, Any]:
     """Both modes against one service process; returns the figures as a dict."""

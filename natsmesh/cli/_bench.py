@@ -44,7 +44,7 @@ def add_bench(
         "--seconds",
         type=seconds,
         help="data: measuring time per level (6); observe: per level (5);"
-        " control: heartbeat window (10); traffic: per mode (4); gateway: per target (10)",
+        " control: heartbeat window (10); traffic: per mode (4); gateway: per target (20)",
     )
     p.add_argument("--clients", type=positive, default=50, help="control: mesh clients")
     p.add_argument("--applies", type=positive, default=20, help="control: route changes")
@@ -95,7 +95,7 @@ async def _run(args: argparse.Namespace, url: str, loop: str) -> tuple[dict[str,
         result = await _bench_gateway.run(
             url,
             concurrency=args.concurrency,
-            seconds=args.seconds or 10.0,
+            seconds=args.seconds or 20.0,
             loop=loop,
             load=args.load,
         )
