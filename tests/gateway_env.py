@@ -12,6 +12,7 @@ from typing import Any
 import anyio
 import nats
 from nats.aio.msg import Msg
+from waits import leading
 
 from examples.shop import SERVICES
 from gateway import Gateway, GatewayLimits, create_app
@@ -145,9 +146,7 @@ async def recording(url: str) -> AsyncIterator[Recorder]:
 
 
 async def apply_routes(controller: Controller, text: str = TEST_ROUTES) -> None:
-    with anyio.fail_after(10):
-        while not controller.is_leader:
-            await controller.leader_changed.wait()
+    await leading(controller)
     reply = await controller.apply(text.encode(), allow_empty=True)
     assert reply.ok, reply
 

@@ -19,7 +19,7 @@ import nats.errors
 import pytest
 from nats.aio.msg import Msg
 from test_auth_isolation import MARKER, Conn, Secured, connected, first, secured
-from test_controller import eventually
+from waits import eventually, leading
 
 from natsmesh import Context, Mesh, ServiceRunner, endpoint, service
 from natsmesh.control._controller import Controller
@@ -40,7 +40,7 @@ async def controller(secured: Secured) -> AsyncIterator[tuple[Controller, Conn]]
         connected(secured, "controller") as (conn,),
         Controller(conn.nc, lease=1.0, scan_interval=3600) as ctl,
     ):
-        await eventually(lambda: ctl.is_leader)
+        await leading(ctl)
         yield ctl, conn
 
 

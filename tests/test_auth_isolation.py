@@ -28,7 +28,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.errors import Error as NatsError
 from nats.errors import NoRespondersError
-from test_controller import eventually
+from waits import eventually
 
 from examples.shop.catalog import Catalog
 from examples.shop.orders import Orders

@@ -14,7 +14,7 @@ import anyio
 import pytest
 from procs import Proc
 from services import Echo, Frontdesk
-from test_controller import eventually
+from waits import eventually, leading
 
 from natsmesh import DeadlineExceeded, Mesh, NoResponders, ServiceRunner
 from natsmesh.client._client import link_of
@@ -28,7 +28,7 @@ pytestmark = pytest.mark.anyio
 @pytest.fixture
 async def controller(nats_url: str) -> AsyncIterator[Controller]:
     async with Controller(nats_url, lease=1.0) as ctl:
-        await eventually(lambda: ctl.is_leader)
+        await leading(ctl)
         yield ctl
 
 

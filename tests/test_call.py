@@ -25,7 +25,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from procs import Proc
 from services import Item
-from test_controller import eventually
+from waits import eventually, leading
 
 from natsmesh import Context, Mesh, ServiceRunner, endpoint, service
 from natsmesh.client._call import Caller
@@ -327,7 +327,7 @@ async def test_a_frozen_process_in_queue_mode_meets_no_retry(nats_url: str) -> N
     good = [RecordingEcho(), RecordingEcho()]
     async with contextlib.AsyncExitStack() as stack:
         ctl = await stack.enter_async_context(Controller(nats_url, lease=1.0))
-        await eventually(lambda: ctl.is_leader)
+        await leading(ctl)
         assert (await ctl.apply(FROZEN_ROUTES.encode(), allow_empty=True)).ok
         frozen = stack.enter_context(Proc("serve", "services:Echo", nats_url=nats_url))
         await anyio.to_thread.run_sync(frozen.wait_ready)

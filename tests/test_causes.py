@@ -14,7 +14,7 @@ import pydantic
 import pytest
 from gateway_env import asgi
 from test_cli import run
-from test_controller import eventually
+from waits import eventually, leading
 
 from examples.shop.catalog import Catalog
 from examples.shop.orders import Orders
@@ -232,7 +232,7 @@ async def test_instances_that_publish_different_schemas_are_flagged(
 
     caplog.set_level(logging.INFO, logger="natsmesh.controller")
     async with Controller(nats_url, lease=1.0) as controller:
-        await eventually(lambda: controller.is_leader)
+        await leading(controller)
         async with (
             ServiceRunner(Catalog(), nats=nats_url),
             ServiceRunner(PricingV1(), nats=nats_url),

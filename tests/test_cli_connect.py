@@ -23,7 +23,7 @@ import anyio.to_thread
 import pytest
 from procs import Proc
 from test_cli import run
-from test_controller import eventually
+from waits import eventually
 
 from natsmesh import Mesh, NatsRefused, NatsUnreachable
 from natsmesh.testing import EmbeddedNats

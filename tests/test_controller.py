@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import signal
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,7 @@ from anyio.abc import TaskStatus
 from nats.micro.request import Request
 from procs import Proc
 from services import Echo
+from waits import eventually, leading
 
 from natsmesh import ServiceRunner
 from natsmesh.control._controller import Controller
@@ -28,20 +28,6 @@ from natsmesh.wire._control import LEADER_KEY, RegistryTable, control_subject
 pytestmark = pytest.mark.anyio
 
 ROUTES = (Path(__file__).parent.parent / "examples" / "routes.toml").read_bytes()
-
-
-async def eventually(check: Callable[[], Any], *, within: float = 10.0) -> Any:
-    """Poll ``check`` (sync or async) until it returns something truthy."""
-    deadline = time.monotonic() + within
-    while True:
-        result = check()
-        if hasattr(result, "__await__"):
-            result = await result
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not true within {within} s")
-        await anyio.sleep(0.05)
 
 
 async def registry(url: str, service: str) -> RegistryTable | None:
@@ -62,7 +48,7 @@ async def ids(url: str, service: str) -> set[str]:
 
 async def test_instances_join_and_a_graceful_stop_leaves_at_once(nats_url: str) -> None:
     async with Controller(nats_url, expiry=30) as controller:
-        await eventually(lambda: controller.is_leader)
+        await leading(controller)
         async with ServiceRunner(Echo, nats=nats_url) as a, ServiceRunner(Echo, nats=nats_url) as b:
             await eventually(lambda: ids(nats_url, "echo"), within=5)
             await eventually(lambda: _eq(ids(nats_url, "echo"), {a.id, b.id}))
@@ -85,7 +71,7 @@ async def _eq(value: Any, expected: Any) -> bool:
 
 async def test_an_instance_killed_without_leaving_expires(nats_url: str) -> None:
     async with Controller(nats_url, expiry=3) as controller:
-        await eventually(lambda: controller.is_leader)
+        await leading(controller)
         with Proc("serve", "services:Echo", nats_url=nats_url) as proc:
             await anyio.to_thread.run_sync(proc.wait_ready)
             await eventually(lambda: ids(nats_url, "echo"))
@@ -98,7 +84,7 @@ async def test_an_instance_killed_without_leaving_expires(nats_url: str) -> None
 
 async def test_route_apply_is_validated_versioned_and_idempotent(nats_url: str) -> None:
     async with Controller(nats_url) as controller:
-        await eventually(lambda: controller.is_leader)
+        await leading(controller)
         first = await controller.apply(ROUTES, allow_empty=True)
         assert first.ok, first
         assert set(first.revisions) == {
@@ -129,7 +115,7 @@ async def test_cli_routes_apply_show_and_errors(nats_url: str, tmp_path: Path) -
     from test_cli import run
 
     async with Controller(nats_url) as controller:
-        await eventually(lambda: controller.is_leader)
+        await leading(controller)
         good = tmp_path / "routes.toml"
         good.write_bytes(ROUTES)
         done = await run("routes", "apply", "--allow-empty", str(good), "--nats", nats_url)
@@ -187,7 +173,7 @@ async def test_two_controllers_one_leader_and_a_takeover(nats_url: str) -> None:
     stop_first, stop_second = anyio.Event(), anyio.Event()
     async with anyio.create_task_group() as tg:
         await tg.start(run, first, stop_first)
-        await eventually(lambda: first.is_leader)
+        await leading(first)
         await tg.start(run, second, stop_second)
         try:
             await _renewals(nats_url, first.id, 4)  # a full lease, in which the second tried
@@ -196,7 +182,7 @@ async def test_two_controllers_one_leader_and_a_takeover(nats_url: str) -> None:
             async with ServiceRunner(Echo, nats=nats_url) as runner:
                 await eventually(lambda: _eq(ids(nats_url, "echo"), {runner.id}))
                 stop_first.set()
-                await eventually(lambda: second.is_leader, within=3)
+                await leading(second, within=3)
                 # the standby kept listening: it knows the instance without asking
                 assert "echo" in second.registry.services()
                 assert (await second.apply(ROUTES, allow_empty=True)).ok
@@ -255,7 +241,7 @@ async def test_foreign_micro_services_join_through_discovery(nats_url: str) -> N
     await svc.add_endpoint(name="add", handler=add)
     try:
         async with Controller(nats_url, scan_interval=0.5) as controller:
-            await eventually(lambda: controller.is_leader)
+            await leading(controller)
             table = await eventually(lambda: registry(nats_url, "legacy"))
             (instance,) = table.instances
             assert not instance.mesh
@@ -296,7 +282,7 @@ async def test_garbage_on_control_subjects_is_rejected_and_nothing_breaks(
     nats_url: str, subject: str, payload: bytes, caplog: pytest.LogCaptureFixture
 ) -> None:
     async with Controller(nats_url) as controller:
-        await eventually(lambda: controller.is_leader)
+        await leading(controller)
         nc = await nats.connect(nats_url)
         try:
             for _ in range(3):
@@ -313,7 +299,7 @@ async def test_garbage_on_control_subjects_is_rejected_and_nothing_breaks(
 
 async def test_lease_is_released_on_a_clean_stop(nats_url: str) -> None:
     async with Controller(nats_url) as controller:
-        await eventually(lambda: controller.is_leader)
+        await leading(controller)
     nc = await nats.connect(nats_url)
     try:
         entry = await (await Tables.open(Link(nc))).get(LEADER_KEY)
@@ -328,7 +314,7 @@ async def test_status_shows_each_client_synced_then_stale_then_synced(nats_url: 
     from natsmesh import Mesh
 
     async with Controller(nats_url) as controller, ServiceRunner(Echo, nats=nats_url):
-        await eventually(lambda: controller.is_leader)
+        await leading(controller)
         assert (await controller.apply(b"[services.echo]\ntimeout = 3\n", allow_empty=True)).ok
         async with Mesh(nats_url, name="status-client") as mesh:
             await mesh.call("echo.whoami")
@@ -363,7 +349,7 @@ async def test_status_marks_stale_and_rejected_clients(nats_url: str) -> None:
     from natsmesh.wire._control import Applied, StatusReport
 
     async with Controller(nats_url) as controller:
-        await eventually(lambda: controller.is_leader)
+        await leading(controller)
         reply = await controller.apply(b"[services.echo]\ntimeout = 3\n", allow_empty=True)
         latest = reply.revisions["routes.echo"]
         nc = await nats.connect(nats_url)
@@ -399,7 +385,7 @@ async def test_a_controller_starts_and_leads_with_the_streams_consumers_exhauste
         await js.update_stream(info.config)
         await js.subscribe("$KV.natsmesh.>", ordered_consumer=True)  # the last one left
         async with Controller(nats_url, lease=1.0) as controller:
-            await eventually(lambda: controller.is_leader)
+            await leading(controller)
             assert (await controller.apply(ROUTES, allow_empty=True)).ok
         assert "could not read the stored registry" in caplog.text
     finally:
@@ -419,7 +405,7 @@ async def test_under_a_policy_only_named_foreign_services_join(nats_url: str) ->
         services.append(svc)
     try:
         async with Controller(nats_url, scan_interval=0.5, admitted=["legacy"]) as controller:
-            await eventually(lambda: controller.is_leader)
+            await leading(controller)
             await eventually(lambda: controller.registry.instances("legacy"))
             await controller._members.scan(timeout=1.0)
             assert controller.registry.instances("stranger") == []
@@ -441,7 +427,7 @@ async def test_a_bucket_made_by_an_older_controller_gets_direct_gets_and_republi
         js = nc.jetstream()
         await js.create_key_value(bucket="natsmesh", history=5)  # as before: neither
         async with Controller(nats_url, lease=1.0, prefix="shop") as controller:
-            await eventually(lambda: controller.is_leader)
+            await leading(controller)
             config = (await js.stream_info("KV_natsmesh")).config
             assert config.allow_direct
             assert config.republish is not None

@@ -19,7 +19,7 @@ import anyio
 import httpx
 import pytest
 from test_auth_isolation import Conn, Secured, connected
-from test_controller import eventually
+from waits import eventually
 
 from examples.shop.catalog import Catalog
 from examples.shop.orders import Orders

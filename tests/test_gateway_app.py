@@ -17,7 +17,7 @@ import pytest
 from gateway_env import Answer, Shop, asgi, recording, running_shop
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_controller import eventually
+from waits import eventually
 
 from gateway import GatewayLimits, create_app
 from natsmesh import Mesh, ServiceRunner, endpoint, service

@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 from gateway_env import TEST_ROUTES, Shop, running_shop
-from test_controller import eventually
+from waits import eventually
 
 import gateway._app
 from natsmesh import ServiceRunner, endpoint, service

@@ -23,7 +23,7 @@ import anyio.to_thread
 import httpx
 import pytest
 from gateway_env import Shop, asgi, running_shop
-from test_controller import eventually
+from waits import eventually
 
 from gateway import GatewayLimits, bind, create_app, run_server
 from gateway._protocol import LINGER

@@ -10,7 +10,7 @@ import pytest
 from anyio.abc import TaskStatus
 from nats.errors import NoRespondersError
 from services import Echo
-from test_controller import eventually
+from waits import eventually, leading
 
 from natsmesh import Mesh, NoResponders, ServiceRunner
 from natsmesh.control._controller import Controller
@@ -101,7 +101,7 @@ async def test_a_draining_instance_still_answers_what_it_took(nats_url: str) -> 
 
     async with anyio.create_task_group() as outer:
         controller = await outer.start(control)
-        await eventually(lambda: controller.is_leader)
+        await leading(controller)
         runner = await ServiceRunner(Echo(), nats=nats_url).__aenter__()
         mesh = await Mesh(nats_url).__aenter__()
         try:

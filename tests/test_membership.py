@@ -15,7 +15,7 @@ import nats
 import nats.errors
 import pytest
 from services import Echo
-from test_controller import eventually
+from waits import eventually
 
 from natsmesh import ServiceRunner
 from natsmesh.wire._control import EjectCommand, eject_subject

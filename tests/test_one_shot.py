@@ -10,7 +10,7 @@ import pytest
 from nats.aio.msg import Msg
 from services import Echo
 from test_cli import run
-from test_controller import eventually
+from waits import eventually, leading
 
 from natsmesh import Mesh, RemoteError, ServiceRunner
 from natsmesh.control._controller import Controller
@@ -43,9 +43,7 @@ async def test_a_cli_call_applies_the_route_without_watching_the_tables(
     nats_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     async with Controller(nats_url) as controller, ServiceRunner(Echo, nats=nats_url):
-        with anyio.fail_after(15):
-            while not controller.is_leader:
-                await controller.leader_changed.wait()
+        await leading(controller, within=15)
         assert (await controller.apply(ROUTES)).ok
         observer = await nats.connect(nats_url)
         try:

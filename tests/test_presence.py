@@ -11,7 +11,7 @@ import nats
 import pytest
 from services import Echo
 from shop import Shop
-from test_controller import eventually
+from waits import eventually
 
 from natsmesh import (
     Mesh,

@@ -13,7 +13,7 @@ import anyio.to_thread
 import nats
 import pytest
 from procs import Proc
-from test_controller import eventually
+from waits import eventually
 
 from natsmesh import Mesh, Retries, ServicePolicy
 

@@ -8,7 +8,7 @@ from typing import Any
 import anyio
 import nats
 import pytest
-from test_controller import eventually
+from waits import eventually, leading
 
 from natsmesh import Mesh, ServiceError, ServiceRunner, endpoint, service
 from natsmesh.control._controller import Controller
@@ -180,7 +180,7 @@ async def test_in_queue_mode_a_retry_avoids_the_instance_that_named_itself(
         "consecutive_failures = 3", "consecutive_failures = 1000"
     )
     async with Controller(nats_url, lease=1.0) as ctl:
-        await eventually(lambda: ctl.is_leader)
+        await leading(ctl)
         assert (await ctl.apply(routes.encode(), allow_empty=True)).ok
         bad, good = Shop(bad=True), [Shop(), Shop()]
         async with contextlib.AsyncExitStack() as stack:
@@ -208,7 +208,7 @@ def _stats(runner: ServiceRunner) -> dict[str, Any]:
 
 async def test_a_failing_instance_leaves_its_queue_group_and_rejoins(nats_url: str) -> None:
     async with Controller(nats_url, lease=1.0) as ctl:
-        await eventually(lambda: ctl.is_leader)
+        await leading(ctl)
         assert (await ctl.apply(ROUTES.encode(), allow_empty=True)).ok
         bad, good = Shop(bad=True), [Shop(), Shop()]
         async with contextlib.AsyncExitStack() as stack:
@@ -276,7 +276,7 @@ async def test_a_report_naming_another_service_than_its_subject_is_dropped(
     nats_url: str,
 ) -> None:
     async with Controller(nats_url, lease=1.0) as ctl, ServiceRunner(Shop(), nats=nats_url) as r:
-        await eventually(lambda: ctl.is_leader)
+        await leading(ctl)
         await eventually(lambda: ctl.registry.instances("shop"))
         nc = await nats.connect(nats_url)
         try:

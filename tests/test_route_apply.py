@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from services import Echo
 from test_cli import run
-from test_controller import eventually
+from waits import eventually, leading
 
 from natsmesh import Mesh, NoResponders, ServiceRunner
 from natsmesh.control._controller import Controller
@@ -102,7 +102,7 @@ def test_a_model_check_is_not_hidden_by_a_bad_field_beside_it() -> None:
 @pytest.fixture
 async def controller(nats_url: str) -> AsyncIterator[Controller]:
     async with Controller(nats_url, lease=1.0) as ctl:
-        await eventually(lambda: ctl.is_leader)
+        await leading(ctl)
         yield ctl
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import anyio
 import pytest
 import trustme
-from test_controller import eventually
+from waits import eventually, leading
 
 from examples.shop import models
 from examples.shop.catalog import Catalog
@@ -176,7 +176,7 @@ async def shop(deployment: Deployment) -> AsyncIterator[Deployment]:
             controller = await stack.enter_async_context(Controller(control, replicas=3))
             for nc, (_, cls) in zip(connections, instances, strict=True):
                 await stack.enter_async_context(ServiceRunner(cls, nats=nc))
-            await eventually(lambda: controller.is_leader, within=20)
+            await leading(controller, within=20)
             await eventually(
                 lambda: set(controller.registry.services()) >= {"catalog", "pricing", "orders"},
                 within=20,

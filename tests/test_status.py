@@ -12,7 +12,7 @@ import anyio
 import pytest
 from services import Echo
 from test_cli import run
-from test_controller import eventually
+from waits import eventually, leading
 
 from natsmesh import Mesh, ServiceRunner
 from natsmesh.control._controller import Controller
@@ -28,7 +28,7 @@ def _states(controller: Controller, client: str) -> set[str]:
 
 async def test_a_client_that_leaves_is_gone_from_status_at_once(nats_url: str) -> None:
     async with Controller(nats_url, lease=1.0) as controller, ServiceRunner(Echo(), nats=nats_url):
-        await eventually(lambda: controller.is_leader)
+        await leading(controller)
         async with Mesh(nats_url, name="leaver") as mesh:
             await mesh.call("echo.echo", {"id": 1, "name": "a"})
             await eventually(lambda: _states(controller, "leaver"))
@@ -63,7 +63,7 @@ VANISHING = textwrap.dedent(
 
 async def test_a_client_that_vanished_is_marked_gone(nats_url: str) -> None:
     async with Controller(nats_url, lease=1.0) as controller:
-        await eventually(lambda: controller.is_leader)
+        await leading(controller)
         proc = await anyio.open_process([sys.executable, "-c", VANISHING, nats_url])
         try:
             assert proc.stdout is not None

@@ -15,7 +15,7 @@ import pytest
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from services import Echo
-from test_controller import eventually
+from waits import eventually
 
 from natsmesh import DeadlineExceeded, HttpRoute, Mesh, ServiceRunner
 from natsmesh.client._tables import TableCache

@@ -10,7 +10,7 @@ from typing import Any
 
 import anyio
 import pytest
-from test_controller import eventually
+from waits import eventually, leading
 
 from natsmesh import (
     Context,
@@ -68,7 +68,7 @@ V1, V2 = versioned("1.0.0"), versioned("2.0.0")
 @pytest.fixture
 async def controller(nats_url: str) -> AsyncIterator[Controller]:
     async with Controller(nats_url, lease=1.0) as ctl:
-        await eventually(lambda: ctl.is_leader)
+        await leading(ctl)
         yield ctl
 
 

@@ -17,7 +17,7 @@ import anyio
 import anyio.to_thread
 import pytest
 from procs import Proc
-from test_controller import eventually
+from waits import eventually
 
 from natsmesh import Mesh, Retries, ServicePolicy
 from natsmesh.client._client import link_of

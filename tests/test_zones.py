@@ -13,7 +13,7 @@ import anyio
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from test_controller import eventually
+from waits import eventually, leading
 
 from natsmesh import Mesh, ServiceError, ServiceRunner, endpoint, service
 from natsmesh.control._controller import Controller
@@ -248,7 +248,7 @@ async def zoned_mesh(
     nats_url: str, tally: collections.Counter[str], *, flaky_a: bool = False
 ) -> AsyncIterator[tuple[Mesh, list[ServiceRunner], Controller]]:
     async with Controller(nats_url, lease=1.0) as ctl:
-        await eventually(lambda: ctl.is_leader)
+        await leading(ctl)
         reply = await ctl.apply(ROUTES.encode(), allow_empty=True)
         assert reply.ok, reply
         async with contextlib.AsyncExitStack() as others:

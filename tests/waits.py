@@ -1,0 +1,94 @@
+"""Bounded waits for a state that sends no signal: poll a check until it holds, or fail.
+
+Wait on the signal itself where there is one: an ``anyio.Event``, a message on a
+subscription, a process's ready line (``Proc.wait_ready``, ``Proc.wait_stderr``), a
+process's exit. These helpers are for state only a query can see: a KV entry, a
+server's ``/healthz``, a queue's length. Every wait has a
+bound, and a wait that runs out fails the test with a ``TimeoutError`` naming what it
+waited for (and the last error the check raised, if it raised one it was told to retry).
+
+The chaos scenarios (tests/chaos) use them too: their runners have tests/ on the path.
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, TypeVar
+
+import anyio
+
+if TYPE_CHECKING:
+    from natsmesh.control._controller import Controller
+
+T = TypeVar("T")
+
+#: Seconds between two checks: short against the waits (seconds), long against one
+#: check (a KV get or an HTTP request takes a millisecond or two).
+EVERY = 0.05
+
+
+async def eventually(
+    check: Callable[[], T | Awaitable[T]],
+    *,
+    within: float = 10.0,
+    every: float = EVERY,
+    what: str = "",
+    retry_on: tuple[type[Exception], ...] = (),
+) -> T:
+    """Call ``check`` (sync or async) until it returns something truthy; return that.
+
+    ``retry_on``: exceptions that mean "not yet" (a server still starting refuses the
+    connection); the last one is chained to the ``TimeoutError`` if time runs out.
+    The check runs at least once, and once more after the bound if the bound passed
+    while it slept, so a slow machine fails only a check that really did not hold.
+    """
+    deadline = time.monotonic() + within
+    last: Exception | None = None
+    while True:
+        result: object = None
+        try:
+            result = check()
+            if inspect.isawaitable(result):
+                result = await result
+        except retry_on as exc:
+            last = exc
+        if result:
+            return result  # type: ignore[return-value]
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what or 'the check'} did not hold within {within} s") from last
+        await anyio.sleep(every)
+
+
+def eventually_sync(
+    check: Callable[[], T],
+    *,
+    within: float = 10.0,
+    every: float = EVERY,
+    what: str = "",
+    retry_on: tuple[type[Exception], ...] = (),
+) -> T:
+    """``eventually`` for code outside an event loop (a synchronous fixture)."""
+    deadline = time.monotonic() + within
+    last: Exception | None = None
+    while True:
+        result: T | None = None
+        try:
+            result = check()
+        except retry_on as exc:
+            last = exc
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what or 'the check'} did not hold within {within} s") from last
+        time.sleep(every)
+
+
+async def leading(controller: Controller, *, within: float = 10.0) -> None:
+    """Until ``controller`` holds the lease: woken by its ``leader_changed`` event."""
+    with anyio.move_on_after(within):
+        while not controller.is_leader:
+            await controller.leader_changed.wait()
+    if not controller.is_leader:
+        raise TimeoutError(f"the controller did not take the lease within {within} s")
