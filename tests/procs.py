@@ -9,6 +9,8 @@ import sys
 import threading
 from pathlib import Path
 
+import anyio.to_thread
+
 TESTS = Path(__file__).parent
 
 
@@ -38,6 +40,8 @@ class Proc:
         self._ready = threading.Event()
         self.ready_line = ""
         self.stderr_lines: list[str] = []
+        self._stderr_grew = threading.Condition()
+        self._stderr_closed = False
         threading.Thread(target=self._read, daemon=True).start()
         threading.Thread(target=self._read_err, daemon=True).start()
 
@@ -52,7 +56,12 @@ class Proc:
     def _read_err(self) -> None:
         assert self.popen.stderr is not None
         for line in self.popen.stderr:
-            self.stderr_lines.append(line)
+            with self._stderr_grew:
+                self.stderr_lines.append(line)
+                self._stderr_grew.notify_all()
+        with self._stderr_grew:
+            self._stderr_closed = True
+            self._stderr_grew.notify_all()
 
     def wait_ready(self, timeout: float = 20) -> str:
         if not self._ready.wait(timeout) or not self.ready_line:
@@ -61,6 +70,32 @@ class Proc:
                 f"process {self.pid} not ready: {''.join(self.stderr_lines)[-2000:]}"
             )
         return self.ready_line
+
+    def wait_stderr(self, needle: str, count: int = 1, timeout: float = 20) -> list[str]:
+        """The stderr lines holding ``needle``, once there are ``count`` of them.
+
+        Woken by each line the reader thread appends; fails if the bound runs out or
+        stderr closes (the process ended) with fewer.
+        """
+
+        def found() -> list[str]:
+            return [x for x in self.stderr_lines if needle in x]
+
+        with self._stderr_grew:
+            self._stderr_grew.wait_for(
+                lambda: len(found()) >= count or self._stderr_closed, timeout
+            )
+            lines = found()
+        if len(lines) < count:
+            raise TimeoutError(
+                f"{len(lines)} of {count} stderr lines with {needle!r} from process {self.pid}:"
+                f" {''.join(self.stderr_lines)[-2000:]}"
+            )
+        return lines
+
+    async def says(self, needle: str, count: int = 1, *, within: float = 20) -> list[str]:
+        """``wait_stderr`` for async code: the wait runs in a worker thread."""
+        return await anyio.to_thread.run_sync(lambda: self.wait_stderr(needle, count, within))
 
     def signal(self, sig: int) -> None:
         if self.popen.poll() is None:

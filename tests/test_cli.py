@@ -167,9 +167,7 @@ LOOP_LINE = "natsmesh.loop: event loop: "
 
 
 async def _loop_line(proc: Proc) -> str:
-    with anyio.fail_after(20):
-        while not (lines := [x for x in proc.stderr_lines if LOOP_LINE in x]):  # noqa: ASYNC110  (a thread reads stderr)
-            await anyio.sleep(0.05)
+    lines = await proc.says(LOOP_LINE)
     return lines[0].split(LOOP_LINE)[1].strip()
 
 

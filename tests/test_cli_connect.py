@@ -207,7 +207,7 @@ async def test_a_long_running_command_logs_each_change_of_state_once() -> None:
             finally:
                 hangup.close()
             server.start()
-            await eventually(lambda: "reconnected to" in "".join(proc.stderr_lines), within=30)
+            await proc.says("reconnected to", within=30)
             assert _events(proc.stderr_lines) == [
                 f"cannot connect to {url}",
                 f"connected to {url}",
@@ -238,7 +238,7 @@ async def test_a_service_waiting_for_its_server_stops_on_a_signal(
 ) -> None:
     with refusing_port() as url, Proc("serve", "services:Echo", *workers, nats_url=url) as proc:
         waiting = 2 if workers else 1  # each worker says it cannot connect, once
-        await eventually(lambda: "".join(proc.stderr_lines).count("cannot connect to") == waiting)
+        await proc.says("cannot connect to", waiting)
         children = _children(proc.pid)
         assert len(children) == (2 if workers else 0)
         try:

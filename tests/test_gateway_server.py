@@ -191,13 +191,6 @@ async def test_a_listener_made_elsewhere_gets_tcp_nodelay_too(nats_url: str, htt
         tg.cancel_scope.cancel()
 
 
-async def _stderr_says(proc: Proc, needle: str, count: int) -> list[str]:
-    with anyio.fail_after(20):
-        while len(lines := [x for x in proc.stderr_lines if needle in x]) < count:  # noqa: ASYNC110  (a thread reads stderr)
-            await anyio.sleep(0.05)
-    return lines
-
-
 @pytest.mark.parametrize("workers", [1, 2])
 async def test_natsmesh_gateway_on_asyncios_loop_sets_tcp_nodelay(
     nats_url: str, workers: int
@@ -208,9 +201,9 @@ async def test_natsmesh_gateway_on_asyncios_loop_sets_tcp_nodelay(
         with Proc(*args, nats_url=shop.url) as proc:
             await anyio.to_thread.run_sync(lambda: proc.wait_ready(60))
             # The processes that serve really run asyncio's loop (each worker says so).
-            await _stderr_says(proc, "natsmesh.loop: event loop: asyncio", 1)
+            await proc.says("natsmesh.loop: event loop: asyncio", 1)
             if workers > 1:
-                lines = await _stderr_says(proc, ": event loop: asyncio", 1 + workers)
+                lines = await proc.says(": event loop: asyncio", 1 + workers)
                 assert not [x for x in lines if "uvloop" in x]
             url = f"http://127.0.0.1:{port}"
             client = await anyio.to_thread.run_sync(lambda: keep_alive(url, "/echo/echo", ECHO))

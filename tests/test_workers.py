@@ -93,7 +93,7 @@ async def test_a_killed_worker_is_replaced_and_the_service_keeps_answering(
             # process. The supervisor reaps it, then the service answers every call while
             # worker 1 is replaced.
             killed = f"worker 1 (pid {workers[1]}) was killed by SIGKILL"
-            await eventually(lambda: killed in "".join(proc.stderr_lines))
+            await proc.says(killed)
             for _ in range(20):
                 pid = (await mesh.call("echo.slow", {}, timeout=5))["pid"]
                 pids.add(pid)
@@ -105,7 +105,7 @@ async def test_a_killed_worker_is_replaced_and_the_service_keeps_answering(
                 return pid not in workers.values()
 
             await eventually(replaced, within=30)
-        await eventually(lambda: "worker 1 is back" in "".join(proc.stderr_lines))
+        await proc.says("worker 1 is back")
         assert alive(workers[2])  # untouched
 
         assert await anyio.to_thread.run_sync(proc.terminate) == 0
@@ -162,12 +162,12 @@ async def test_a_worker_in_a_crash_loop_is_restarted_ever_more_slowly(
                                "".join(proc.stderr_lines))  # fmt: skip
             return [float(d) for d in found]
 
-        await eventually(lambda: len(delays()) >= 4, within=30)
+        await proc.says("; starting another in", 4, within=30)
         assert delays()[:4] == [0.5, 1.0, 2.0, 4.0]  # backing off, not spinning
         assert "exited with code 3" in "".join(proc.stderr_lines)
 
         flag.unlink()  # the next start succeeds
-        await eventually(lambda: "worker 1 is back" in "".join(proc.stderr_lines), within=30)
+        await proc.says("worker 1 is back", within=30)
         await eventually(lambda: _is(instances(nats_url, "crashy"), 2), within=15)
         async with Mesh(nats_url, tables=False) as mesh:
             for _ in range(10):
