@@ -33,7 +33,7 @@ class Echo:
 
     @endpoint(idempotent=True)
     async def slow(self, req: Sleep, ctx: Context) -> Where:
-        await anyio.sleep(req.seconds)
+        await anyio.sleep(req.seconds)  # the work the caller asked for: time must pass
         return Where(
             pid=os.getpid(), instance=ctx.headers.get("x-instance", ""), remaining=ctx.remaining
         )
@@ -74,7 +74,7 @@ class Frontdesk:
     async def welcome(self, req: Welcome, ctx: Context) -> dict[str, object]:
         remaining = ctx.remaining
         nested = await ctx.mesh.call("echo.slow", {"seconds": 0})
-        await anyio.sleep(req.sleep_ms / 1000)
+        await anyio.sleep(req.sleep_ms / 1000)  # the work the caller asked for
         return {"hello": req.name, "remaining": remaining, "nested_remaining": nested["remaining"]}
 
 

@@ -38,7 +38,7 @@ class Shop:
     @endpoint
     async def stall(self, ctx: Context) -> None:
         try:
-            await anyio.sleep(30)
+            await anyio.sleep_forever()  # until the call's deadline cancels it
         except BaseException:
             self.cancelled.set()
             raise

@@ -61,12 +61,16 @@ async def _shop(secured: Secured) -> AsyncIterator[tuple[list[Conn], Mesh]]:
         yield conns, mesh
 
 
+#: Seconds between rounds of the background load: it paces the load, it waits for nothing.
+PACE = 0.02
+
+
 async def _load(mesh: Mesh) -> None:
     while True:
         for order in (ORDER, ORDER, BAD_ORDER):
             with contextlib.suppress(MeshError):  # the bad order fails: data for the page
                 await mesh.call("orders.place", order, timeout=5)
-        await anyio.sleep(0.02)
+        await anyio.sleep(PACE)
 
 
 async def _sse(client: httpx.AsyncClient, path: str) -> AsyncIterator[tuple[str, Any]]:

@@ -104,6 +104,11 @@ async def test_deadline_exceeded_and_the_handler_is_abandoned(nats_url: str) -> 
             await shop.cancelled.wait()  # the service stopped the work once the budget ran out
 
 
+#: Seconds a handler waits on a timer: it suspends, so its reply comes from its own task
+#: (not from the eager first step); that path is what these handlers are for.
+STEP_WAIT = 0.01
+
+
 @service("steps", version="1.0.0", max_concurrency=64)
 class Steps:
     """Handlers that finish at once, wait first, fail at once or fail after waiting."""
@@ -115,7 +120,7 @@ class Steps:
     @endpoint
     async def waits(self, n: int) -> int:
         with anyio.fail_after(5):  # entered in the handler's first step, left in its task
-            await anyio.sleep(0.01)
+            await anyio.sleep(STEP_WAIT)
         return n + 2
 
     @endpoint
@@ -124,7 +129,7 @@ class Steps:
 
     @endpoint
     async def waits_then_fails(self, n: int) -> int:
-        await anyio.sleep(0.01)
+        await anyio.sleep(STEP_WAIT)
         raise RuntimeError("later")
 
     @endpoint

@@ -43,7 +43,7 @@ async def test_a_coroutine_that_waits_continues_in_the_task_it_started_in() -> N
     async def waits() -> str:
         seen.set("waits")
         tasks.append(asyncio.current_task())
-        await asyncio.sleep(0.001)
+        await asyncio.sleep(0.001)  # a wait on a timer: the behaviour under test
         tasks.append(asyncio.current_task())
         await asyncio.sleep(0)  # a bare yield
         return seen.get()
@@ -62,7 +62,7 @@ async def test_scopes_entered_before_the_first_wait_are_left_after_it() -> None:
 
     async def scoped() -> None:
         with anyio.move_on_after(0.01) as scope:
-            await anyio.sleep(5)
+            await anyio.sleep_forever()  # until the scope's deadline
         out.append(scope.cancelled_caught)
         async with asyncio.timeout(5):
             await asyncio.sleep(0)
@@ -84,7 +84,7 @@ async def test_a_scope_cancelled_within_the_first_step() -> None:
     async def cancels_itself() -> bool:
         with anyio.CancelScope() as scope:
             scope.cancel()
-            await anyio.sleep(5)
+            await anyio.sleep_forever()  # cancelled already: it returns at once
         return scope.cancelled_caught
 
     task = start(cancels_itself(), loop)
@@ -107,14 +107,14 @@ async def test_a_task_cancelled_before_its_first_step_is_cancelled_where_it_wait
 
     async def waits() -> None:
         try:
-            await asyncio.sleep(5)
+            await asyncio.Event().wait()  # until cancelled
         finally:
             cleaned.set()
 
     task = start(waits(), loop)
     assert task is not None
     task.cancel()  # before the task has run at all
-    with pytest.raises(asyncio.CancelledError):
+    with anyio.fail_after(5), pytest.raises(asyncio.CancelledError):
         await task
     assert task.cancelled()
     assert cleaned.is_set()
@@ -125,17 +125,18 @@ async def test_a_task_cancelled_while_it_waits() -> None:
 
     async def waits() -> str:
         try:
-            await asyncio.sleep(5)
+            await asyncio.Event().wait()  # until cancelled
         except asyncio.CancelledError:
             asyncio.current_task().uncancel()  # type: ignore[union-attr]
             return "cancelled"
-        return "slept"
+        return "woken"
 
     task = start(waits(), loop)
     assert task is not None
     await asyncio.sleep(0)  # it waits already: start() ran its first step
     task.cancel()
-    assert await task == "cancelled"
+    with anyio.fail_after(5):
+        assert await task == "cancelled"
 
 
 # -- the version guard and its fallback ------------------------------------------------------
@@ -159,7 +160,7 @@ async def test_either_start_runs_the_coroutine_to_its_end_in_one_task(begin: Any
     async def waits() -> str:
         seen.set("mine")
         tasks.append(asyncio.current_task())
-        await asyncio.sleep(0)
+        await asyncio.sleep(0)  # a bare yield: the wait that needs a task
         tasks.append(asyncio.current_task())
         return seen.get()
 

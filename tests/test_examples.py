@@ -217,7 +217,7 @@ class StuckCatalog:
     async def get(self, req: ProductId, ctx: Context) -> Product:
         self.remaining.append(ctx.remaining)
         try:
-            await anyio.sleep(60)
+            await anyio.sleep_forever()  # until the inherited budget cancels it
         finally:
             self.cancelled.set()
         raise AssertionError("the budget should have run out")

@@ -25,6 +25,10 @@ pytestmark = pytest.mark.anyio
 ITEM = {"id": 1, "name": "one"}
 
 
+#: Seconds each request stays in the handler: the in-flight work a drain must wait out.
+HOLD = 0.3
+
+
 @service("gate", version="1.0.0")
 class Gate:
     def __init__(self, expected: int) -> None:
@@ -37,7 +41,7 @@ class Gate:
         self.count += 1
         if self.count == self.expected:
             self.arrived.set()
-        await anyio.sleep(0.3)
+        await anyio.sleep(HOLD)
         return "done"
 
 

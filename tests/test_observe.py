@@ -96,13 +96,17 @@ async def _observing(nats_url: str) -> AsyncIterator[tuple[Mesh, Observer]]:
         tg.cancel_scope.cancel()
 
 
+#: Seconds between two calls of the background load: it paces the load, it waits for nothing.
+PACE = 0.01
+
+
 async def _shop(mesh: Mesh, until: anyio.Event) -> None:
     while not until.is_set():
         with contextlib.suppress(MeshError):  # load: a failed call is data, not a test error
             await mesh.call(
                 "orders.place", OrderRequest(product_id=1, quantity=1, customer="ann"), timeout=2
             )
-        await anyio.sleep(0.01)
+        await anyio.sleep(PACE)
 
 
 async def test_the_observer_adds_up_a_mesh_of_processes(nats_url: str) -> None:

@@ -12,7 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
-import time
+import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -21,7 +21,7 @@ from pathlib import Path
 import anyio
 import pytest
 import trustme
-from waits import eventually, leading
+from waits import eventually, eventually_sync, leading
 
 from examples.shop import models
 from examples.shop.catalog import Catalog
@@ -114,17 +114,17 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
 
 
 def _wait_healthy(server: EmbeddedNats) -> None:
-    deadline = time.monotonic() + 30
-    while True:
+    health = f"{server.monitor_url}/healthz"  # http://127.0.0.1:<port>, ours
+
+    def healthy() -> bool:
         try:
-            health = f"{server.monitor_url}/healthz"  # http://127.0.0.1:<port>, ours
             with urllib.request.urlopen(health, timeout=2) as reply:  # noqa: S310
-                if reply.status == 200:
-                    return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-        time.sleep(0.1)
+                return bool(reply.status == 200)
+        except urllib.error.HTTPError as error:  # 503 until JetStream has its leader
+            error.close()
+            return False
+
+    eventually_sync(healthy, within=30, what=f"{health} 200", retry_on=(OSError,))
 
 
 def test_the_repo_nats_conf_validates_with_the_compiled_authorization(

@@ -54,7 +54,7 @@ VANISHING = textwrap.dedent(
             await tables.ensure("echo", wait=5)
             await tables._report()
             print("ready", flush=True)
-            await anyio.sleep(3600)
+            await anyio.sleep_forever()  # until the test kills it
 
     anyio.run(main)
     """

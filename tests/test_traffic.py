@@ -45,7 +45,7 @@ def versioned(version: str) -> type:
         @endpoint(idempotent=True)
         async def which(self, ctx: Context) -> dict[str, Any]:
             self.tally.counts[self.version] += 1
-            if self.delay:
+            if self.delay:  # a slow instance is the behaviour under test: time must pass
                 await anyio.sleep(self.delay)
             return {"version": self.version, "obj": id(self)}
 
