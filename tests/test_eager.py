@@ -65,7 +65,7 @@ async def test_scopes_entered_before_the_first_wait_are_left_after_it() -> None:
             await anyio.sleep_forever()  # until the scope's deadline
         out.append(scope.cancelled_caught)
         async with asyncio.timeout(5):
-            await asyncio.sleep(0)
+            await asyncio.sleep(0)  # a bare yield inside asyncio's own scope
         out.append(await anyio.to_thread.run_sync(lambda: 42))
         async with anyio.create_task_group() as tg:
             tg.start_soon(anyio.sleep, 0)

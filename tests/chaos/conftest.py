@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import resource
+import select
 import signal
 import subprocess
 import sys
@@ -99,6 +100,21 @@ class Chaos:
         if self.queue and not self._load():
             self._start(self.queue.pop(0))
 
+    def _until_one_ends(self) -> None:
+        """Until a running runner ends (its pidfd turns readable) or one's time limit is due."""
+        running = [r for r in self.runs.values() if r.code is None]
+        if not running:
+            return
+        limit = MAX_SECONDS * (6 if self.long else 1)
+        due = min(r.started for r in running) + limit - time.monotonic()
+        fds = [os.pidfd_open(r.popen.pid) for r in running]
+        try:
+            # The 0.1 s past the limit: pump() then finds it due and sends the SIGTERM.
+            select.select(fds, [], [], max(0.0, due) + 0.1)
+        finally:
+            for fd in fds:
+                os.close(fd)
+
     def _start(self, name: str) -> None:
         out, log = self.home / f"{name}.json", self.home / f"{name}.log"
         argv = [sys.executable, "-m", "chaos.runner", name, str(out)]
@@ -124,7 +140,7 @@ class Chaos:
             self.queue.insert(0, name)
         while name not in self.runs or self.runs[name].code is None:
             self.pump()
-            time.sleep(0.2)  # waits on the runner processes, which have their own bounds
+            self._until_one_ends()
         self.pump()
         run = self.runs[name]
         if run.code != 0 or not run.out.exists():

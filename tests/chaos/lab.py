@@ -23,6 +23,7 @@ from typing import Any, Self
 
 import anyio
 import nats
+from waits import eventually
 
 from chaos.netns import Network
 from chaos.procs import BIN, Proc, clean_env
@@ -127,10 +128,12 @@ class Lab:
         """Until every server's /healthz is 200 (routes up, JetStream current)."""
         deadline = time.monotonic() + within
         for node in nodes:
-            while not await node.healthy():
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"{node.name} not healthy:\n{self.roles[node.name].tail()}")
-                await anyio.sleep(0.1)
+            try:
+                left = max(0.0, deadline - time.monotonic())
+                await eventually(node.healthy, within=left, every=0.1, what=f"{node.name} /healthz")
+            except TimeoutError as exc:
+                tail = self.roles[node.name].tail()
+                raise TimeoutError(f"{node.name} not healthy:\n{tail}") from exc
 
     def make_nodes(
         self,
@@ -250,16 +253,20 @@ class Lab:
     ) -> tuple[Done, list[Done]]:
         """Apply until the controller says ok: the success and the failed attempts before it."""
         failures: list[Done] = []
-        deadline = time.monotonic() + within
-        while True:
+
+        async def applied() -> Done | None:
             done = await self.apply(text, servers)
             if done.code == 0:
-                self.phase(f"applied: {done.out.strip()}")
-                return done, failures
+                return done
             failures.append(done)
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"routes apply kept failing: {done.err.strip()}")
-            await anyio.sleep(0.2)
+            return None
+
+        try:
+            done = await eventually(applied, within=within, every=0.2, what="routes apply")
+        except TimeoutError as exc:
+            raise TimeoutError(f"routes apply kept failing: {failures[-1].err.strip()}") from exc
+        self.phase(f"applied: {done.out.strip()}")
+        return done, failures
 
     async def status(self, servers: str) -> list[dict[str, Any]]:
         """``natsmesh status --json``: every client's applied revisions, by the controller."""
@@ -285,21 +292,19 @@ class Lab:
         would cost more CPU than the scenario).
         """
         wanted = set(clients)
+
+        async def synced() -> bool:
+            views = await _ask_all(nc, STATUS_SUBJECT)
+            # More than one answer: two controllers both think they lead (each
+            # subscribes to the request subjects while it holds the lease).
+            self.status_answers = max(self.status_answers, len(views))
+            return bool(views) and wanted <= _synced(views[0], service)
+
         nc = await nats.connect(servers=servers.split(","), name="chaos-status")
         try:
-            while True:
-                views = await _ask_all(nc, STATUS_SUBJECT)
-                # More than one answer: two controllers both think they lead (each
-                # subscribes to the request subjects while it holds the lease).
-                self.status_answers = max(self.status_answers, len(views))
-                if views and wanted <= _synced(views[0], service):
-                    seconds = time.monotonic() - since
-                    break
-                if time.monotonic() > since + within:
-                    raise TimeoutError(
-                        f"{sorted(wanted)} not SYNCED on {service} within {within} s"
-                    )
-                await anyio.sleep(0.05)
+            left = max(0.0, since + within - time.monotonic())
+            await eventually(synced, within=left, what=f"{sorted(wanted)} SYNCED on {service}")
+            seconds = time.monotonic() - since
         finally:
             await nc.close()
         self.phase(f"converged: {sorted(wanted)} on {service} in {seconds:.2f} s")
@@ -324,7 +329,7 @@ class Lab:
             samples.append(self.rss())
             if time.monotonic() >= deadline:
                 break
-            await anyio.sleep(1.0)
+            await anyio.sleep(1.0)  # the sampling period: time must pass between samples
         roles = set.intersection(*(set(s) for s in samples))
         return {r: sum(s[r] for s in samples) // len(samples) for r in roles}
 

@@ -7,7 +7,6 @@ apply it, and returns its figures. The tests (``test_cluster.py``) assert on the
 
 from __future__ import annotations
 
-import contextlib
 import json
 import signal
 import time
@@ -16,6 +15,7 @@ import anyio
 import nats
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
+from waits import eventually
 
 from chaos.figures import Figures
 from chaos.lab import Lab
@@ -47,35 +47,32 @@ def _puts(figures: Figures, puts: list[Load]) -> None:
 
 async def _stream_leader(js: JetStreamContext, *, within: float = 30.0) -> str:
     """The server holding the KV stream's leader (waits out an election)."""
-    deadline = time.monotonic() + within
-    while True:
-        with contextlib.suppress(Exception):
-            info = await js.stream_info(KV_STREAM)
-            if info.cluster is not None and info.cluster.leader:
-                return info.cluster.leader
-        if time.monotonic() > deadline:
-            raise TimeoutError("the KV stream has no leader")
-        await anyio.sleep(0.1)
+
+    async def leader() -> str | None:
+        info = await js.stream_info(KV_STREAM)
+        return info.cluster.leader if info.cluster is not None else None
+
+    # Any error (no leader to answer, a timeout) means "not yet" during an election.
+    what = "a leader of the KV stream"
+    return await eventually(leader, within=within, every=0.1, what=what, retry_on=(Exception,))
 
 
 async def _stream_current(js: JetStreamContext, *, within: float = 60.0) -> float:
     """Seconds until the KV stream has a leader and every replica is current again."""
-    started = deadline = time.monotonic()
-    deadline += within
-    while True:
-        with contextlib.suppress(Exception):
-            info = await js.stream_info(KV_STREAM)
-            cluster = info.cluster
-            if (
-                cluster is not None
-                and cluster.leader
-                and len(cluster.replicas or []) == 2
-                and all(r.current for r in cluster.replicas or [])
-            ):
-                return time.monotonic() - started
-        if time.monotonic() > deadline:
-            raise TimeoutError("the KV stream's replicas did not catch up")
-        await anyio.sleep(0.1)
+    started = time.monotonic()
+
+    async def current() -> bool:
+        cluster = (await js.stream_info(KV_STREAM)).cluster
+        return bool(
+            cluster is not None
+            and cluster.leader
+            and len(cluster.replicas or []) == 2
+            and all(r.current for r in cluster.replicas or [])
+        )
+
+    what = "the KV stream's replicas current"
+    await eventually(current, within=within, every=0.1, what=what, retry_on=(Exception,))
+    return time.monotonic() - started
 
 
 async def _apply_and_kill(url: str, text: str, node: NatsNode) -> dict[str, object]:

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
 import signal
 import time
 
 import anyio
 import httpx
 import nats
+from waits import eventually
 
 from chaos.figures import Figures
 from chaos.lab import Lab
@@ -26,7 +26,7 @@ SOAK_WORK = 0.0
 async def _steady(seconds: float) -> tuple[float, float]:
     """A phase of the load ``seconds`` long: its (start, end)."""
     start = time.monotonic()
-    await anyio.sleep(seconds)
+    await anyio.sleep(seconds)  # the phase is a length of time under load, by definition
     return start, time.monotonic()
 
 
@@ -163,26 +163,33 @@ async def _flood(url: str, subject: str) -> None:
 
 
 async def _until_slow(node: object, before: int, *, within: float = 20.0) -> int:
-    deadline = time.monotonic() + within
-    while True:
-        count: int = (await node.varz())["slow_consumers"]  # type: ignore[attr-defined]
-        if count > before or time.monotonic() > deadline:
-            return count
-        await anyio.sleep(0.1)
+    """The server's slow-consumer count once it passes ``before``; as it is after ``within``."""
+
+    async def count() -> int:
+        return int((await node.varz())["slow_consumers"])  # type: ignore[attr-defined]
+
+    async def more() -> int:
+        return now if (now := await count()) > before else 0
+
+    try:
+        return await eventually(more, within=within, every=0.1, what="a new slow consumer")
+    except TimeoutError:  # not a failure here: the figure "before>after" says it
+        return await count()
 
 
 async def _answers(servers: str, subject: str, *, within: float = 60.0) -> float:
     """When ``subject`` is answered again (the instance reconnected)."""
     nc = await nats.connect(servers=servers.split(","))
-    deadline = time.monotonic() + within
+
+    async def answered() -> bool:
+        await nc.request(subject, b"", timeout=0.5)
+        return True
+
     try:
-        while True:
-            with contextlib.suppress(Exception):
-                await nc.request(subject, b"", timeout=0.5)
-                return time.monotonic()
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"nobody answers {subject}")
-            await anyio.sleep(0.1)
+        # No responders, or a timeout while the instance is stalled: not yet.
+        what = f"an answer on {subject}"
+        await eventually(answered, within=within, every=0.1, what=what, retry_on=(Exception,))
+        return time.monotonic()
     finally:
         await nc.close()
 

@@ -11,6 +11,7 @@ import time
 from collections.abc import AsyncIterator
 
 import anyio
+from waits import eventually
 
 from chaos.figures import Figures
 from chaos.lab import Lab
@@ -128,14 +129,11 @@ async def _proxies(hub: list[NatsNode]) -> AsyncIterator[list[Proxy]]:
 
 
 async def _leaf_up(site: NatsNode, *, within: float = 30.0) -> None:
-    deadline = time.monotonic() + within
-    while True:
-        with contextlib.suppress(OSError):
-            if (await anyio.to_thread.run_sync(site.get, "/leafz")).get("leafnodes"):
-                return
-        if time.monotonic() > deadline:
-            raise TimeoutError("the site's leaf connection did not come up")
-        await anyio.sleep(0.1)
+    async def up() -> bool:
+        return bool((await anyio.to_thread.run_sync(site.get, "/leafz")).get("leafnodes"))
+
+    what = "the site's leaf connection"
+    await eventually(up, within=within, every=0.1, what=what, retry_on=(OSError,))
 
 
 async def leaf(lab: Lab) -> Figures:
