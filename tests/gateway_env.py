@@ -18,6 +18,7 @@ from examples.shop import SERVICES
 from gateway import Gateway, GatewayLimits, create_app
 from natsmesh import Context, Mesh, ServiceRunner, endpoint, service
 from natsmesh.control._controller import Controller
+from natsmesh.transport._flush import flush
 
 ROOT = Path(__file__).parent.parent
 FORWARD = ("x-request-id", "x-canary", "x-instance")
@@ -138,9 +139,9 @@ async def recording(url: str) -> AsyncIterator[Recorder]:
     nc = await nats.connect(url)
     try:
         await nc.subscribe("mesh.>", cb=recorder.on_msg)
-        await nc.flush()
+        await flush(nc)
         yield recorder
-        await nc.flush()
+        await flush(nc)
     finally:
         await nc.close()
 

@@ -23,6 +23,7 @@ from waits import eventually, leading
 
 from natsmesh import Context, Mesh, ServiceRunner, endpoint, service
 from natsmesh.control._controller import Controller
+from natsmesh.transport._flush import flush
 from natsmesh.transport._kv import read_direct
 from natsmesh.transport._link import Link
 from natsmesh.wire import _micro
@@ -71,7 +72,7 @@ async def test_nobody_but_the_controller_creates_a_consumer_on_the_tables(
     _, ctl_conn = controller
     async with connected(secured, "orders", "gateway", "catalog") as (orders, gateway, catalog):
         victim = await catalog.nc.subscribe("mesh.catalog.list", queue="catalog")
-        await catalog.nc.flush()
+        await flush(catalog.nc)
         config = {
             "stream_name": "KV_natsmesh",
             "config": {
@@ -146,7 +147,7 @@ async def test_one_identity_cannot_eject_another_services_instances(
     names = ("catalog", "orders", "orders", "pricing")
     async with connected(secured, *names) as (catalog, orders, orders2, pricing):
         ejects = await catalog.nc.subscribe("mesh._ctl.eject.catalog.*")
-        await catalog.nc.flush()
+        await flush(catalog.nc)
         await _announce(catalog, "c1", "c2")
         await eventually(lambda: len(ctl.registry.instances("catalog")) == 2)
         # Speaking as someone else: the old subject, another identity's subject.
@@ -183,7 +184,7 @@ async def test_fake_srv_answers_neither_join_the_registry_nor_dilute_the_cap(
                 await orders.nc.publish(msg.reply, info.model_dump_json().encode())
 
         await orders.nc.subscribe("$SRV.INFO", cb=fake)
-        await orders.nc.flush()
+        await flush(orders.nc)
         await _announce(catalog, "c1", "c2")
         await eventually(lambda: len(ctl.registry.instances("catalog")) == 2)
         await ctl._members.scan(timeout=1.0)

@@ -34,6 +34,7 @@ from natsmesh.client._running import Call
 from natsmesh.client._targets import Route
 from natsmesh.control._controller import Controller
 from natsmesh.traffic._routes import ServicePolicy
+from natsmesh.transport._flush import flush
 from natsmesh.transport._link import Link
 from natsmesh.transport._transport import Requester
 from natsmesh.wire import _headers
@@ -98,7 +99,7 @@ async def running(url: str, *instances: Instance) -> AsyncIterator[Client]:
                 for subject in (queue, queue + SUBJECTS.caller_suffix("*")):
                     await nc.subscribe(subject, queue="q", cb=handle)
             await nc.subscribe(f"$SRV.PING.{SERVICE}", cb=ping)
-        await nc.flush()
+        await flush(nc)
         yield nc
     finally:
         await nc.close()
@@ -288,7 +289,7 @@ async def test_hostile_ping_answers_do_not_send_a_retry_to_the_frozen_instance(
 
     try:
         await hostile.subscribe(f"$SRV.PING.{SERVICE}", cb=lie)
-        await hostile.flush()
+        await flush(hostile)
         async with running(nats_url, frozen, *others), caller(nats_url) as runner:
             _, msg, _ = await runner.run(call(), QUEUE_TIMEOUTS, table)
             assert msg.data in (b"a", b"b")

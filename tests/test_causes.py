@@ -29,6 +29,7 @@ from natsmesh import (
     service,
 )
 from natsmesh.control._controller import Controller
+from natsmesh.transport._flush import flush
 from natsmesh.wire._errors import MAX_CAUSE_MESSAGE, MAX_CAUSES, parse_causes
 
 pytestmark = pytest.mark.anyio
@@ -198,7 +199,7 @@ async def test_a_hostile_error_reply_cannot_bloat_the_chain(nats_url: str) -> No
 
     await nc.subscribe("mesh.hostile.big", cb=hostile)
     await nc.subscribe("mesh.hostile.small", cb=small)
-    await nc.flush()
+    await flush(nc)
 
     @service("relay", version="1.0.0")
     class Relay:

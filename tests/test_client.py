@@ -23,6 +23,7 @@ from natsmesh import (
     RemoteError,
     UnknownEndpoint,
 )
+from natsmesh.transport._flush import flush
 from natsmesh.wire import _headers
 
 pytestmark = pytest.mark.anyio
@@ -51,7 +52,7 @@ async def answering(url: str, answer: Answer) -> AsyncIterator[list[Msg]]:
 
     try:
         await nc.subscribe(SUBJECT, queue="q", cb=reply)
-        await nc.flush()
+        await flush(nc)
         yield seen
     finally:
         await nc.close()

@@ -28,6 +28,7 @@ from natsmesh import Mesh, MeshError, ServiceRunner, dashboard
 from natsmesh.control._controller import Controller
 from natsmesh.security._auth_files import AUTH_CONF, compile_policy
 from natsmesh.testing import EmbeddedNats
+from natsmesh.transport._flush import flush
 from natsmesh.wire import _observe
 
 pytestmark = pytest.mark.anyio
@@ -140,7 +141,7 @@ async def test_no_other_identity_reads_the_observations(shop_policy: Secured) ->
         spies += [await pricing.nc.subscribe(_observe.errors_subject("mesh", "orders", "*"))]
         reads = [await ops.nc.subscribe(w) for w in wildcards]
         for conn in (gateway, pricing):
-            await conn.nc.flush()
+            await flush(conn.nc)
             for subject in wildcards:
                 await conn.denied("subscription", subject)
         # Nor may they switch a tap on, or ask for reports.
@@ -189,5 +190,5 @@ async def test_a_client_reports_under_its_identity_whatever_it_calls_itself(
         msg = await reads.next_msg(timeout=5)
         while msg.subject.split(".")[-2] != "gateway" or not msg.data:
             msg = await reads.next_msg(timeout=5)
-        await gateway.nc.flush()
+        await flush(gateway.nc)
         assert not [e for e in gateway.errors if "violation" in e.lower()], gateway.errors

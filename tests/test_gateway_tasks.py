@@ -22,6 +22,7 @@ from gateway import create_app
 from gateway._app import Gateway
 from gateway._directory import Directory
 from natsmesh import Mesh
+from natsmesh.transport._flush import flush
 from natsmesh.wire._micro import EndpointInfo, Info
 
 pytestmark = pytest.mark.anyio
@@ -56,7 +57,7 @@ async def stand_in(nats_url: str) -> AsyncIterator[NATS]:
 async def _hold(conn: NATS, subject: str, answer: bytes = b"\xff not an answer") -> Held:
     held = Held(conn, subject, answer)
     await conn.subscribe(subject, cb=held.on_msg)
-    await conn.flush()
+    await flush(conn)
     return held
 
 

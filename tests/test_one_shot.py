@@ -14,6 +14,7 @@ from waits import eventually, leading
 
 from natsmesh import Mesh, RemoteError, ServiceRunner
 from natsmesh.control._controller import Controller
+from natsmesh.transport._flush import flush
 from natsmesh.transport._transport import connect, describe
 
 pytestmark = pytest.mark.anyio
@@ -51,7 +52,7 @@ async def test_a_cli_call_applies_the_route_without_watching_the_tables(
             watching = ConsumerCreations("_INBOX_watching")
             for counter in (cli, watching):
                 await observer.subscribe("$JS.API.CONSUMER.>", cb=counter.on_request)
-            await observer.flush()
+            await flush(observer)
 
             done = await run(
                 "call", "echo.echo", '{"id": 1, "name": "a"}',

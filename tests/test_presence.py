@@ -17,6 +17,7 @@ from natsmesh import (
     Mesh,
     ServiceRunner,
 )
+from natsmesh.transport._flush import flush
 
 pytestmark = pytest.mark.anyio
 RFC3339_UTC = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z")
@@ -108,11 +109,11 @@ async def test_heartbeats_until_the_leave_and_none_after(nats_url: str) -> None:
 
     try:
         await nc.subscribe("mesh._ctl.*.echo", cb=on_control)
-        await nc.flush()
+        await flush(nc)
         async with ServiceRunner(Echo, nats=nats_url, heartbeat=0.05) as runner:
             await eventually(lambda: sum(kind == "heartbeat" for kind, _ in seen) >= 3)
         # The leave is the last word: a heartbeat after it would bring the instance back.
-        await nc.flush()
+        await flush(nc)
         kinds = [kind for kind, _ in seen]
         assert kinds[0] == "announce"
         assert kinds[-1] == "leave"

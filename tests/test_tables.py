@@ -21,6 +21,7 @@ from natsmesh import DeadlineExceeded, HttpRoute, Mesh, ServiceRunner
 from natsmesh.client._tables import TableCache
 from natsmesh.control._controller import Controller
 from natsmesh.testing import EmbeddedNats
+from natsmesh.transport._flush import flush
 from natsmesh.transport._kv import Tables
 from natsmesh.transport._link import Link
 from natsmesh.wire._control import (
@@ -88,7 +89,7 @@ async def bucket(nc: NATS) -> Tables:
 async def reports(nc: NATS) -> AsyncIterator[Reports]:
     found = Reports()
     sub = await nc.subscribe(status_subject("mesh", "*"), cb=found.on_msg)
-    await nc.flush()
+    await flush(nc)
     yield found
     await sub.unsubscribe()
 
@@ -146,7 +147,7 @@ async def test_concurrent_first_callers_share_one_load(nc: NATS, bucket: Tables)
             for _ in range(20):
                 tg.start_soon(cache.ensure, "echo")
         assert cache.route("echo") is not None
-        await nc.flush()
+        await flush(nc)
     assert len(gets) == 1
 
 

@@ -17,6 +17,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
 from natsmesh.client._tables import TableCache
+from natsmesh.transport._flush import flush
 from natsmesh.transport._link import Link
 
 pytestmark = pytest.mark.anyio
@@ -50,7 +51,7 @@ async def gets(nats_url: str) -> AsyncIterator[HeldGets]:
     conn = await nats.connect(nats_url)
     held = HeldGets(conn)
     await conn.subscribe("$JS.API.DIRECT.GET.>", cb=held.on_get)
-    await conn.flush()
+    await flush(conn)
     yield held
     held.release.set()
     await conn.close()
