@@ -306,7 +306,7 @@ async def _partition_load(
             "catalog", ["load-major"], major_urls, since=time.monotonic() - done.seconds
         )
         window = 10.0 if lab.long else 6.0
-        await anyio.sleep(max(0.0, fault_start + window - time.monotonic()))
+        await anyio.sleep(max(0.0, fault_start + window - time.monotonic()))  # the cut's length
         healed = time.monotonic()
         network.heal()
         # After the heal, the minority's client catches up with the change it missed.

@@ -221,6 +221,7 @@ async def soak(lab: Lab) -> Figures:
             lab.mark_rss()
             start = time.monotonic()
             before = await lab.rss_mean()
+            # The soak is a length of time under load; the last 5 s are rss_mean's.
             await anyio.sleep(max(0.0, start + seconds - 5.0 - time.monotonic()))
             after = await lab.rss_mean()
             end = time.monotonic()

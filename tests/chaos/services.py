@@ -31,7 +31,7 @@ class Catalog:
     @endpoint(idempotent=True)
     async def get(self, req: Get) -> Served:
         if req.work:
-            await anyio.sleep(req.work)
+            await anyio.sleep(req.work)  # the I/O-bound work asked for: the load itself
         return Served(pid=os.getpid())
 
     @endpoint  # not idempotent: a timeout is never retried
@@ -56,7 +56,7 @@ BUSY_CONCURRENCY = 4
 class Busy:
     @endpoint(idempotent=True)
     async def work(self, req: Get) -> Served:
-        await anyio.sleep(req.work)
+        await anyio.sleep(req.work)  # holds a slot of its capacity: the load itself
         return Served(pid=os.getpid())
 
 
