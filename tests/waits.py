@@ -49,9 +49,8 @@ async def eventually(
     while True:
         result: object = None
         try:
-            result = check()
-            if inspect.isawaitable(result):
-                result = await result
+            got = check()
+            result = await got if inspect.isawaitable(got) else got
         except retry_on as exc:
             last = exc
         if result:
