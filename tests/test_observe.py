@@ -22,6 +22,7 @@ from services import Echo, Item
 from examples.shop.models import OrderRequest
 from natsmesh import Mesh, MeshError, ServiceRunner
 from natsmesh.dashboard._observer import Observer
+from natsmesh.transport._flush import flush
 from natsmesh.wire import _observe
 
 pytestmark = pytest.mark.anyio
@@ -31,13 +32,15 @@ async def _no_more(nc: Any, mesh: Mesh, sub: Any) -> None:
     """Whatever ``mesh`` published before now has reached ``sub`` (see below)."""
     # The server handles a connection's messages in order: the mesh's PING comes after
     # its last PUB, and our PING after its PONG, so every delivery to us precedes ours.
-    await mesh.nats.flush()
-    await nc.flush()
+    # (natsmesh's flush: nats-py's own PING can overtake PUBs still in its buffer.)
+    await flush(mesh.nats)
+    await flush(nc)
 
 
 async def test_a_client_reports_only_while_an_observer_asks(nats_url: str) -> None:
     nc = await nats.connect(nats_url)
     sub = await nc.subscribe(_observe.metrics_wildcard("mesh"))
+    await flush(nc)  # registered before anything it must see (or must not)
     try:
         async with ServiceRunner(Echo, nats=nats_url), Mesh(nats_url, name="probe") as mesh:
             for i in range(5):
@@ -56,7 +59,7 @@ async def test_a_client_reports_only_while_an_observer_asks(nats_url: str) -> No
             # A flood of interest is not a flood of summaries.
             for _ in range(50):
                 await nc.publish(_observe.metrics_interest("mesh"), b"garbage" * 10)
-            await nc.flush()
+            await flush(nc)  # the server has every interest before the mesh's flush below
             await _no_more(nc, mesh, sub)
             assert sub.pending_msgs == 0
     finally:

@@ -20,6 +20,7 @@ from natsmesh import Mesh, RemoteError, ServiceRunner
 from natsmesh.dashboard import _views
 from natsmesh.dashboard._observer import FAILING_SERVICES_KEPT, FAILURES_KEPT, Observer
 from natsmesh.observe._report import FAILURES_PER_ENDPOINT
+from natsmesh.transport._flush import flush
 from natsmesh.wire import _observe
 from natsmesh.wire._errors import MAX_CAUSE_MESSAGE, MAX_CAUSES, Cause
 
@@ -83,14 +84,17 @@ async def test_a_failed_request_reaches_the_service_page_with_its_causes(nats_ur
 async def test_failures_are_published_only_on_interest_and_bounded(nats_url: str) -> None:
     nc = await nats.connect(nats_url)
     sub = await nc.subscribe(_observe.errors_wildcard("mesh"))
+    await flush(nc)  # registered before anything it must see (or must not)
     try:
         async with ServiceRunner(Back, nats=nats_url), Mesh(nats_url, name="probe") as mesh:
             many = FAILURES_PER_ENDPOINT + 5
             for _ in range(many):
                 with pytest.raises(RemoteError):
                     await mesh.call("back.fail")
-            await mesh.nats.flush()
-            await nc.flush()
+            # Ordered flushes: every PUB the mesh made before reached the server, and
+            # anything delivered to nc came before its PONG.
+            await flush(mesh.nats)
+            await flush(nc)
             assert sub.pending_msgs == 0  # nobody asked: nothing was published
 
             await nc.publish(_observe.metrics_interest("mesh"), b"")
