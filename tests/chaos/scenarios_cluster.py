@@ -7,6 +7,7 @@ apply it, and returns its figures. The tests (``test_cluster.py``) assert on the
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import time
@@ -243,8 +244,16 @@ async def lame_duck(lab: Lab) -> Figures:
         code = await node.proc.wait(120)  # type: ignore[union-attr]
         figures.notes["server left after s"] = time.monotonic() - fault_start
         figures.notes["server exit"] = code
-        moved = mesh.nats.connected_url
-        figures.notes["client moved"] = moved is not None and moved.port != node.ports["client"]
+
+        # The server closed its last client just before it exited: that one may still be
+        # reconnecting now. Moved means connected to another server, awaited (bounded).
+        def moved() -> bool:
+            now = mesh.nats.connected_url
+            return now is not None and now.port != node.ports["client"]
+
+        with contextlib.suppress(TimeoutError):  # not moved: the figure says so
+            await eventually(moved, within=10, what="the client on another server")
+        figures.notes["client moved"] = moved()
         figures.notes["restart s"] = await lab.restart(node)
         fault_end = time.monotonic()
         figures.converge = await shop.change_routes()
