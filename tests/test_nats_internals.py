@@ -176,7 +176,14 @@ async def test_a_direct_subscription_sees_what_nats_pys_delivery_sees(nats_url: 
     nc = await _transport.connect(nats_url, name="direct")
     try:
         direct: list[Any] = []
-        sub = await subscribe_direct(nc, "both", direct.append)
+        all_in = anyio.Event()
+
+        def deliver(msg: Any) -> None:
+            direct.append(msg)
+            if len(direct) == 2 * len(SENT):
+                all_in.set()
+
+        sub = await subscribe_direct(nc, "both", deliver)
         plain = await nc.subscribe("both")  # nats-py's own path, on the same connection
         assert isinstance(nc._process_msg, DirectDelivery)
         before = nc.stats["in_msgs"]
@@ -184,8 +191,7 @@ async def test_a_direct_subscription_sees_what_nats_pys_delivery_sees(nats_url: 
             await nc.publish("both", data, reply="answer.here", headers=headers)
         seen = [await plain.next_msg(timeout=5) for _ in SENT + SENT]
         with anyio.fail_after(5):
-            while len(direct) < 2 * len(SENT):  # noqa: ASYNC110  (no event to wait on)
-                await anyio.sleep(0.01)
+            await all_in.wait()
         shape = [(m.subject, m.reply, m.data, m.headers, m._client) for m in seen]
         assert [(m.subject, m.reply, m.data, m.headers, m._client) for m in direct] == shape
         assert [m._sid for m in direct] == [sub._id] * 2 * len(SENT)
