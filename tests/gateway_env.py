@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.abc
 import nats
 from nats.aio.msg import Msg
 from waits import leading
@@ -184,3 +185,34 @@ async def running_shop(
         for target in ("catalog.get", "pricing.quote", "orders.place", "echo.echo", "busy.hold"):
             assert await app.directory.find(*target.split(".")), target
         yield Shop(url, mesh, app, busy, controller)
+
+
+@dataclass
+class Lifespan:
+    """An app's running ASGI lifespan task (see :func:`in_lifespan`)."""
+
+    to_app: anyio.abc.ObjectSendStream[dict[str, Any]]
+    from_app: anyio.abc.ObjectReceiveStream[dict[str, Any]]
+    scope: anyio.CancelScope
+
+    async def shutdown(self) -> None:
+        await self.to_app.send({"type": "lifespan.shutdown"})
+        assert (await self.from_app.receive())["type"] == "lifespan.shutdown.complete"
+
+    def cancel(self) -> None:
+        """End the task as a server that sends no shutdown message does."""
+        self.scope.cancel()
+
+
+@asynccontextmanager
+async def in_lifespan(app: Any) -> AsyncIterator[Lifespan]:
+    """The app's lifespan task, started (startup complete); the body shuts it down or
+    cancels it, and the block ends with the task.
+    """
+    to_app, from_test = anyio.create_memory_object_stream[dict[str, Any]](4)
+    to_test, from_app = anyio.create_memory_object_stream[dict[str, Any]](4)
+    async with anyio.create_task_group() as tg, to_app, from_test, to_test, from_app:
+        tg.start_soon(app, {"type": "lifespan"}, from_test.receive, to_test.send)
+        await to_app.send({"type": "lifespan.startup"})
+        assert (await from_app.receive())["type"] == "lifespan.startup.complete"
+        yield Lifespan(to_app, from_app, tg.cancel_scope)

@@ -14,7 +14,7 @@ import anyio.from_thread
 import anyio.to_thread
 import httpx
 import pytest
-from gateway_env import Answer, Shop, asgi, recording, running_shop
+from gateway_env import Answer, Shop, asgi, in_lifespan, recording, running_shop
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from waits import eventually
@@ -476,16 +476,10 @@ async def test_openapi_is_served_live(shop: Shop, client: httpx.AsyncClient) -> 
 async def test_lifespan_connects_and_closes_an_owned_mesh(nats_url: str) -> None:
     mesh = Mesh(nats_url, name="owned", kind="gateway")
     app = create_app(mesh, owns_mesh=True)
-    to_app, from_test = anyio.create_memory_object_stream[dict[str, str]](4)
-    to_test, from_app = anyio.create_memory_object_stream[dict[str, str]](4)
-    async with anyio.create_task_group() as tg, to_app, from_test, to_test, from_app:
-        tg.start_soon(app, {"type": "lifespan"}, from_test.receive, to_test.send)
-        await to_app.send({"type": "lifespan.startup"})
-        assert (await from_app.receive())["type"] == "lifespan.startup.complete"
+    async with in_lifespan(app) as lifespan:
         assert mesh.ready
         assert (await asgi(app, "GET", "/readyz")).status == 200
-        await to_app.send({"type": "lifespan.shutdown"})
-        assert (await from_app.receive())["type"] == "lifespan.shutdown.complete"
+        await lifespan.shutdown()
     assert not mesh.ready
 
 
@@ -493,15 +487,10 @@ async def test_a_cancelled_lifespan_still_closes_an_owned_mesh(nats_url: str) ->
     """A server that cancels the lifespan task (no shutdown message) leaves nothing open."""
     mesh = Mesh(nats_url, name="owned", kind="gateway")
     app = create_app(mesh, owns_mesh=True)
-    to_app, from_test = anyio.create_memory_object_stream[dict[str, str]](4)
-    to_test, from_app = anyio.create_memory_object_stream[dict[str, str]](4)
-    async with anyio.create_task_group() as tg, to_app, from_test, to_test, from_app:
-        tg.start_soon(app, {"type": "lifespan"}, from_test.receive, to_test.send)
-        await to_app.send({"type": "lifespan.startup"})
-        assert (await from_app.receive())["type"] == "lifespan.startup.complete"
+    async with in_lifespan(app) as lifespan:
         assert mesh.ready
         nc = mesh.nats
-        tg.cancel_scope.cancel()
+        lifespan.cancel()
     assert not mesh.ready
     assert nc.is_closed
 

@@ -8,13 +8,13 @@ as long as the test needs, without sleeping.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, MutableMapping
+from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
-from typing import Any
 
 import anyio
 import nats
 import pytest
+from gateway_env import in_lifespan
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
@@ -79,15 +79,9 @@ async def test_lifespan_shutdown_while_the_first_scan_is_in_flight(
     assert isinstance(app, Gateway)
     app.directory.timeout = 600.0  # the scan ends when the shutdown stops it, not before
     before = _running()
-    to_app, from_test = anyio.create_memory_object_stream[MutableMapping[str, Any]](4)
-    to_test, from_app = anyio.create_memory_object_stream[MutableMapping[str, Any]](4)
-    async with anyio.create_task_group() as tg, to_app, from_test, to_test, from_app:
-        tg.start_soon(app, {"type": "lifespan"}, from_test.receive, to_test.send)
-        await to_app.send({"type": "lifespan.startup"})
-        assert (await from_app.receive())["type"] == "lifespan.startup.complete"
+    async with in_lifespan(app) as lifespan:
         await scan.asked.wait()
-        await to_app.send({"type": "lifespan.shutdown"})
-        assert (await from_app.receive())["type"] == "lifespan.shutdown.complete"
+        await lifespan.shutdown()
     assert not mesh.ready
     assert not app.directory.scanned
     assert _running() <= before
