@@ -23,7 +23,7 @@ import anyio.to_thread
 import httpx
 import pytest
 from gateway_env import Shop, asgi, running_shop
-from waits import eventually
+from waits import eventually, freeze
 
 from gateway import GatewayLimits, bind, create_app, run_server
 from gateway._protocol import LINGER
@@ -53,7 +53,7 @@ async def test_readyz_is_503_while_the_nats_server_is_frozen(
     nats_server: EmbeddedNats, shop: Shop
 ) -> None:
     assert (await asgi(shop.app, "GET", "/readyz")).status == 200
-    os.kill(nats_server.pid, signal.SIGSTOP)
+    await freeze(nats_server.pid)
     try:
         with anyio.fail_after(10):  # did not hang: the probe has a deadline of its own
             r = await asgi(shop.app, "GET", "/readyz")

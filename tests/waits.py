@@ -13,8 +13,11 @@ The chaos scenarios (tests/chaos) use them too: their runners have tests/ on the
 from __future__ import annotations
 
 import inspect
+import os
+import signal
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 import anyio
@@ -91,3 +94,22 @@ async def leading(controller: Controller, *, within: float = 10.0) -> None:
             await controller.leader_changed.wait()
     if not controller.is_leader:
         raise TimeoutError(f"the controller did not take the lease within {within} s")
+
+
+def _states(pid: int) -> list[str]:
+    states = []
+    for stat in Path(f"/proc/{pid}/task").glob("*/stat"):
+        try:
+            states.append(stat.read_text().rsplit(")", 1)[1].split()[0])
+        except (FileNotFoundError, ProcessLookupError, IndexError):
+            continue  # a thread that ended meanwhile
+    return states
+
+
+async def freeze(pid: int) -> None:
+    """SIGSTOP ``pid`` and return once every thread of it is stopped: kill() returns
+    before a thread running on another core has been stopped, and that thread can
+    still answer a message sent the moment after.
+    """
+    os.kill(pid, signal.SIGSTOP)
+    await eventually(lambda: all(s in ("T", "t") for s in _states(pid)), within=5.0)
