@@ -24,11 +24,8 @@ complete, so what a slow or oversized request costs is bounded below it:
   (Python's http.client, urllib, requests) then fails on its next write and
   never reads the 413 (nginx's lingering close).
 
-Every connection gets ``TCP_NODELAY`` here (:func:`no_delay`), whatever loop
-accepted it and however its listening socket was made: uvicorn writes a response
-in two sends (head, body), and with Nagle on the second waits for the client's
-delayed ACK, about 40 ms per keep-alive request. And the two become one send
-(:class:`OneSend`): a send on a TCP socket is the costliest line of a request.
+Every connection gets ``TCP_NODELAY``, one send per response and a keep-alive
+timeout without a timer per response: :mod:`gateway._transports`.
 
 The app checks the complete head (field count and bytes) and the body's size.
 """
@@ -36,21 +33,20 @@ The app checks the complete head (field count and bytes) and the body's size.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import importlib.metadata
 import importlib.util
 import logging
-import socket
 from typing import TYPE_CHECKING, Any, ClassVar, Final, cast
 
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from gateway._errors import error_body
 from gateway._limits import GatewayLimits
+from gateway._transports import LINGER, IdleTimer, Lingering, OneSend, no_delay
 
-#: Seconds a connection closed on an unfinished request body keeps draining it.
-LINGER: Final = 2.0
+__all__ = ["LINGER", "LimitedH11", "protocol_class", "uvicorn_known"]
+
 #: uvicorn versions (prefixes) whose protocol internals the subclasses here were tested with.
 TESTED_UVICORN: Final = ("0.55.",)
 # The request line and the separators, beyond the URL and header bytes counted.
@@ -67,63 +63,6 @@ def raw_response(status: int, kind: str, message: str) -> bytes:
         b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
         b"connection: close\r\n\r\n%s" % (status, _REASONS.get(status, b"Error"), len(body), body)
     )
-
-
-def no_delay(transport: asyncio.BaseTransport) -> None:
-    """Turn Nagle's algorithm off on a TCP connection (a no-op on other transports)."""
-    sock = transport.get_extra_info("socket")
-    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-        # asyncio sets it only when the listener's proto is IPPROTO_TCP; uvloop always does.
-        with contextlib.suppress(OSError):  # the peer may be gone already
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-
-class OneSend:
-    """A connection's transport whose writes in one turn of the event loop leave in one send.
-
-    uvicorn writes a response's head and its body separately, back to back: this
-    holds the first write until the next one (then sends both at once) or until the
-    loop's next turn, whichever comes first, so nothing waits longer than that and
-    the order of bytes is kept. Everything but ``write`` and ``close`` is the transport's.
-    """
-
-    __slots__ = ("_held", "_loop", "_transport")
-
-    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
-        self._transport = transport
-        self._loop = loop
-        self._held: bytes | None = None
-
-    def write(self, data: bytes | bytearray | memoryview) -> None:
-        held = self._held
-        if held is None:
-            if not data:
-                return
-            self._held = bytes(data)
-            self._loop.call_soon(self._flush)
-        else:
-            self._held = None
-            self._transport.write(held + data)
-
-    def _flush(self) -> None:
-        held = self._held
-        if held is not None:
-            self._held = None
-            self._transport.write(held)
-
-    def close(self) -> None:
-        self._flush()
-        self._transport.close()
-
-    def write_eof(self) -> None:
-        self._flush()
-        self._transport.write_eof()
-
-    def is_closing(self) -> bool:
-        return self._transport.is_closing()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._transport, name)
 
 
 class _HeadDeadline:
@@ -158,45 +97,6 @@ class _HeadDeadline:
             message = "the request was not received in time"
             transport.write(raw_response(408, "request_timeout", message))
         transport.close()
-
-
-class Lingering:
-    """The connection's transport, as the protocol sees it: close() lingers on an unfinished body.
-
-    Everything else is the transport's own.
-    """
-
-    def __init__(self, transport: asyncio.Transport, protocol: Any) -> None:
-        self._transport = transport
-        self._protocol = protocol
-        self.lingering = False
-        self._timer: asyncio.TimerHandle | None = None
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._transport, name)
-
-    def is_closing(self) -> bool:
-        return self.lingering or self._transport.is_closing()
-
-    def close(self) -> None:
-        transport = self._transport
-        if self.lingering or transport.is_closing():
-            return
-        cycle = self._protocol.cycle
-        if cycle is None or not cycle.more_body or not transport.can_write_eof():
-            transport.close()
-            return
-        # The protocol drops whatever arrives from now on (see ``lingering``); the client's
-        # own FIN (eof_received) or the timer ends the connection.
-        self.lingering = True
-        transport.write_eof()  # once the answer in the buffer is written
-        transport.resume_reading()
-        self._timer = asyncio.get_running_loop().call_later(LINGER, transport.close)
-
-    def lost(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
 
 
 class LimitedH11(H11Protocol):
@@ -259,6 +159,9 @@ if TYPE_CHECKING or _HAVE_HTTPTOOLS:
             self._head.arm(self.transport, self.limits.read_timeout)
             self._refused = False
             self._pending = 0  # bytes of the head not complete yet
+            self._idle = IdleTimer(
+                self.loop, self.timeout_keep_alive, self.timeout_keep_alive_handler
+            )
 
         def data_received(self, data: bytes) -> None:
             if self._refused or self._linger.lingering:
@@ -278,7 +181,24 @@ if TYPE_CHECKING or _HAVE_HTTPTOOLS:
         def connection_lost(self, exc: Exception | None) -> None:
             self._head.disarm()
             self._linger.lost()
+            self._idle.cancel()
             super().connection_lost(exc)
+
+        def _unset_keepalive_if_required(self) -> None:
+            self._idle.busy()
+
+        def on_response_complete(self) -> None:
+            # uvicorn's, but with the keep-alive timeout of _IdleTimer.
+            self.server_state.total_requests += 1
+            if self.transport.is_closing():
+                return
+            self._idle.busy()
+            self.flow.resume_reading()
+            if self.pipeline:
+                cycle, app = self.pipeline.pop()
+                self._start_asgi_task(cycle, app)
+            else:
+                self._idle.idle()
 
         def _refuse(self) -> None:
             self._refused = True
