@@ -1,6 +1,6 @@
 """One public surface, and the examples and the gateway use it.
 
-The layering itself (pure layers import no I/O, only the transport imports nats, nothing
+The layering itself (pure layers import no I/O, only transport/_nats.py imports nats, nothing
 imports the CLI) is import-linter's contracts in pyproject.toml, run by .ci/run; that
 only the transport holds nats-py's client (a name-level rule import-linter cannot state)
 is checked here.

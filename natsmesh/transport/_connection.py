@@ -18,10 +18,9 @@ from collections.abc import Callable
 from typing import Any, Final
 
 import anyio
-from nats.aio.client import Client as NATS
-from nats.errors import AuthorizationError
 
 from natsmesh.transport._credentials import Credentials
+from natsmesh.transport._nats import NATS, AuthorizationError
 from natsmesh.transport._nats_internals import fast_header_parse, refusal_error_cb
 from natsmesh.wire._errors import NatsRefused, NatsUnreachable
 

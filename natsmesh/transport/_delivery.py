@@ -23,9 +23,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 
-from nats.aio.client import Client as NATS
-from nats.aio.msg import Msg
-from nats.aio.subscription import Subscription
+from natsmesh.transport._nats import NATS, Msg, Subscription
 
 __all__ = ["DirectDelivery", "deliver_directly"]
 

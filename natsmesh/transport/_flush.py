@@ -16,8 +16,7 @@ after it (ordered unless the socket pushes back longer than a round trip).
 
 from __future__ import annotations
 
-from nats.aio.client import Client as NATS
-
+from natsmesh.transport._nats import NATS
 from natsmesh.transport._nats_internals import internals_allowed
 
 __all__ = ["flush"]

@@ -23,13 +23,9 @@ from typing import Final
 
 import anyio
 import anyio.abc
-import nats.errors
-import nats.js.errors
-from nats.aio.msg import Msg
-from nats.js.api import KeyValueConfig, RePublish
-from nats.js.kv import KeyValue
 
 from natsmesh.transport._link import Link
+from natsmesh.transport._nats import KeyValue, KeyValueConfig, Msg, RePublish, errors, js_errors
 from natsmesh.wire._control import BUCKET, KV_STREAM, direct_get_subject, table_subject
 
 log = logging.getLogger("natsmesh.kv")
@@ -53,11 +49,11 @@ class Entry:
 
 
 _TRANSIENT = (
-    nats.errors.TimeoutError,
-    nats.errors.NoRespondersError,
-    nats.js.errors.ServiceUnavailableError,
-    nats.js.errors.NoStreamResponseError,
-    nats.errors.ConnectionClosedError,
+    errors.TimeoutError,
+    errors.NoRespondersError,
+    js_errors.ServiceUnavailableError,
+    js_errors.NoStreamResponseError,
+    errors.ConnectionClosedError,
 )
 
 
@@ -92,7 +88,7 @@ class Tables:
             )
             try:
                 return cls(await js.create_key_value(config))
-            except nats.js.errors.BadRequestError:
+            except js_errors.BadRequestError:
                 pass  # exists with another config (an older controller's): update it
             info = await js.stream_info(KV_STREAM)
             if not info.config.allow_direct or info.config.republish != republish:
@@ -101,16 +97,16 @@ class Tables:
                 info.config.republish = republish
                 await js.update_stream(info.config)
             return cls(await js.key_value(BUCKET))
-        except (nats.js.errors.NotFoundError, *_TRANSIENT) as exc:
+        except (js_errors.NotFoundError, *_TRANSIENT) as exc:
             raise Unavailable(f"KV bucket {BUCKET!r}: {exc!r}") from None
-        except nats.js.errors.APIError as exc:
+        except js_errors.APIError as exc:
             raise Unavailable(f"KV bucket {BUCKET!r}: {exc}") from None
 
     async def get(self, key: str) -> Entry | None:
         """The key's current entry, or None when it does not exist (or was deleted)."""
         try:
             entry = await self._kv.get(key)
-        except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
+        except (js_errors.KeyNotFoundError, js_errors.KeyDeletedError):
             return None
         except _TRANSIENT as exc:
             raise Unavailable(repr(exc)) from None
@@ -127,7 +123,7 @@ class Tables:
             if last == 0:
                 return await self._kv.create(key, value)
             return await self._kv.update(key, value, last=last)
-        except (nats.js.errors.KeyWrongLastSequenceError, nats.js.errors.BadRequestError) as exc:
+        except (js_errors.KeyWrongLastSequenceError, js_errors.BadRequestError) as exc:
             raise Conflict(f"{key}: {exc}") from None
         except _TRANSIENT as exc:
             raise Unavailable(repr(exc)) from None
@@ -142,9 +138,9 @@ class Tables:
         # nats-py's own filters match substrings, and warn: filter here instead.
         try:
             found = await self._kv.keys()
-        except nats.js.errors.NoKeysError:
+        except js_errors.NoKeysError:
             return []
-        except (*_TRANSIENT, nats.js.errors.APIError) as exc:
+        except (*_TRANSIENT, js_errors.APIError) as exc:
             # APIError: e.g. the stream's consumer limit reached (listing keys takes one).
             raise Unavailable(repr(exc)) from None
         return sorted(k for k in found if k.startswith(prefix))
@@ -155,7 +151,7 @@ class Tables:
         queue: asyncio.Queue[Entry] = asyncio.Queue()
         try:
             watcher = await self._kv.watch(pattern)
-        except (*_TRANSIENT, nats.js.errors.APIError) as exc:
+        except (*_TRANSIENT, js_errors.APIError) as exc:
             # APIError: e.g. the stream's consumer limit reached (a watch takes one).
             raise Unavailable(repr(exc)) from None
 
@@ -215,7 +211,7 @@ async def read_direct(link: Link, key: str, *, timeout: float = 2.0) -> Entry | 
     """
     try:
         msg = await link.nats.request(direct_get_subject(key), b"", timeout=timeout)
-    except (nats.errors.TimeoutError, nats.errors.NoRespondersError) as exc:
+    except (errors.TimeoutError, errors.NoRespondersError) as exc:
         raise Unavailable(f"direct get of {key}: {exc!r}") from None
     status = (msg.headers or {}).get("Status")
     if status == "404":

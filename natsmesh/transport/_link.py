@@ -24,10 +24,10 @@ from collections.abc import Awaitable, Callable
 from typing import Final
 
 import anyio
-from nats.errors import MaxPayloadError
 
 from natsmesh.transport._credentials import Credentials
 from natsmesh.transport._flush import FLUSH_TIMEOUT, flush
+from natsmesh.transport._nats import MaxPayloadError
 from natsmesh.transport._nats_internals import Refused, listen_refusals, server_zone
 from natsmesh.transport._transport import (
     NATS,

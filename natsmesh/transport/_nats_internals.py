@@ -38,10 +38,7 @@ import weakref
 from collections.abc import Awaitable, Callable
 from typing import Final
 
-import nats.aio.client as _nats_client
-from nats.aio.client import Client as NATS
-from nats.aio.msg import Msg
-from nats.aio.subscription import Subscription
+from natsmesh.transport._nats import NATS, Msg, Subscription, client_module
 
 __all__ = [
     "TESTED_NATS_PY",
@@ -322,7 +319,7 @@ def fast_header_parse(nc: NATS) -> bool:
     if internals_allowed() and callable(getattr(nc, "_parse_header_lines", None)):
         nc._parse_header_lines = header_lines  # type: ignore[method-assign]
         # With fast_mail_parser installed, nats-py parses with it, not with header_lines.
-        if getattr(_nats_client, "parse_email", None) is None:
+        if getattr(client_module, "parse_email", None) is None:
             nc._process_headers = CachedHeaders(nc._process_headers)  # type: ignore[method-assign]
         return True
     return False

@@ -19,13 +19,6 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Final, Self
 
-from nats.aio.client import Client as NATS
-from nats.aio.msg import Msg
-from nats.aio.subscription import Subscription
-from nats.errors import MaxPayloadError, NoRespondersError
-from nats.errors import TimeoutError as NatsTimeoutError
-from nats.nuid import NUID
-
 from natsmesh.transport._connection import (
     DEFAULT_URL,
     connect,
@@ -36,6 +29,15 @@ from natsmesh.transport._connection import (
 )
 from natsmesh.transport._deadlines import Deadlines
 from natsmesh.transport._delivery import deliver_directly
+from natsmesh.transport._nats import (
+    NATS,
+    NUID,
+    MaxPayloadError,
+    Msg,
+    NatsTimeoutError,
+    NoRespondersError,
+    Subscription,
+)
 from natsmesh.transport._nats_internals import FrameWriter, hand_over, listen_refusals, server_zone
 from natsmesh.wire._errors import MessageTooLarge, PermissionDenied
 
