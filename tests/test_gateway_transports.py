@@ -143,6 +143,66 @@ async def test_a_keep_alive_connection_closes_when_idle_not_while_in_use(
     assert idle >= 0.9  # one whole timeout after the last answer
 
 
+def _answer(reader: Any, *, head_only: bool = False) -> tuple[bytes, dict[bytes, bytes], bytes]:
+    """One response off ``reader``: status line, headers (lower-case names), body."""
+    status = reader.readline()
+    headers: dict[bytes, bytes] = {}
+    while (line := reader.readline()) not in (b"\r\n", b""):
+        name, _, value = line.partition(b":")
+        headers[name.strip().lower()] = value.strip()
+    length = 0 if head_only else int(headers.get(b"content-length", b"0"))
+    return status, headers, reader.read(length)
+
+
+def _post(body: bytes, *extra: bytes) -> bytes:
+    return (
+        b"POST /echo/echo HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+        b"content-length: %d\r\n%s\r\n%s" % (len(body), b"".join(extra), body)
+    )
+
+
+@pytest.mark.parametrize("short_keep_alive", ["httptools", "h11"], indirect=True)
+async def test_pipelined_requests_head_and_close_over_one_connection(
+    short_keep_alive: str,
+) -> None:
+    host, port = short_keep_alive.removeprefix("http://").rsplit(":", 1)
+    bodies = [b'{"id": %d, "name": "n%d"}' % (n, n) for n in range(3)]
+
+    def talk() -> float:
+        with socket.create_connection((host, int(port)), timeout=10) as sock:
+            reader = sock.makefile("rb")
+            # Three requests in one send: three answers, in order, on the same connection.
+            sock.sendall(b"".join(_post(body) for body in bodies))
+            for n in range(3):
+                status, _, answer = _answer(reader)
+                assert status.startswith(b"HTTP/1.1 200 "), status
+                assert b'"n%d"' % n in answer
+            # A HEAD answer has a head and no body: it must still leave at once.
+            sock.sendall(b"HEAD /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+            status, _, _ = _answer(reader, head_only=True)
+            assert status.startswith(b"HTTP/1.1 200 "), status
+            # Still open after all of it; then idle, and closed by the keep-alive timeout.
+            sock.sendall(_post(bodies[0]))
+            status, _, _ = _answer(reader)
+            assert status.startswith(b"HTTP/1.1 200 "), status
+            reader.close()
+            return _closed_by_server(sock, 5.0)
+
+    assert await anyio.to_thread.run_sync(talk) >= 0.9
+
+    def close_asked() -> bytes:
+        with socket.create_connection((host, int(port)), timeout=10) as sock:
+            sock.sendall(_post(bodies[1], b"connection: close\r\n"))
+            received = b""
+            while chunk := sock.recv(65536):  # until the server closes: no idle wait
+                received += chunk
+            return received
+
+    answer = await anyio.to_thread.run_sync(close_asked)
+    assert answer.startswith(b"HTTP/1.1 200 ")
+    assert b"connection: close" in answer.lower()
+
+
 def keep_alive_on(sock: socket.socket) -> bytes:
     """One more POST on an open connection; its answer's status line."""
     sock.sendall(
