@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
@@ -16,7 +17,7 @@ from nats.aio.msg import Msg
 from waits import leading
 
 from examples.shop import SERVICES
-from gateway import Gateway, GatewayLimits, create_app
+from gateway import Gateway, GatewayLimits, bind, create_app, run_server
 from natsmesh import Context, Mesh, ServiceRunner, endpoint, service
 from natsmesh.control._controller import Controller
 from natsmesh.transport._flush import flush
@@ -216,3 +217,24 @@ async def in_lifespan(app: Any) -> AsyncIterator[Lifespan]:
         await to_app.send({"type": "lifespan.startup"})
         assert (await from_app.receive())["type"] == "lifespan.startup.complete"
         yield Lifespan(to_app, from_app, tg.cancel_scope)
+
+
+@asynccontextmanager
+async def serving(
+    app: Any,
+    *,
+    limits: GatewayLimits,
+    http: str = "auto",
+    sock: socket.socket | None = None,
+) -> AsyncIterator[str]:
+    """``app`` served by the gateway's uvicorn on ``sock`` (a fresh loopback port by
+    default) for the block; yields its URL."""
+    listener = bind("127.0.0.1", 0) if sock is None else sock
+    async with anyio.create_task_group() as tg:
+        url = await tg.start(
+            lambda task_status: run_server(
+                app, listener, limits=limits, http=http, task_status=task_status
+            )
+        )
+        yield url
+        tg.cancel_scope.cancel()

@@ -15,6 +15,7 @@ import os
 import socket
 import sys
 from collections.abc import Iterable, Iterator
+from typing import BinaryIO
 
 import pytest
 
@@ -85,6 +86,26 @@ def no_delay(sock: socket.socket) -> bool:
     return bool(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
 
 
+def post(path: str, body: bytes, *extra: bytes, host: str = "x") -> bytes:
+    """A keep-alive HTTP/1.1 POST of a JSON ``body``; ``extra`` header lines (CRLF-ended)."""
+    head = (
+        f"POST {path} HTTP/1.1\r\nhost: {host}\r\ncontent-type: application/json\r\n"
+        f"content-length: {len(body)}\r\n"
+    ).encode()
+    return head + b"".join(extra) + b"\r\n" + body
+
+
+def answer(reader: BinaryIO, *, head_only: bool = False) -> tuple[bytes, dict[bytes, bytes], bytes]:
+    """One response off ``reader``: its status line, headers (lower-case names), body."""
+    status = reader.readline()
+    headers: dict[bytes, bytes] = {}
+    while (line := reader.readline()) not in (b"\r\n", b""):
+        name, _, value = line.partition(b":")
+        headers[name.strip().lower()] = value.strip()
+    length = 0 if head_only else int(headers.get(b"content-length", b"0"))
+    return status, headers, reader.read(length)
+
+
 def keep_alive(url: str, path: str, body: bytes, *, requests: int = 2) -> socket.socket:
     """A connection that has carried ``requests`` POSTs of ``body``, kept open (blocking I/O).
 
@@ -92,20 +113,11 @@ def keep_alive(url: str, path: str, body: bytes, *, requests: int = 2) -> socket
     """
     host, port = url.removeprefix("http://").rsplit(":", 1)
     sock = socket.create_connection((host, int(port)), timeout=10)
-    request = (
-        f"POST {path} HTTP/1.1\r\nhost: {host}\r\ncontent-type: application/json\r\n"
-        f"content-length: {len(body)}\r\n\r\n"
-    ).encode() + body
+    request = post(path, body, host=host)
     reader = sock.makefile("rb")
     for _ in range(requests):
         sock.sendall(request)
-        status = reader.readline()
+        status, _, _ = answer(reader)
         assert status.startswith(b"HTTP/1.1 200 "), status
-        length = 0
-        while (line := reader.readline()) not in (b"\r\n", b""):
-            name, _, value = line.partition(b":")
-            if name.strip().lower() == b"content-length":
-                length = int(value)
-        reader.read(length)
     reader.close()  # the socket stays open: makefile() holds a reference of its own
     return sock

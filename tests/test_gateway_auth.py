@@ -27,10 +27,10 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from gateway_env import FORWARD, Shop, asgi, running_shop
+from gateway_env import FORWARD, Shop, asgi, running_shop, serving
 from procs import Proc
 
-from gateway import GatewayAuth, bind, create_app, run_server
+from gateway import GatewayAuth, create_app
 from gateway._auth import Denied, Identity
 from natsmesh.testing import free_port
 
@@ -486,24 +486,17 @@ async def test_over_a_real_socket(
 ) -> None:
     app = create_app(shop.mesh, auth=auth)
     limits = app.limits
-    async with anyio.create_task_group() as tg:
-        url = await tg.start(
-            lambda task_status: run_server(
-                app, bind("127.0.0.1", 0), limits=limits, task_status=task_status
-            )
+    async with serving(app, limits=limits) as url, httpx.AsyncClient(base_url=url) as http:
+        token = corp_token(corp_key, sub="carol")
+        r = await http.get(
+            "/headers",
+            headers={"authorization": f"Bearer {token}", "mesh-caller": "admin"},
         )
-        async with httpx.AsyncClient(base_url=url) as http:
-            token = corp_token(corp_key, sub="carol")
-            r = await http.get(
-                "/headers",
-                headers={"authorization": f"Bearer {token}", "mesh-caller": "admin"},
-            )
-            assert r.status_code == 200, r.text
-            assert caller_seen(r) == "corp:carol"
-            r = await http.get("/headers", headers={"authorization": "Bearer x" * 1000})
-            assert r.status_code in (401, 431)
-            assert (await http.get("/products/2")).status_code == 200
-        tg.cancel_scope.cancel()
+        assert r.status_code == 200, r.text
+        assert caller_seen(r) == "corp:carol"
+        r = await http.get("/headers", headers={"authorization": "Bearer x" * 1000})
+        assert r.status_code in (401, 431)
+        assert (await http.get("/products/2")).status_code == 200
 
 
 # -- as a user runs it -------------------------------------------------------------------------

@@ -22,10 +22,10 @@ import anyio
 import anyio.to_thread
 import httpx
 import pytest
-from gateway_env import Shop, asgi, running_shop
+from gateway_env import Shop, asgi, running_shop, serving
 from waits import eventually, freeze
 
-from gateway import GatewayLimits, bind, create_app, run_server
+from gateway import GatewayLimits, create_app
 from gateway._protocol import LINGER
 from natsmesh.testing import EmbeddedNats
 
@@ -75,19 +75,9 @@ async def test_readyz_is_503_while_the_nats_server_is_frozen(
 @pytest.fixture(params=["h11", "httptools"])
 async def served(request: pytest.FixtureRequest, shop: Shop) -> AsyncIterator[str]:
     limits = GatewayLimits()  # the defaults: a 256 KiB body
-    async with anyio.create_task_group() as tg:
-        app = create_app(shop.mesh, limits=limits)
-        url = await tg.start(
-            lambda task_status: run_server(
-                app,
-                bind("127.0.0.1", 0),
-                limits=limits,
-                http=request.param,
-                task_status=task_status,
-            )
-        )
+    app = create_app(shop.mesh, limits=limits)
+    async with serving(app, limits=limits, http=request.param) as url:
         yield url
-        tg.cancel_scope.cancel()
 
 
 def _upload(url: str, size: int, *, chunked: bool) -> tuple[int, bytes]:

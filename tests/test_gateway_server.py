@@ -16,11 +16,11 @@ import anyio.abc
 import anyio.to_thread
 import httpx
 import pytest
-from gateway_env import Shop, recording, running_shop
+from gateway_env import Shop, recording, running_shop, serving
 from procs import Proc
 from sockets import children, keep_alive, no_delay, server_end
 
-from gateway import GatewayLimits, _protocol, bind, create_app, run_server
+from gateway import GatewayLimits, _protocol, bind, create_app
 from gateway._protocol import protocol_class
 from natsmesh.testing import free_port
 
@@ -51,16 +51,10 @@ ECHO = b'{"id": 1, "name": "a"}'
 
 @pytest.fixture(params=["h11", "httptools"])
 async def served(request: pytest.FixtureRequest, nats_url: str) -> AsyncIterator[tuple[Shop, str]]:
-    async with running_shop(nats_url) as shop, anyio.create_task_group() as tg:
+    async with running_shop(nats_url) as shop:
         app = create_app(shop.mesh, limits=LIMITS)
-        sock = bind("127.0.0.1", 0)
-        url = await tg.start(
-            lambda task_status: run_server(
-                app, sock, limits=LIMITS, http=request.param, task_status=task_status
-            )
-        )
-        yield shop, url
-        tg.cancel_scope.cancel()
+        async with serving(app, limits=LIMITS, http=request.param) as url:
+            yield shop, url
 
 
 async def raw(url: str, data: bytes, *, wait: float = 5.0) -> bytes:
@@ -178,17 +172,12 @@ async def test_a_listener_made_elsewhere_gets_tcp_nodelay_too(nats_url: str, htt
     listener.bind(("127.0.0.1", 0))
     listener.listen()
     assert listener.proto == 0
-    async with running_shop(nats_url) as shop, anyio.create_task_group() as tg:
+    async with running_shop(nats_url) as shop:
         app = create_app(shop.mesh, limits=LIMITS)
-        url = await tg.start(
-            lambda task_status: run_server(
-                app, listener, limits=LIMITS, http=http, task_status=task_status
-            )
-        )
-        client, server = await _server_end_of_keep_alive(url)
-        with client, server:
-            assert no_delay(server)
-        tg.cancel_scope.cancel()
+        async with serving(app, limits=LIMITS, http=http, sock=listener) as url:
+            client, server = await _server_end_of_keep_alive(url)
+            with client, server:
+                assert no_delay(server)
 
 
 @pytest.mark.parametrize("workers", [1, 2])
@@ -288,17 +277,12 @@ async def test_an_untested_uvicorn_runs_its_stock_protocol_with_tcp_nodelay(
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)  # proto 0: asyncio won't
     listener.bind(("127.0.0.1", 0))
     listener.listen()
-    async with running_shop(nats_url) as shop, anyio.create_task_group() as tg:
+    async with running_shop(nats_url) as shop:
         app = create_app(shop.mesh, limits=LIMITS)
-        url = await tg.start(
-            lambda task_status: run_server(
-                app, listener, limits=LIMITS, http=http, task_status=task_status
-            )
-        )
-        client, server = await _server_end_of_keep_alive(url)
-        with client, server:
-            assert no_delay(server)
-        async with httpx.AsyncClient(base_url=url) as http_client:
-            answer = await http_client.post("/echo/echo", content=ECHO)
-        assert answer.status_code == 200
-        tg.cancel_scope.cancel()
+        async with serving(app, limits=LIMITS, http=http, sock=listener) as url:
+            client, server = await _server_end_of_keep_alive(url)
+            with client, server:
+                assert no_delay(server)
+            async with httpx.AsyncClient(base_url=url) as http_client:
+                answer = await http_client.post("/echo/echo", content=ECHO)
+            assert answer.status_code == 200

@@ -7,15 +7,15 @@ import asyncio
 import socket
 import time
 from collections.abc import AsyncIterator
-from typing import Any, cast
+from typing import Any
 
 import anyio
 import anyio.to_thread
 import pytest
-from gateway_env import running_shop
-from sockets import keep_alive
+from gateway_env import running_shop, serving
+from sockets import answer, keep_alive, post
 
-from gateway import GatewayLimits, _server, bind, create_app, run_server
+from gateway import GatewayLimits, _server, create_app
 from gateway._transports import IdleTimer, OneSend
 
 pytestmark = pytest.mark.anyio
@@ -97,19 +97,10 @@ async def short_keep_alive(
 ) -> AsyncIterator[str]:
     monkeypatch.setattr(_server, "KEEP_ALIVE", 1.0)
     limits = GatewayLimits(read_timeout=5.0)
-    async with running_shop(nats_url) as shop, anyio.create_task_group() as tg:
+    async with running_shop(nats_url) as shop:
         app = create_app(shop.mesh, limits=limits)
-        url = await tg.start(
-            lambda task_status: run_server(
-                app,
-                bind("127.0.0.1", 0),
-                limits=limits,
-                http=request.param,
-                task_status=task_status,
-            )
-        )
-        yield url
-        tg.cancel_scope.cancel()
+        async with serving(app, limits=limits, http=request.param) as url:
+            yield url
 
 
 def _closed_by_server(sock: socket.socket, wait: float) -> float:
@@ -143,24 +134,6 @@ async def test_a_keep_alive_connection_closes_when_idle_not_while_in_use(
     assert idle >= 0.9  # one whole timeout after the last answer
 
 
-def _answer(reader: Any, *, head_only: bool = False) -> tuple[bytes, dict[bytes, bytes], bytes]:
-    """One response off ``reader``: status line, headers (lower-case names), body."""
-    status = reader.readline()
-    headers: dict[bytes, bytes] = {}
-    while (line := reader.readline()) not in (b"\r\n", b""):
-        name, _, value = line.partition(b":")
-        headers[name.strip().lower()] = value.strip()
-    length = 0 if head_only else int(headers.get(b"content-length", b"0"))
-    return status, headers, reader.read(length)
-
-
-def _post(body: bytes, *extra: bytes) -> bytes:
-    return (
-        b"POST /echo/echo HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
-        b"content-length: %d\r\n%s\r\n%s" % (len(body), b"".join(extra), body)
-    )
-
-
 @pytest.mark.parametrize("short_keep_alive", ["httptools", "h11"], indirect=True)
 async def test_pipelined_requests_head_and_close_over_one_connection(
     short_keep_alive: str,
@@ -172,18 +145,18 @@ async def test_pipelined_requests_head_and_close_over_one_connection(
         with socket.create_connection((host, int(port)), timeout=10) as sock:
             reader = sock.makefile("rb")
             # Three requests in one send: three answers, in order, on the same connection.
-            sock.sendall(b"".join(_post(body) for body in bodies))
+            sock.sendall(b"".join(post("/echo/echo", body) for body in bodies))
             for n in range(3):
-                status, _, answer = _answer(reader)
+                status, _, got = answer(reader)
                 assert status.startswith(b"HTTP/1.1 200 "), status
-                assert b'"n%d"' % n in answer
+                assert b'"n%d"' % n in got
             # A HEAD answer has a head and no body: it must still leave at once.
             sock.sendall(b"HEAD /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
-            status, _, _ = _answer(reader, head_only=True)
+            status, _, _ = answer(reader, head_only=True)
             assert status.startswith(b"HTTP/1.1 200 "), status
             # Still open after all of it; then idle, and closed by the keep-alive timeout.
-            sock.sendall(_post(bodies[0]))
-            status, _, _ = _answer(reader)
+            sock.sendall(post("/echo/echo", bodies[0]))
+            status, _, _ = answer(reader)
             assert status.startswith(b"HTTP/1.1 200 "), status
             reader.close()
             return _closed_by_server(sock, 5.0)
@@ -192,32 +165,20 @@ async def test_pipelined_requests_head_and_close_over_one_connection(
 
     def close_asked() -> bytes:
         with socket.create_connection((host, int(port)), timeout=10) as sock:
-            sock.sendall(_post(bodies[1], b"connection: close\r\n"))
+            sock.sendall(post("/echo/echo", bodies[1], b"connection: close\r\n"))
             received = b""
             while chunk := sock.recv(65536):  # until the server closes: no idle wait
                 received += chunk
             return received
 
-    answer = await anyio.to_thread.run_sync(close_asked)
-    assert answer.startswith(b"HTTP/1.1 200 ")
-    assert b"connection: close" in answer.lower()
+    closing = await anyio.to_thread.run_sync(close_asked)
+    assert closing.startswith(b"HTTP/1.1 200 ")
+    assert b"connection: close" in closing.lower()
 
 
 def keep_alive_on(sock: socket.socket) -> bytes:
     """One more POST on an open connection; its answer's status line."""
-    sock.sendall(
-        b"POST /echo/echo HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
-        b"content-length: %d\r\n\r\n%s" % (len(ECHO), ECHO)
-    )
-    reader = sock.makefile("rb")
-    try:
-        status = reader.readline()
-        length = 0
-        while (line := reader.readline()) not in (b"\r\n", b""):
-            name, _, value = line.partition(b":")
-            if name.strip().lower() == b"content-length":
-                length = int(value)
-        reader.read(length)
-    finally:
-        reader.close()
-    return cast(bytes, status)
+    sock.sendall(post("/echo/echo", ECHO))
+    with sock.makefile("rb") as reader:
+        status, _, _ = answer(reader)
+    return status
