@@ -47,7 +47,7 @@ async def test_a_head_and_its_body_leave_in_one_write() -> None:
     assert second.writes == [b"HTTP/1.1 204 No Content\r\n\r\n"]
     assert first.writes == [b"HTTP/1.1 200 OK\r\n\r\nbody"]
     one.write(b"")  # nothing held, nothing to send
-    await asyncio.sleep(0)
+    await asyncio.sleep(0)  # a turn with nothing held: no write
     assert first.writes == [b"HTTP/1.1 200 OK\r\n\r\nbody"]
 
 
@@ -77,7 +77,7 @@ async def test_the_idle_timer_expires_only_after_a_whole_idle_period() -> None:
     started = loop.time()
     for _ in range(4):  # busy, then idle again, sooner than the timeout each time
         timer.idle()
-        await asyncio.sleep(0.1)
+        await asyncio.sleep(0.1)  # idle for half the timeout: time must pass
         timer.busy()
     last_idle = loop.time()
     timer.idle()
@@ -87,7 +87,7 @@ async def test_the_idle_timer_expires_only_after_a_whole_idle_period() -> None:
     assert when[0] - started >= 0.6
     timer.idle()
     timer.cancel()  # a closed connection: never expires
-    await asyncio.sleep(0.3)
+    await asyncio.sleep(0.3)  # past the timeout: nothing fires, and only time shows it
     assert len(when) == 1
 
 
@@ -125,7 +125,7 @@ async def test_a_keep_alive_connection_closes_when_idle_not_while_in_use(
         with sock:
             # Requests 0.4 s apart for twice the 1 s timeout: the connection stays open.
             for _ in range(5):
-                time.sleep(0.4)
+                time.sleep(0.4)  # idle, shorter than the timeout: time must pass
                 again = keep_alive_on(sock)
                 assert again.startswith(b"HTTP/1.1 200 "), again
             return _closed_by_server(sock, 5.0)
