@@ -267,6 +267,13 @@ async def test_a_bench_too_short_for_a_call_still_has_figures(nats_url: str) -> 
     assert [x.split(":")[0] for x in lines[1:4]] == ["raw", "mesh", "bare"]  # the legend
     assert "mesh/raw 128: throughput" in done.stdout
     assert "raise --seconds" in done.stdout
+    # The bars, and only those: throughput at 128, p50 alone at 1.
+    ratios = {x.split(":")[0]: x for x in lines if x.startswith("mesh/raw")}
+    assert "throughput" in ratios["mesh/raw   1"]
+    assert ratios["mesh/raw   1"].count("(bar") == 1
+    assert "p50" in ratios["mesh/raw   1"].split("(bar")[0]
+    assert ratios["mesh/raw 128"].count("(bar") == 1
+    assert ratios["mesh/raw 128"].split("(bar")[0].rstrip().split()[-2] == "throughput"
 
 
 async def test_bench_control_reports_convergence_and_controller_cost(nats_url: str) -> None:
