@@ -434,3 +434,39 @@ async def test_a_bucket_made_by_an_older_controller_gets_direct_gets_and_republi
             assert config.republish.dest == "shop._ctl.table.>"
     finally:
         await nc.close()
+
+
+async def test_an_apply_cut_short_by_a_lost_lease_is_still_answered(
+    nats_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Losing the lease drops the leader's subscriptions, and nats-py cancels a callback
+    # under way: the apply it was running must still answer, not leave `routes apply`
+    # to time out.
+    async with Controller(nats_url, expiry=30) as controller:
+        await leading(controller)
+        started = anyio.Event()
+
+        async def stalled(data: bytes, *, allow_empty: bool = False) -> Any:
+            started.set()
+            await anyio.sleep(60)  # a KV that does not answer: the apply waits on it
+            raise AssertionError("the apply was not cut short")
+
+        monkeypatch.setattr(controller._routes, "apply", stalled)
+        nc = await nats.connect(nats_url)
+        replies: list[Any] = []
+        try:
+            async with anyio.create_task_group() as tg:
+
+                async def ask() -> None:
+                    subject = control_subject("mesh", "routes.apply")
+                    replies.append(await nc.request(subject, ROUTES, timeout=10))
+
+                tg.start_soon(ask)
+                with anyio.fail_after(5):
+                    await started.wait()
+                await controller._set_leader(False)  # what the lease keeper does on losing it
+        finally:
+            await nc.close()
+        reply = json.loads(replies[0].data)
+        assert reply["ok"] is False
+        assert "stopped leading" in reply["error"]

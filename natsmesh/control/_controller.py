@@ -21,7 +21,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Collection
 from types import TracebackType
-from typing import TYPE_CHECKING, Self
+from typing import TYPE_CHECKING, Final, Self
 
 import anyio
 import pydantic
@@ -56,6 +56,16 @@ from natsmesh.wire._control import (
 __all__ = ["Controller", "from_info"]
 
 log = logging.getLogger("natsmesh.controller")
+#: The answer to an apply cut short: leadership lost, or the controller stopping.
+STOPPED_APPLYING: Final = (
+    ApplyReply(
+        ok=False,
+        error="the controller stopped leading while applying: tables written before that stay,"
+        " the rest were not; apply again",
+    )
+    .model_dump_json()
+    .encode()
+)
 
 if TYPE_CHECKING:  # a connection the caller owns, wrapped in a Link
     from natsmesh.transport._transport import NATS
@@ -275,7 +285,15 @@ class Controller:
 
     async def _on_apply(self, msg: Msg) -> None:
         allow_empty = (msg.headers or {}).get(_control.ALLOW_EMPTY) == "1"
-        reply = await self.apply(msg.data, allow_empty=allow_empty)
+        try:
+            reply = await self.apply(msg.data, allow_empty=allow_empty)
+        except anyio.get_cancelled_exc_class():
+            # This controller stopped leading (its subscription is dropped, which cancels
+            # the handler) or stops: the caller gets an answer, not a timeout.
+            if msg.reply:
+                with anyio.CancelScope(shield=True):
+                    await self._answer_safely(msg, STOPPED_APPLYING)
+            raise
         if msg.reply:
             await self._answer(msg, reply.model_dump_json().encode())
 
@@ -310,6 +328,12 @@ class Controller:
     async def _answer(self, msg: Msg, data: bytes) -> None:
         assert self._link is not None  # requests come once it is connected
         await self._link.publish(msg.reply, data)
+
+    async def _answer_safely(self, msg: Msg, data: bytes) -> None:
+        try:
+            await self._answer(msg, data)
+        except Exception as exc:  # the connection is closing: the caller times out
+            log.info("answering %s failed: %r", msg.subject, exc)
 
     def status(self) -> StatusView:
         """Every reporting client's applied revisions against the latest, per service,

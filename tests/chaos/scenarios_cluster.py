@@ -24,6 +24,7 @@ from chaos.load import Load, settle
 from chaos.netns import Network
 from chaos.servers import NATS_SERVER, NatsNode, urls
 from chaos.shop import CATALOG, catalog_routes, loaded, running_shop, start_shop
+from natsmesh.cli._control import APPLY_TIMEOUT
 
 KV_STREAM = "KV_natsmesh"
 #: What ``natsmesh routes apply`` asks the controller (its control subject).
@@ -77,7 +78,12 @@ async def _stream_current(js: JetStreamContext, *, within: float = 60.0) -> floa
 
 
 async def _apply_and_kill(url: str, text: str, node: NatsNode) -> dict[str, object]:
-    """Send a route file to the controller, kill ``node`` as it is sent; the reply."""
+    """Send a route file to the controller, kill ``node`` as it is sent; the reply.
+
+    No reply within the CLI's own wait is an outcome too, as ``natsmesh routes apply``
+    reports it: core NATS delivers at most once, and a request on its way through the
+    killed server to the controller is lost with it.
+    """
     nc = await nats.connect(url)
     try:
         inbox = nc.new_inbox()
@@ -85,7 +91,10 @@ async def _apply_and_kill(url: str, text: str, node: NatsNode) -> dict[str, obje
         await nc.publish(APPLY_SUBJECT, text.encode(), reply=inbox)
         await nc.flush()
         node.proc.kill()  # type: ignore[union-attr]
-        msg = await sub.next_msg(timeout=60)
+        try:
+            msg = await sub.next_msg(timeout=APPLY_TIMEOUT + 5)
+        except nats.errors.TimeoutError:
+            return {"ok": False, "error": "no reply: the request was lost with the server"}
         reply: dict[str, object] = json.loads(msg.data)
         return reply
     finally:
