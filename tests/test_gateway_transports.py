@@ -14,6 +14,7 @@ import anyio.to_thread
 import pytest
 from gateway_env import running_shop, serving
 from sockets import answer, keep_alive, post
+from waits import next_turn
 
 from gateway import GatewayLimits, _server, create_app
 from gateway._transports import IdleTimer, OneSend
@@ -43,11 +44,11 @@ async def test_a_head_and_its_body_leave_in_one_write() -> None:
     one.write(b"body")
     assert first.writes == [b"HTTP/1.1 200 OK\r\n\r\nbody"]
     assert second.writes == []
-    await asyncio.sleep(0)  # the loop's next turn sends what is still held
+    await next_turn()  # the loop's next turn sends what is still held
     assert second.writes == [b"HTTP/1.1 204 No Content\r\n\r\n"]
     assert first.writes == [b"HTTP/1.1 200 OK\r\n\r\nbody"]
     one.write(b"")  # nothing held, nothing to send
-    await asyncio.sleep(0)  # a turn with nothing held: no write
+    await next_turn()  # a turn with nothing held: no write
     assert first.writes == [b"HTTP/1.1 200 OK\r\n\r\nbody"]
 
 
@@ -60,7 +61,7 @@ async def test_a_held_write_goes_out_before_close() -> None:
     one.close()
     assert recorded.writes == [b"HTTP/1.1 408 Request Timeout\r\n\r\n"]
     assert closed == [True]
-    await asyncio.sleep(0)  # the turn's flush finds nothing left
+    await next_turn()  # the turn's flush finds nothing left
     assert len(recorded.writes) == 1
 
 
@@ -87,7 +88,11 @@ async def test_the_idle_timer_expires_only_after_a_whole_idle_period() -> None:
     assert when[0] - started >= 0.6
     timer.idle()
     timer.cancel()  # a closed connection: never expires
-    await asyncio.sleep(0.3)  # past the timeout: nothing fires, and only time shows it
+    # A witness armed after it: once the witness expires, so would have the cancelled one.
+    witnessed = anyio.Event()
+    IdleTimer(loop, 0.2, witnessed.set).idle()
+    with anyio.fail_after(5):
+        await witnessed.wait()
     assert len(when) == 1
 
 

@@ -7,6 +7,7 @@ fallback (an untested version, or NATSMESH_NO_INTERNALS=1): both must behave ali
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
@@ -32,6 +33,16 @@ from natsmesh.transport._nats_internals import (
 from natsmesh.transport._transport import NATS, Requester, subscribe_direct
 
 pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+async def nc(nats_url: str) -> AsyncIterator[NATS]:
+    """A connection made the way natsmesh makes its own (internals installed)."""
+    conn = await _transport.connect(nats_url, name="internals")
+    try:
+        yield conn
+    finally:
+        await conn.close()
 
 
 @pytest.fixture
@@ -172,85 +183,69 @@ SENT: list[tuple[bytes, dict[str, str] | None]] = [
 ]
 
 
-async def test_a_direct_subscription_sees_what_nats_pys_delivery_sees(nats_url: str) -> None:
-    nc = await _transport.connect(nats_url, name="direct")
-    try:
-        direct: list[Any] = []
-        all_in = anyio.Event()
+async def test_a_direct_subscription_sees_what_nats_pys_delivery_sees(nc: NATS) -> None:
+    direct: list[Any] = []
+    all_in = anyio.Event()
 
-        def deliver(msg: Any) -> None:
-            direct.append(msg)
-            if len(direct) == 2 * len(SENT):
-                all_in.set()
+    def deliver(msg: Any) -> None:
+        direct.append(msg)
+        if len(direct) == 2 * len(SENT):
+            all_in.set()
 
-        sub = await subscribe_direct(nc, "both", deliver)
-        plain = await nc.subscribe("both")  # nats-py's own path, on the same connection
-        assert isinstance(nc._process_msg, DirectDelivery)
-        before = nc.stats["in_msgs"]
-        for data, headers in SENT + SENT:  # twice: blocks parsed, then remembered
-            await nc.publish("both", data, reply="answer.here", headers=headers)
-        seen = [await plain.next_msg(timeout=5) for _ in SENT + SENT]
-        with anyio.fail_after(5):
-            await all_in.wait()
-        shape = [(m.subject, m.reply, m.data, m.headers, m._client) for m in seen]
-        assert [(m.subject, m.reply, m.data, m.headers, m._client) for m in direct] == shape
-        assert [m._sid for m in direct] == [sub._id] * 2 * len(SENT)
-        assert sub._received == 2 * len(SENT)
-        assert nc.stats["in_msgs"] == before + 4 * len(SENT)
-        # Each message its own headers: a receiver's change shows in no other message.
-        direct[1].headers["Mesh-Caller"] = "changed by the receiver"
-        assert direct[len(SENT) + 1].headers == seen[1].headers == SENT[1][1]
-    finally:
-        await nc.close()
+    sub = await subscribe_direct(nc, "both", deliver)
+    plain = await nc.subscribe("both")  # nats-py's own path, on the same connection
+    assert isinstance(nc._process_msg, DirectDelivery)
+    before = nc.stats["in_msgs"]
+    for data, headers in SENT + SENT:  # twice: blocks parsed, then remembered
+        await nc.publish("both", data, reply="answer.here", headers=headers)
+    seen = [await plain.next_msg(timeout=5) for _ in SENT + SENT]
+    with anyio.fail_after(5):
+        await all_in.wait()
+    shape = [(m.subject, m.reply, m.data, m.headers, m._client) for m in seen]
+    assert [(m.subject, m.reply, m.data, m.headers, m._client) for m in direct] == shape
+    assert [m._sid for m in direct] == [sub._id] * 2 * len(SENT)
+    assert sub._received == 2 * len(SENT)
+    assert nc.stats["in_msgs"] == before + 4 * len(SENT)
+    # Each message its own headers: a receiver's change shows in no other message.
+    direct[1].headers["Mesh-Caller"] = "changed by the receiver"
+    assert direct[len(SENT) + 1].headers == seen[1].headers == SENT[1][1]
 
 
-async def test_a_direct_subscriber_answers_with_respond(nats_url: str) -> None:
-    nc = await _transport.connect(nats_url, name="direct")
-    try:
-        tasks: list[Any] = []
+async def test_a_direct_subscriber_answers_with_respond(nc: NATS) -> None:
+    tasks: list[Any] = []
 
-        def answer(msg: Any) -> None:
-            tasks.append(asyncio.ensure_future(msg.respond(msg.data.upper())))
+    def answer(msg: Any) -> None:
+        tasks.append(asyncio.ensure_future(msg.respond(msg.data.upper())))
 
-        await subscribe_direct(nc, "shout", answer)
-        reply = await nc.request("shout", b"hi", timeout=5)
-        assert reply.data == b"HI"
-    finally:
-        await nc.close()
+    await subscribe_direct(nc, "shout", answer)
+    reply = await nc.request("shout", b"hi", timeout=5)
+    assert reply.data == b"HI"
 
 
-async def test_a_late_message_for_a_gone_subscription_is_dropped(nats_url: str) -> None:
-    nc = await _transport.connect(nats_url, name="direct")
-    try:
-        seen: list[bytes] = []
-        sub = await subscribe_direct(nc, "gone", lambda msg: seen.append(msg.data))
-        delivery = nc._process_msg
-        assert isinstance(delivery, DirectDelivery)
-        assert sub._id in delivery.receivers
-        await sub.unsubscribe()
-        # What the reader would hand over had the message crossed the UNSUB on the wire.
-        await delivery(sub._id, b"gone", b"", b"late", None)
-        assert seen == []
-        assert sub._id not in delivery.receivers  # forgotten: ids are never reused
-    finally:
-        await nc.close()
+async def test_a_late_message_for_a_gone_subscription_is_dropped(nc: NATS) -> None:
+    seen: list[bytes] = []
+    sub = await subscribe_direct(nc, "gone", lambda msg: seen.append(msg.data))
+    delivery = nc._process_msg
+    assert isinstance(delivery, DirectDelivery)
+    assert sub._id in delivery.receivers
+    await sub.unsubscribe()
+    # What the reader would hand over had the message crossed the UNSUB on the wire.
+    await delivery(sub._id, b"gone", b"", b"late", None)
+    assert seen == []
+    assert sub._id not in delivery.receivers  # forgotten: ids are never reused
 
 
-async def test_a_limit_on_a_direct_subscription_is_kept(nats_url: str) -> None:
-    nc = await _transport.connect(nats_url, name="direct")
-    try:
-        seen: list[bytes] = []
-        sub = await subscribe_direct(nc, "limited", lambda msg: seen.append(msg.data))
-        await sub.unsubscribe(limit=2)  # nats-py's own path counts it down, and unsubscribes
-        after = await nc.subscribe("after")
-        for i in range(4):
-            await nc.publish("limited", b"%d" % i)
-        await nc.publish("after", b"")  # from one publisher, delivered in order
-        await after.next_msg(timeout=5)
-        assert seen == [b"0", b"1"]
-        assert sub._id not in nc._subs
-    finally:
-        await nc.close()
+async def test_a_limit_on_a_direct_subscription_is_kept(nc: NATS) -> None:
+    seen: list[bytes] = []
+    sub = await subscribe_direct(nc, "limited", lambda msg: seen.append(msg.data))
+    await sub.unsubscribe(limit=2)  # nats-py's own path counts it down, and unsubscribes
+    after = await nc.subscribe("after")
+    for i in range(4):
+        await nc.publish("limited", b"%d" % i)
+    await nc.publish("after", b"")  # from one publisher, delivered in order
+    await after.next_msg(timeout=5)
+    assert seen == [b"0", b"1"]
+    assert sub._id not in nc._subs
 
 
 # -- header_lines: nats-py's header parse, faster for ASCII ----------------------------------
@@ -284,16 +279,12 @@ def test_header_lines_agrees_on_every_ascii_character() -> None:
             assert header_lines(raw) == NATS._parse_header_lines(raw), raw
 
 
-async def test_connections_parse_headers_with_header_lines(nats_url: str) -> None:
-    nc = await _transport.connect(nats_url, name="headers")
-    try:
-        assert nc._parse_header_lines is header_lines
-        sub = await nc.subscribe("h")
-        sent = {"Mesh-Budget-Ms": "4999", "X-Unicode": "café ☕", "X-Pad": "p"}
-        await nc.publish("h", b"", headers=sent)
-        assert (await sub.next_msg(timeout=5)).headers == sent
-    finally:
-        await nc.close()
+async def test_connections_parse_headers_with_header_lines(nc: NATS) -> None:
+    assert nc._parse_header_lines is header_lines
+    sub = await nc.subscribe("h")
+    sent = {"Mesh-Budget-Ms": "4999", "X-Unicode": "café ☕", "X-Pad": "p"}
+    await nc.publish("h", b"", headers=sent)
+    assert (await sub.next_msg(timeout=5)).headers == sent
 
 
 # -- CachedHeaders: a block's parse remembered -----------------------------------------------
@@ -331,42 +322,34 @@ async def _outcome(process: Any, block: bytes) -> Any:
         return type(exc)
 
 
-async def test_connections_remember_header_blocks_and_hand_out_copies(nats_url: str) -> None:
-    nc = await _transport.connect(nats_url, name="headers")
-    try:
-        cache = nc._process_headers
-        assert isinstance(cache, CachedHeaders)
-        sub = await nc.subscribe("h")
-        sent = {"Mesh-Budget-Ms": "4999", "Mesh-Caller": "bench"}
-        for _ in range(2):
-            await nc.publish("h", b"", headers=sent)
-        first = await sub.next_msg(timeout=5)
-        assert first.headers == sent
-        first.headers["Mesh-Caller"] = "changed by the receiver"
-        assert (await sub.next_msg(timeout=5)).headers == sent
-        assert len(cache.seen) == 1
-    finally:
-        await nc.close()
+async def test_connections_remember_header_blocks_and_hand_out_copies(nc: NATS) -> None:
+    cache = nc._process_headers
+    assert isinstance(cache, CachedHeaders)
+    sub = await nc.subscribe("h")
+    sent = {"Mesh-Budget-Ms": "4999", "Mesh-Caller": "bench"}
+    for _ in range(2):
+        await nc.publish("h", b"", headers=sent)
+    first = await sub.next_msg(timeout=5)
+    assert first.headers == sent
+    first.headers["Mesh-Caller"] = "changed by the receiver"
+    assert (await sub.next_msg(timeout=5)).headers == sent
+    assert len(cache.seen) == 1
 
 
-async def test_hostile_header_blocks_cannot_grow_the_cache(nats_url: str) -> None:
-    nc = await _transport.connect(nats_url, name="headers")
-    try:
-        cache = nc._process_headers
-        assert isinstance(cache, CachedHeaders)
-        sub = await nc.subscribe("h")
-        unique = [{"X-Flood": str(i)} for i in range(2500)]
-        big = {"X-Big": "b" * 4000}
-        unicode = {"X-Unicode": "café ☕"}
-        for headers in (*unique, big, unicode):
-            await nc.publish("h", b"", headers=headers)
-        for headers in (*unique, big, unicode):
-            assert (await sub.next_msg(timeout=5)).headers == headers
-        assert 0 < len(cache.seen) <= 1024
-        assert all(len(block) < 256 and block.isascii() for block in cache.seen)
-        async with Requester(nc) as requester:
-            for _ in range(2):  # a remembered "503" still means no responders
-                with pytest.raises(_transport.NoResponse):
-                    await requester.request("nobody", b"", timeout=5, headers=None)
-    finally:
-        await nc.close()
+async def test_hostile_header_blocks_cannot_grow_the_cache(nc: NATS) -> None:
+    cache = nc._process_headers
+    assert isinstance(cache, CachedHeaders)
+    sub = await nc.subscribe("h")
+    unique = [{"X-Flood": str(i)} for i in range(2500)]
+    big = {"X-Big": "b" * 4000}
+    unicode = {"X-Unicode": "café ☕"}
+    for headers in (*unique, big, unicode):
+        await nc.publish("h", b"", headers=headers)
+    for headers in (*unique, big, unicode):
+        assert (await sub.next_msg(timeout=5)).headers == headers
+    assert 0 < len(cache.seen) <= 1024
+    assert all(len(block) < 256 and block.isascii() for block in cache.seen)
+    async with Requester(nc) as requester:
+        for _ in range(2):  # a remembered "503" still means no responders
+            with pytest.raises(_transport.NoResponse):
+                await requester.request("nobody", b"", timeout=5, headers=None)

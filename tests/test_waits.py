@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
-from waits import eventually, eventually_sync
+from waits import eventually, eventually_sync, next_turn
 
 pytestmark = pytest.mark.anyio
 
@@ -48,3 +50,11 @@ def test_the_sync_poll_retries_and_returns_alike() -> None:
     with pytest.raises(TimeoutError) as caught:
         eventually_sync(check, within=0.05, every=0.001, retry_on=(OSError,))
     assert isinstance(caught.value.__cause__, OSError)
+
+
+async def test_next_turn_returns_after_what_was_scheduled_before_it() -> None:
+    ran: list[str] = []
+    loop = asyncio.get_running_loop()
+    loop.call_soon(ran.append, "before")
+    await next_turn()
+    assert ran == ["before"]

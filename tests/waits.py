@@ -12,6 +12,7 @@ The chaos scenarios (tests/chaos) use them too: their runners have tests/ on the
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import os
 import signal
@@ -85,6 +86,15 @@ def eventually_sync(
         if time.monotonic() > deadline:
             raise TimeoutError(f"{what or 'the check'} did not hold within {within} s") from last
         time.sleep(every)
+
+
+async def next_turn() -> None:
+    """Return once the event loop has run what was scheduled (``call_soon``) before the
+    call: a loop turn as a signal, not a length of time."""
+    loop = asyncio.get_running_loop()
+    turned = loop.create_future()
+    loop.call_soon(turned.set_result, None)
+    await turned
 
 
 async def leading(controller: Controller, *, within: float = 10.0) -> None:
